@@ -1,0 +1,12 @@
+"""lyco_core: read, understand and apply LyCORIS-family adapters exactly (torch + safetensors + numpy only).
+
+    ad = lyco_core.load_adapter(path)          # .safetensors, or a PEFT folder
+    ad.layout, ad.modules[name].algo, ad.modules[name].dora, ad.metadata
+    new = ad.patch(weights, strength=1.0)       # {key: new tensor} for every changed key
+"""
+from .adapter import Adapter, load_adapter
+from .errors import AdapterError
+from .keymap import MatchReport
+
+__version__ = "0.1.0"
+__all__ = ["Adapter", "AdapterError", "MatchReport", "load_adapter", "__version__"]

@@ -1,0 +1,203 @@
+"""Adapter: a file (or PEFT folder) read into per-module algorithm objects, and ``patch`` to apply them.
+
+Flow: io reads tensors and metadata → layouts.split_key names module and parameter → the layout registry decides
+the naming convention and each module's scale context → the algorithm registry claims each module → ``patch``
+matches modules to weight keys (keymap) and applies each module's own law at the given strength.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .algorithms import detect, known_suffixes
+from .algorithms.base import AdapterModule
+from .errors import AdapterError
+from .io import PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES, load_tensors
+from .keymap import MatchReport, WeightIndex, resolve
+from .layouts import detect_layout, split_key
+from .metadata import highlights
+
+log = logging.getLogger("lyco_core")
+
+CONFIG_NAME = "adapter_config.json"
+PEFT_WEIGHT_NAMES = ("adapter_model.safetensors", "adapter_model.bin")
+_INTEGER_OK = {"alpha", "on_input"}
+
+
+def _resolve_paths(path: Path) -> tuple[Path, Path | None]:
+    """(tensor file, adapter_config.json or None) for a file or a PEFT folder."""
+    if path.is_dir():
+        for name in PEFT_WEIGHT_NAMES:
+            if (path / name).is_file():
+                config = path / CONFIG_NAME
+                return path / name, config if config.is_file() else None
+        raise AdapterError("folder holds no adapter_model.safetensors", file=str(path),
+                           expected="a PEFT adapter folder (adapter_model.safetensors + adapter_config.json)")
+    if not path.is_file():
+        raise AdapterError("no such file", file=str(path))
+    if path.suffix.lower() not in SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES:
+        raise AdapterError(f"unsupported file type '{path.suffix}'", file=str(path),
+                           expected="a .safetensors file or a PEFT folder")
+    config = path.parent / CONFIG_NAME
+    return path, config if config.is_file() else None
+
+
+def _read_config(path: Path | None) -> dict[str, Any] | None:
+    if path is None:
+        return None
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AdapterError(f"unreadable adapter config ({exc})", file=str(path), expected="a JSON object") from exc
+    if not isinstance(config, dict):
+        raise AdapterError("adapter config is not a JSON object", file=str(path), expected="a PEFT adapter_config.json")
+    return config
+
+
+def _check_tensor(file: str, key: str, param: str, tensor: torch.Tensor) -> None:
+    if not tensor.is_floating_point() and param not in _INTEGER_OK:
+        raise AdapterError(f"tensor has dtype {tensor.dtype}", file=file, key=key, expected="a floating-point tensor")
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        raise AdapterError("tensor holds NaN or Inf values", file=file, key=key, expected="finite values")
+
+
+class Adapter:
+    """An adapter file read and understood: ``layout``, ``modules`` {name as written: module}, ``metadata``,
+    ``unknown_keys`` (tensor keys no algorithm reads — reported, never silently dropped)."""
+
+    def __init__(self, path: str, layout: str, modules: dict[str, AdapterModule], metadata: dict[str, str],
+                 unknown_keys: list[str], layout_obj):
+        self.path, self.layout, self.modules, self.metadata = path, layout, modules, metadata
+        self.unknown_keys = unknown_keys
+        self._layout = layout_obj
+
+    def __repr__(self) -> str:
+        return f"<Adapter {os.path.basename(self.path)} {self.layout}: {self.method_counts()}>"
+
+    def method_counts(self) -> dict[str, int]:
+        return dict(Counter(m.algo + ("+dora" if m.dora else "") for m in self.modules.values()))
+
+    # --- matching ------------------------------------------------------------------------------------------------
+    def match(self, weight_keys, key_map: dict[str, str] | None = None) -> MatchReport:
+        """Which module patches which weight key. ``key_map`` {module name: key} overrides automatic matching."""
+        report = MatchReport(unknown_keys=list(self.unknown_keys))
+        keys = set(weight_keys)
+        index = None if key_map is not None else WeightIndex(keys)
+        for name in self.modules:
+            if key_map is not None:
+                key = key_map.get(name)
+                if key is None:
+                    report.unmatched[name] = "not in key_map"
+                elif key not in keys:
+                    report.unmatched[name] = f"key_map names '{key}', which the weights do not have"
+                else:
+                    report.matched[name] = key
+                continue
+            key, reason = resolve(self._layout.module_path(name), index)
+            if key is None:
+                report.unmatched[name] = reason
+            else:
+                report.matched[name] = key
+        return report
+
+    # --- applying ------------------------------------------------------------------------------------------------
+    def patch(self, weights: dict[str, torch.Tensor], strength: float = 1.0,
+              key_map: dict[str, str] | None = None) -> dict[str, torch.Tensor]:
+        """New tensors (same shape and dtype) for every weight/bias key the adapter changes; inputs untouched.
+
+        Each module applies its own strength law (see the algorithm files). Strength 0 means off: nothing changes
+        (LyCORIS' DoRA and rescaled OFT would still alter W at multiplier 0; we treat 0 as "adapter disabled").
+        Modules that match no key are logged with the reason; matching nothing at all raises AdapterError.
+        """
+        report = self.match(weights.keys(), key_map)
+        if not report.matched:
+            reasons = "; ".join(f"{n}: {r}" for n, r in list(report.unmatched.items())[:3])
+            raise AdapterError(f"no module matches any weight of the model ({reasons})", file=self.path,
+                               expected="weights of the model this adapter was made for")
+        if report.unmatched:
+            log.warning("%s: %s; unmatched: %s", self.path, report.line(), ", ".join(list(report.unmatched)[:10]))
+        if strength == 0:
+            return {}
+        updated: dict[str, torch.Tensor] = {}
+        for name, key in report.matched.items():
+            module = self.modules[name]
+            bias_key = key[: -len("weight")] + "bias" if key.endswith("weight") else None
+            weight = updated.get(key, weights[key])
+            bias = updated.get(bias_key, weights.get(bias_key)) if bias_key else None
+            try:
+                module.check_target(weight.shape, bias is not None)
+            except AdapterError as exc:
+                raise exc.located(file=self.path, module=name) from None
+            updated[key] = module.apply(weight, float(strength)).to(weights[key].dtype)
+            new_bias = module.bias_update(bias, float(strength)) if bias is not None else None
+            if new_bias is not None:
+                updated[bias_key] = new_bias.to(weights[bias_key].dtype)
+        return updated
+
+    # --- describing ----------------------------------------------------------------------------------------------
+    def summary(self) -> dict[str, Any]:
+        """Layout, method counts, rank/alpha ranges, DoRA/Tucker, metadata highlights and per-module details."""
+        modules = {name: module.summary() for name, module in self.modules.items()}
+        ranks = [m["rank"] for m in modules.values() if m["rank"] is not None]
+        alphas = [m["alpha"] for m in modules.values() if m["alpha"] is not None]
+        return {
+            "file": self.path, "layout": self.layout, "modules": len(self.modules),
+            "methods": self.method_counts(),
+            "rank_range": [min(ranks), max(ranks)] if ranks else None,
+            "alpha_range": [min(alphas), max(alphas)] if alphas else None,
+            "dora": sum(m["dora"] for m in modules.values()), "tucker": sum(m["tucker"] for m in modules.values()),
+            "unknown_keys": list(self.unknown_keys), "metadata": highlights(self.metadata),
+            "per_module": modules,
+        }
+
+
+def load_adapter(path: str | os.PathLike) -> Adapter:
+    """Read an adapter file or PEFT folder; raise AdapterError with file, module, key and expectation if invalid."""
+    tensor_path, config_path = _resolve_paths(Path(path))
+    config = _read_config(config_path)
+    tensors, metadata = load_tensors(tensor_path)
+    file = str(tensor_path)
+    if not tensors:
+        raise AdapterError("file holds no tensors", file=file, expected="adapter tensors")
+    canonical = known_suffixes()
+    grouped: dict[str, dict[str, torch.Tensor]] = {}
+    keys_of: dict[str, list[str]] = {}
+    unknown: list[str] = []
+    for key, tensor in tensors.items():
+        split = split_key(key, canonical)
+        if split is None:
+            unknown.append(key)
+            continue
+        module, param = split
+        _check_tensor(file, key, param, tensor)
+        grouped.setdefault(module, {})[param] = tensor
+        keys_of.setdefault(module, []).append(key)
+    layout_cls = detect_layout(list(grouped), config, metadata)
+    layout = layout_cls(file, config, metadata)
+    modules: dict[str, AdapterModule] = {}
+    for name, params in grouped.items():
+        algorithm = detect(params)
+        if algorithm is None:
+            unknown.extend(keys_of[name])
+            continue
+        try:
+            modules[name] = algorithm(name, params, layout.context(name, params))
+        except AdapterError as exc:
+            raise exc.located(file=file, module=name) from None
+    if not modules:
+        raise AdapterError(f"no adapter module recognised among {len(tensors)} tensors "
+                           f"(e.g. {', '.join(sorted(tensors)[:3])})", file=file,
+                           expected="LoRA/LoHa/LoKr/OFT/BOFT/GLoRA/IA3/full/norm tensor names")
+    full_metadata = dict(metadata)
+    if config is not None:
+        full_metadata.update({f"peft.{k}": json.dumps(v) if not isinstance(v, str) else v for k, v in config.items()})
+    if unknown:
+        log.warning("%s: %d tensor keys belong to no known adapter method: %s", file, len(unknown),
+                    ", ".join(sorted(unknown)[:5]))
+    return Adapter(file, layout_cls.name, modules, full_metadata, sorted(unknown), layout)

@@ -1,0 +1,71 @@
+"""BOFT (LyCORIS butterfly OFT) on the output rows.
+
+``oft_blocks (M, n, bs, bs)``; Q, constraint (over all M·n blocks, bound ``alpha·out``) and Cayley as diag-OFT.
+With ``x = W``, for stage ``i = 0…M−1``: ``R_i ← m·R_i + (1−m)·I``; ``h = 2^i·bs/2``; the row permutation
+``π = arange(out).reshape(−1, 2, h).transpose(1, 2).flatten()``; ``x[π] ← blockdiag(R_i) · x[π]`` (R, not Rᵀ,
+on blocks of bs consecutive permuted rows). Finally ``W' = rescale ⊙ x`` if rescaled. Bias unchanged.
+"""
+from __future__ import annotations
+
+import torch
+
+from .base import AdapterModule, check_ndim
+from .oft import constrained_skew
+from .registry import register
+from .rotation import cayley, toward_identity
+
+
+def butterfly_order(rows: int, half: int, device) -> torch.Tensor:
+    """The stage permutation: within groups of ``2·half`` rows, interleave the two halves."""
+    return torch.arange(rows, device=device).reshape(-1, 2, half).transpose(1, 2).reshape(-1)
+
+
+@register
+class BOFT(AdapterModule):
+    algo = "boft"
+    suffixes = ("oft_blocks", "rescale")
+
+    @classmethod
+    def claims(cls, params):
+        return "oft_blocks" in params and params["oft_blocks"].ndim == 4
+
+    def __init__(self, name, params, ctx):
+        super().__init__(name, params, ctx)
+        blocks = check_ndim(self, "oft_blocks", (4,))
+        if blocks.shape[2] != blocks.shape[3] or blocks.shape[2] % 2:
+            raise self.fail(f"blocks of shape {list(blocks.shape[2:])}", key="oft_blocks",
+                            expected="square blocks of even size (stages, n_blocks, bs, bs)")
+
+    def rank(self):
+        return int(self.params["oft_blocks"].shape[2])
+
+    def summary(self):
+        info = super().summary()
+        stages, n, bs, _ = self.params["oft_blocks"].shape
+        info.update(block_size=int(bs), blocks=int(n), stages=int(stages), constraint=self.alpha(),
+                    rescaled="rescale" in self.params)
+        return info
+
+    def check_target(self, weight_shape, has_bias):
+        stages, n, bs, _ = self.params["oft_blocks"].shape
+        if n * bs != weight_shape[0] or weight_shape[0] % (bs * 2 ** (stages - 1)):
+            raise self.fail(f"{stages} stages of {n} blocks of {bs} do not fit {weight_shape[0]} output rows",
+                            key="oft_blocks", expected="an adapter made for this layer")
+
+    def apply(self, weight, strength):
+        blocks = self.tensor("oft_blocks", weight)
+        alpha = self.params.get("alpha")
+        constraint = 0.0 if alpha is None else float(alpha) * weight.shape[0]
+        rotations = cayley(constrained_skew(blocks, constraint), plus_first=True)
+        stages, n, bs, _ = blocks.shape
+        x = weight.to(blocks.dtype).reshape(weight.shape[0], -1)
+        for stage in range(stages):
+            rotation = toward_identity(rotations[stage], strength)
+            order = butterfly_order(x.shape[0], (2 ** stage) * bs // 2, x.device)
+            permuted = x[order].reshape(n, bs, -1)
+            x = x.clone() if stage == 0 else x
+            x[order] = torch.bmm(rotation, permuted).reshape(-1, x.shape[1])
+        new_weight = x.reshape(weight.shape)
+        if "rescale" in self.params:
+            new_weight = new_weight * self.tensor("rescale", weight).reshape(-1, *[1] * (weight.ndim - 1))
+        return new_weight

@@ -1,0 +1,80 @@
+"""(IA)³: a learned per-channel gain.
+
+LyCORIS (``weight`` + ``on_input``): ``W' = W ⊙ (1 + m·w)`` along input columns (on_input) or output rows; bias
+unchanged (the rebuild/merge path).
+PEFT (``ia3_l``): ``W' = W ⊙ l_m`` with ``l_m = 1 + m·(l − 1)`` (PEFT has no strength; at m=1 this is its merge);
+``ia3_l (out,1)`` scales rows, ``(1,in)`` columns (feed-forward layers); conv ``(1,C,1,1)`` decides by the config's
+``feedforward_modules``. Layers that are not feed-forward also get ``b' = b ⊙ l_m``, as PEFT's merge does.
+"""
+from __future__ import annotations
+
+import re
+
+import torch
+
+from .base import AdapterModule
+from .registry import register
+
+
+def _is_feedforward(ctx, path: str) -> bool:
+    targets = ctx.config.get("feedforward_modules") or []
+    if isinstance(targets, str):
+        return re.fullmatch(targets, path) is not None
+    return any(path == t or path.endswith("." + t) for t in targets)
+
+
+@register
+class IA3(AdapterModule):
+    algo = "ia3"
+    suffixes = ("weight", "on_input", "ia3_l")
+
+    @classmethod
+    def claims(cls, params):
+        return "on_input" in params or "ia3_l" in params
+
+    def __init__(self, name, params, ctx):
+        super().__init__(name, params, ctx)
+        self.peft = "ia3_l" in params
+        key = "ia3_l" if self.peft else "weight"
+        if key not in params:
+            raise self.fail("missing the IA3 gain vector", key=key, expected="'weight' next to 'on_input'")
+        self.gain_key = key
+
+    def on_input(self, weight_shape=None) -> bool:
+        if not self.peft:
+            return bool(int(self.params["on_input"]))
+        gain = self.params["ia3_l"]
+        if gain.ndim == 2:  # Linear: (out, 1) scales rows, (1, in) columns
+            return gain.shape[0] == 1 and gain.shape[1] > 1
+        return _is_feedforward(self.ctx, self.ctx.module_path)
+
+    def rank(self):
+        return None
+
+    def check_target(self, weight_shape, has_bias):
+        channels = weight_shape[1] if self.on_input(weight_shape) else weight_shape[0]
+        if self.params[self.gain_key].numel() != channels:
+            raise self.fail(f"gain has {self.params[self.gain_key].numel()} values for "
+                            f"{'input' if self.on_input(weight_shape) else 'output'} channels {channels}",
+                            key=self.gain_key, expected=f"{channels} values")
+
+    def gain(self, like: torch.Tensor, strength: float) -> torch.Tensor:
+        """The per-channel factor at ``strength``: ``1 + m·w`` (LyCORIS) or ``1 + m·(l − 1)`` (PEFT)."""
+        gain = self.tensor(self.gain_key, like).reshape(-1)
+        return 1 + strength * gain if not self.peft else 1 + strength * (gain - 1)
+
+    def apply(self, weight, strength):
+        gain = self.gain(weight, strength)
+        axis = 1 if self.on_input(weight.shape) else 0
+        return weight.to(gain.dtype) * gain.reshape([-1 if d == axis else 1 for d in range(weight.ndim)])
+
+    def changes_bias(self):
+        return self.peft and not self.on_input()
+
+    def bias_update(self, bias, strength):
+        if not self.changes_bias():
+            return None
+        gain = self.gain(bias, strength)
+        return bias.to(gain.dtype) * gain
+
+

@@ -1,0 +1,60 @@
+"""LoHa (Hadamard product of two low-rank products).
+
+Plain: ``ΔW = scale · ((w1_a @ w1_b) ⊙ (w2_a @ w2_b))`` reshaped to W (conv: the products are ``(out, in·∏k)``).
+Tucker (``hada_t1``/``hada_t2 (r,r,*k)``, ``w?_a (r,out)``, ``w?_b (r,in)``):
+``T_j[o,i,…] = Σ_{p,q} t_j[p,q,…]·w_j_a[p,o]·w_j_b[q,i]``, ``ΔW = scale · T_1 ⊙ T_2``. Rank r = ``hada_w1_b.shape[0]``.
+"""
+from __future__ import annotations
+
+from .base import AdditiveModule, check_dim, flat2, require, reshape_to, tucker_rebuild
+from .registry import register
+
+_FACTORS = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
+
+
+@register
+class LoHa(AdditiveModule):
+    algo = "loha"
+    suffixes = _FACTORS + ("hada_t1", "hada_t2")
+
+    @classmethod
+    def claims(cls, params):
+        return any(k in params for k in _FACTORS)
+
+    def __init__(self, name, params, ctx):
+        super().__init__(name, params, ctx)
+        require(self, _FACTORS)
+        if self.tucker:
+            require(self, ("hada_t1", "hada_t2"))
+        rank = params["hada_w1_b"].shape[0]
+        for key in ("hada_w1_a", "hada_w2_a"):
+            check_dim(self, key, 0 if self.tucker else 1, params[key.replace("_a", "_b")].shape[0],
+                      f"the rank of {key.replace('_a', '_b')}")
+        self._rank = int(rank)
+
+    @property
+    def tucker(self):
+        return "hada_t1" in self.params or "hada_t2" in self.params
+
+    def rank(self):
+        return self._rank
+
+    def scale_value(self):
+        return self.ctx.scale(self.params.get("alpha"), self._rank)
+
+    def _factor(self, j, device, dtype):
+        a = self.params[f"hada_w{j}_a"].to(device, dtype)
+        b = self.params[f"hada_w{j}_b"].to(device, dtype)
+        if self.tucker:
+            return tucker_rebuild(self.params[f"hada_t{j}"].to(device, dtype), flat2(a), flat2(b))
+        return flat2(a) @ flat2(b)
+
+    def check_target(self, weight_shape, has_bias):
+        out = self.params["hada_w1_a"].shape[1 if self.tucker else 0]
+        if out != weight_shape[0]:
+            raise self.fail(f"hada_w1_a gives {out} output rows but the weight has {weight_shape[0]}",
+                            key="hada_w1_a", expected=f"{weight_shape[0]} rows")
+
+    def delta(self, weight_shape, device, dtype):
+        product = self._factor(1, device, dtype) * self._factor(2, device, dtype)
+        return reshape_to(product, weight_shape, self, "hada_w1 ⊙ hada_w2") * self.scale_value()

@@ -1,0 +1,63 @@
+"""LoRA / LoCon: ``ΔW = scale · reshape(flat(up) @ flat(down), W.shape)``.
+
+Tucker conv (``lora_mid (r,r,*k)``, down ``(r,in,1,1)``, up ``(out,r,1,1)``):
+``ΔW[o,i,…] = scale · Σ_{p,q} mid[p,q,…]·up[o,p]·down[q,i]``.
+Rank r = ``down.shape[0]``; scale per the layout (alpha/r, rsLoRA, PEFT config). PEFT ``lora_B.bias`` adds
+``scale·bias`` to the layer bias. DoRA (``dora_scale`` / ``magnitude``) is handled by AdditiveModule.
+"""
+from __future__ import annotations
+
+from .base import AdditiveModule, check_dim, flat2, require, reshape_to, tucker_rebuild
+from .registry import register
+
+
+@register
+class LoRA(AdditiveModule):
+    algo = "lora"
+    suffixes = ("lora_up.weight", "lora_down.weight", "lora_mid.weight", "lora_up.bias")
+
+    @classmethod
+    def claims(cls, params):
+        return "lora_up.weight" in params or "lora_down.weight" in params
+
+    def __init__(self, name, params, ctx):
+        super().__init__(name, params, ctx)
+        require(self, ("lora_up.weight", "lora_down.weight"))
+        rank = params["lora_down.weight"].shape[0]
+        check_dim(self, "lora_up.weight", 1, rank, "the rank from lora_down.weight")
+        if "lora_mid.weight" in params:
+            check_dim(self, "lora_mid.weight", 0, rank, "the rank")
+            check_dim(self, "lora_mid.weight", 1, rank, "the rank")
+
+    @property
+    def tucker(self):
+        return "lora_mid.weight" in self.params
+
+    def rank(self):
+        return int(self.params["lora_down.weight"].shape[0])
+
+    def scale_value(self):
+        return self.ctx.scale(self.params.get("alpha"), self.rank())
+
+    def check_target(self, weight_shape, has_bias):
+        out = self.params["lora_up.weight"].shape[0]
+        if out != weight_shape[0]:
+            raise self.fail(f"lora_up has {out} output rows but the weight has {weight_shape[0]}",
+                            key="lora_up.weight", expected=f"shape ({weight_shape[0]}, r, …)")
+        if self.tucker and tuple(self.params["lora_mid.weight"].shape[2:]) != tuple(weight_shape[2:]):
+            raise self.fail(f"lora_mid kernel {list(self.params['lora_mid.weight'].shape[2:])} differs from the "
+                            f"weight's {list(weight_shape[2:])}", key="lora_mid.weight")
+
+    def delta(self, weight_shape, device, dtype):
+        up = self.params["lora_up.weight"].to(device, dtype)
+        down = self.params["lora_down.weight"].to(device, dtype)
+        if self.tucker:
+            mid = self.params["lora_mid.weight"].to(device, dtype)
+            rebuilt = tucker_rebuild(mid, flat2(up).t(), flat2(down))
+        else:
+            rebuilt = flat2(up) @ flat2(down)
+        return reshape_to(rebuilt, weight_shape, self, "lora_up @ lora_down") * self.scale_value()
+
+    def bias_delta(self, device, dtype):
+        bias = self.params.get("lora_up.bias")
+        return None if bias is None else bias.to(device, dtype) * self.scale_value()

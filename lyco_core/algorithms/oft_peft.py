@@ -1,0 +1,151 @@
+"""PEFT OFT, every saved format (decided by keys, tensor rank and ``peft_version``).
+
+* ≥0.16, ``oft_R.weight (n or 1, bs(bs−1)/2)``: ``U[triu(1)] = row``, ``Q = U − Uᵀ``; coft: per block, if
+  ``‖Q‖_F > ε = eps/√n_rows`` then ``Q ← ε·Q/‖Q‖_F``. Exact: ``R = (I−Q)(I+Q)⁻¹``. Neumann (config default):
+  <0.18 ``R = I + 2Σ_{i=1}^{T−1} Qⁱ``; ≥0.18 ``R = I + 2Σ_{i=1}^{K} Qⁱ + Q^{K+1}``, ``K = max(2, T−2)`` (T=1 → I,
+  T=2 → I+2Q). Input side: ``W' = flat(W)·blockdiag(R)ᵀ``.
+* 0.14–0.15, ``oft_r (n, bs, bs)`` + ``oft_s (out, 1)``: ``S = ½(A − Aᵀ)``, ``R = (I−S)(I+S)⁻¹``, input side, then
+  rows ⊙ oft_s.
+* ≤0.13, ``oft_r`` only: output side, ``bs = ⌈out/r⌉``, same ½-skew Cayley, ``W' = blockdiag(R)[:out,:out]ᵀ·flat(W)``.
+Strength (PEFT has none; ours): ``R → m·R + (1−m)·I`` and ``s → 1 + m·(s − 1)``; m=1 is PEFT's merge exactly.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .base import AdapterModule
+from .registry import register
+from .rotation import cayley, rotate_columns, rotate_rows, toward_identity
+
+
+def _block_size_from_packed(n_el: int) -> int | None:
+    size = int(round((1 + math.sqrt(1 + 8 * n_el)) / 2))
+    return size if size * (size - 1) // 2 == n_el else None
+
+
+def neumann_series(q: torch.Tensor, terms: int, version: tuple[int, ...] | None) -> torch.Tensor:
+    """PEFT's truncated Cayley–Neumann series for ``(I+Q)(I−Q)⁻¹``, with the coefficients of the file's version."""
+    eye = torch.eye(q.shape[-1], dtype=q.dtype, device=q.device).expand_as(q)
+    result = eye.clone()
+    if terms <= 1:
+        return result
+    if version is not None and version < (0, 18):
+        power = eye
+        for _ in range(terms - 1):
+            power = power @ q
+            result = result + 2 * power
+        return result
+    result = result + 2 * q
+    if terms == 2:
+        return result
+    power = q
+    last = max(2, terms - 2)
+    for _ in range(2, last + 1):
+        power = power @ q
+        result = result + 2 * power
+    return result + power @ q
+
+
+def _project(q: torch.Tensor, bound: float) -> torch.Tensor:
+    """Per block, scale to Frobenius norm ``bound`` where it is exceeded (PEFT's coft projection)."""
+    norms = torch.linalg.matrix_norm(q, keepdim=True)
+    return torch.where(norms <= bound, q, q * (bound / norms))
+
+
+@register
+class PeftOFT(AdapterModule):
+    algo = "oft"
+    suffixes = ("oft_R.weight", "oft_r", "oft_s")
+
+    @classmethod
+    def claims(cls, params):
+        return "oft_R.weight" in params or "oft_r" in params
+
+    def __init__(self, name, params, ctx):
+        super().__init__(name, params, ctx)
+        if "oft_R.weight" in params:
+            self.format = "packed"
+            packed = params["oft_R.weight"]
+            self.block_size = _block_size_from_packed(packed.shape[-1]) if packed.ndim == 2 else None
+            if self.block_size is None:
+                raise self.fail(f"shape {list(packed.shape)} is not (blocks, bs·(bs−1)/2)", key="oft_R.weight",
+                                expected="a packed strict upper triangle per block")
+        else:
+            self.format = "input" if "oft_s" in params else "output"
+            blocks = params["oft_r"]
+            if blocks.ndim != 3 or blocks.shape[1] != blocks.shape[2]:
+                raise self.fail(f"shape {list(blocks.shape)}", key="oft_r", expected="(blocks, bs, bs)")
+            self.block_size = int(blocks.shape[1])
+
+    def rank(self):
+        return self.block_size
+
+    def summary(self):
+        info = super().summary()
+        cfg = self.ctx.config
+        info.update(block_size=self.block_size, peft_format=self.format, coft=bool(cfg.get("coft", False)),
+                    block_share=bool(cfg.get("block_share", False)),
+                    cayley_neumann=self._neumann_terms() if self.format == "packed" else None)
+        return info
+
+    def _neumann_terms(self) -> int | None:
+        cfg = self.ctx.config
+        if not cfg.get("use_cayley_neumann", True):
+            return None
+        return int(cfg.get("num_cayley_neumann_terms", 5))
+
+    def _stored(self) -> str:
+        return "oft_R.weight" if self.format == "packed" else "oft_r"
+
+    def check_target(self, weight_shape, has_bias):
+        stored = self.params[self._stored()]
+        n, bs = stored.shape[0], self.block_size
+        if self.format == "output":
+            if n * bs < weight_shape[0] or (n - 1) * bs >= weight_shape[0]:
+                raise self.fail(f"{n} blocks of {bs} do not cover {weight_shape[0]} output rows", key="oft_r")
+            return
+        columns = math.prod(weight_shape[1:])
+        if columns % bs or (n != 1 and n * bs != columns):
+            raise self.fail(f"{n} blocks of {bs} do not cover {columns} input columns", key=self._stored(),
+                            expected="an adapter made for this layer")
+        scale = self.params.get("oft_s")
+        if scale is not None and scale.numel() != weight_shape[0]:
+            raise self.fail(f"oft_s has {scale.numel()} values", key="oft_s", expected=f"{weight_shape[0]}")
+
+    def rotation(self, weight: torch.Tensor) -> torch.Tensor:
+        cfg = self.ctx.config
+        stored = self.tensor(self._stored(), weight)
+        if self.format == "packed":
+            bs = self.block_size
+            rows, cols = torch.triu_indices(bs, bs, 1, device=stored.device)
+            upper = stored.new_zeros(stored.shape[0], bs, bs)
+            upper[:, rows, cols] = stored
+            q = upper - upper.transpose(1, 2)
+            if cfg.get("coft", False):
+                q = _project(q, float(cfg.get("eps", 6e-5)) / math.sqrt(stored.shape[0]))
+            terms = self._neumann_terms()
+            if terms is None:
+                return cayley(q, plus_first=False)
+            return neumann_series(q, terms, self.ctx.peft_version)
+        if cfg.get("coft", False):
+            n = stored.shape[0]
+            out = weight.shape[0]
+            bound = float(cfg.get("eps", 6e-5)) * math.ceil(out / max(n, 1)) ** 2 / math.sqrt(n)
+            stored = _project(stored, bound)
+        return cayley(0.5 * (stored - stored.transpose(1, 2)), plus_first=False)
+
+    def apply(self, weight, strength):
+        rotation = toward_identity(self.rotation(weight), strength)
+        base = weight.to(rotation.dtype)
+        if self.format == "output":
+            rows, bs = weight.shape[0], self.block_size
+            flat = base.reshape(rows, -1)
+            padded = torch.cat([flat, flat.new_zeros(rotation.shape[0] * bs - rows, flat.shape[1])])
+            return rotate_rows(padded, rotation)[:rows].reshape(weight.shape)
+        new_weight = rotate_columns(base.reshape(weight.shape[0], -1), rotation)
+        if "oft_s" in self.params:
+            scale = self.tensor("oft_s", weight).reshape(-1, 1)
+            new_weight = new_weight * (1 + strength * (scale - 1))
+        return new_weight.reshape(weight.shape)

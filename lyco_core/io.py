@@ -1,0 +1,131 @@
+"""Reading adapter tensors and metadata, header-only when possible, and atomic writes.
+
+safetensors layout: 8-byte little-endian header length N, N bytes of JSON ``{key: {dtype, shape, data_offsets}}``
+plus ``__metadata__``, then the data. The header alone gives every key, dtype and shape, so inspecting a file never
+reads its tensors. Pickle-based files are read only through ``torch.load(weights_only=True)``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import AdapterError
+
+SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pt2")
+_MAX_HEADER = 100 * 1024 * 1024
+_DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+                "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """What the header says of one tensor."""
+    dtype: str
+    shape: tuple[int, ...]
+
+
+def read_header(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, TensorInfo]]:
+    """(metadata, {key: TensorInfo}) of a safetensors file, from its header alone; checks the file is complete."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            raw_len = handle.read(8)
+            if len(raw_len) < 8:
+                raise AdapterError("file is too short to be safetensors", file=str(path),
+                                   expected="an 8-byte header length followed by a JSON header")
+            (header_len,) = struct.unpack("<Q", raw_len)
+            if header_len > min(_MAX_HEADER, size - 8):
+                raise AdapterError(f"header length {header_len} exceeds the file size {size}", file=str(path),
+                                   expected="a complete safetensors file (truncated or not safetensors?)")
+            header = json.loads(handle.read(header_len))
+    except OSError as exc:
+        raise AdapterError(f"cannot read file: {exc.strerror or exc}", file=str(path)) from exc
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AdapterError(f"header is not valid JSON ({exc})", file=str(path),
+                           expected="a safetensors file") from exc
+    if not isinstance(header, dict):
+        raise AdapterError("header is not a JSON object", file=str(path), expected="a safetensors file")
+    metadata = header.pop("__metadata__", None) or {}
+    infos: dict[str, TensorInfo] = {}
+    data_len = size - 8 - header_len
+    for key, entry in header.items():
+        try:
+            dtype, shape, (start, end) = entry["dtype"], tuple(int(s) for s in entry["shape"]), entry["data_offsets"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise AdapterError("malformed header entry", file=str(path), key=key,
+                               expected="dtype, shape and data_offsets") from exc
+        if end > data_len or start > end:
+            raise AdapterError(f"data ends at byte {end} but the file holds {data_len} data bytes", file=str(path),
+                               key=key, expected="a complete file (it looks truncated)")
+        numel = 1
+        for dim in shape:
+            numel *= dim
+        if dtype in _DTYPE_SIZES and numel * _DTYPE_SIZES[dtype] != end - start:
+            raise AdapterError(f"{end - start} bytes for {dtype} of shape {list(shape)}", file=str(path), key=key,
+                               expected=f"{numel * _DTYPE_SIZES[dtype]} bytes")
+        infos[key] = TensorInfo(dtype, shape)
+    return {str(k): str(v) for k, v in metadata.items()}, infos
+
+
+def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) of a safetensors or weights-only-loadable pickle file, on the CPU."""
+    path = Path(path)
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        return _load_pickle(path), {}
+    metadata, _ = read_header(path)  # validates completeness with a clear message first
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    try:
+        tensors = load_file(str(path), device="cpu")
+    except (SafetensorError, RuntimeError, ValueError) as exc:
+        raise AdapterError(f"cannot decode tensors ({exc})", file=str(path), expected="a valid safetensors file") from exc
+    return tensors, metadata
+
+
+def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        data = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError … for unsafe or broken files
+        raise AdapterError(f"refused pickle file: it does not load with weights_only=True ({type(exc).__name__})",
+                           file=str(path), expected="a .safetensors file, or a pickle holding only tensors") from exc
+    if isinstance(data, dict) and "state_dict" in data and isinstance(data["state_dict"], dict):
+        data = data["state_dict"]
+    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise AdapterError("pickle file does not hold a flat {name: tensor} dict", file=str(path),
+                           expected="a state dict of tensors")
+    return {str(k): v for k, v in data.items()}
+
+
+def atomic_write_bytes(path: str | os.PathLike, writer, *, overwrite: bool = False) -> Path:
+    """Run ``writer(tmp_path)`` then rename onto ``path``; never leaves a partial file; refuses to overwrite unasked."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise AdapterError("refusing to overwrite an existing file", file=str(path),
+                           expected="a new file name, or overwrite=True")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        writer(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def save_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None,
+                     *, overwrite: bool = False) -> Path:
+    """Atomically write ``tensors`` (made contiguous, on CPU) with string ``metadata``."""
+    from safetensors.torch import save_file
+    clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    meta = {str(k): str(v) for k, v in (metadata or {}).items()}
+    return atomic_write_bytes(path, lambda tmp: save_file(clean, tmp, metadata=meta), overwrite=overwrite)

@@ -1,0 +1,63 @@
+"""diffusers-in-PEFT layout (``save_lora_weights``): keys ``unet.<path>.lora_A.weight`` (``transformer.`` for DiT
+pipelines, ``text_encoder.``/``text_encoder_2.`` for text encoders). Each component's LoraConfig is JSON in the
+safetensors metadata ``lora_adapter_metadata``, flattened as ``<component>.<field>``; without it the scale is 1
+(alpha = r) unless per-module ``alpha`` tensors exist (kohya-converted files)."""
+from __future__ import annotations
+
+import json
+
+from ..algorithms.base import ScaleContext
+from .base import Layout, ModulePath
+from .peft import scale_context
+
+COMPONENTS = {"unet.": ("unet", "diffusion_model"), "transformer.": ("transformer", "diffusion_model"),
+              "text_encoder.": ("text_encoder.", "te1", "clip_l"), "text_encoder_2.": ("text_encoder_2", "te2", "clip_g"),
+              "text_encoder_3.": ("text_encoder_3", "t5")}
+METADATA_KEY = "lora_adapter_metadata"
+
+
+def component_configs(metadata: dict[str, str]) -> dict[str, dict]:
+    """{component: LoraConfig dict} from ``lora_adapter_metadata``."""
+    raw = metadata.get(METADATA_KEY)
+    if not raw:
+        return {}
+    try:
+        flat = json.loads(raw)
+    except json.JSONDecodeError:
+        return {}
+    configs: dict[str, dict] = {}
+    for key, value in flat.items():
+        component, _, field = key.partition(".")
+        configs.setdefault(component, {"peft_type": "LORA"})[field] = value
+    return configs
+
+
+class DiffusersLayout(Layout):
+    name = "diffusers"
+
+    @staticmethod
+    def owns(module_names, config, metadata):
+        if config is not None or not module_names:
+            return False
+        return METADATA_KEY in metadata or all(name.startswith(tuple(COMPONENTS)) for name in module_names)
+
+    def __init__(self, file, config, metadata):
+        super().__init__(file, config, metadata)
+        self.configs = component_configs(metadata)
+
+    def _split(self, module_name):
+        for prefix, hints in COMPONENTS.items():
+            if module_name.startswith(prefix):
+                return prefix[:-1], module_name[len(prefix):], hints
+        return "", module_name, ()
+
+    def module_path(self, module_name):
+        _, path, hints = self._split(module_name)
+        return ModulePath(path, False, hints)
+
+    def context(self, module_name, params):
+        component, path, _ = self._split(module_name)
+        config = self.configs.get(component)
+        if config is None or "alpha" in params:
+            return ScaleContext(file=self.file, peft=True, module_path=path)
+        return scale_context(self.file, config, path)

@@ -1,0 +1,37 @@
+"""Splitting tensor keys into (module name as written, canonical parameter name).
+
+Canonical names are the LyCORIS/kohya ones each algorithm reads. Other spellings of the LoRA triple that ComfyUI
+accepts are renamed here: PEFT ``lora_A/lora_B`` (with or without ``.weight``, ``.default``), ``.lora.up``,
+``_lora.up``, ``.lora_linear_layer.up``; PEFT ``lora_magnitude_vector`` becomes ``magnitude``. B/up is always the
+``(out, r)`` factor.
+"""
+from __future__ import annotations
+
+# (spelling as it ends the key, canonical parameter); the separator before the spelling is part of it.
+_SPELLINGS = [
+    (".lora_B.default.weight", "lora_up.weight"), (".lora_A.default.weight", "lora_down.weight"),
+    (".lora_linear_layer.up.weight", "lora_up.weight"), (".lora_linear_layer.down.weight", "lora_down.weight"),
+    (".lora.up.weight", "lora_up.weight"), (".lora.down.weight", "lora_down.weight"),
+    ("_lora.up.weight", "lora_up.weight"), ("_lora.down.weight", "lora_down.weight"),
+    (".lora_B.weight", "lora_up.weight"), (".lora_A.weight", "lora_down.weight"), (".lora_B.bias", "lora_up.bias"),
+    (".lora_B", "lora_up.weight"), (".lora_A", "lora_down.weight"),
+    (".lora_magnitude_vector.weight", "magnitude"), (".lora_magnitude_vector", "magnitude"),
+]
+
+
+def split_key(key: str, canonical: set[str]) -> tuple[str, str] | None:
+    """(module, parameter) for a key ending in a known spelling or ``.<canonical>``; None if it ends in neither.
+
+    The longest match wins, so ``x.lora_up.weight`` is LoRA's ``lora_up.weight``, not IA3's ``weight``.
+    """
+    for spelling, param in _SPELLINGS:
+        if key.endswith(spelling) and len(key) > len(spelling):
+            return key[: -len(spelling)], param
+    best = None
+    for param in canonical:
+        suffix = "." + param
+        if key.endswith(suffix) and len(key) > len(suffix) and (best is None or len(param) > len(best)):
+            best = param
+    if best is None:
+        return None
+    return key[: -len(best) - 1], best

@@ -1,0 +1,172 @@
+"""Every class of bad input gets an AdapterError naming the file, module, key and what was expected."""
+from __future__ import annotations
+
+import json
+import pickle
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import lyco_core
+from lyco_core import AdapterError
+
+MODULE = "lora_unet_fc1"
+
+
+def lora_tensors(rank=4, out=8, inp=6):
+    gen = torch.Generator().manual_seed(0)
+    return {f"{MODULE}.lora_up.weight": torch.randn(out, rank, generator=gen),
+            f"{MODULE}.lora_down.weight": torch.randn(rank, inp, generator=gen),
+            f"{MODULE}.alpha": torch.tensor(2.0)}
+
+
+def write(tmp_path, tensors, name="adapter.safetensors", metadata=None):
+    path = tmp_path / name
+    save_file(tensors, str(path), metadata=metadata)
+    return path
+
+
+def expect_error(path, *fragments):
+    with pytest.raises(AdapterError) as info:
+        lyco_core.load_adapter(path)
+    message = str(info.value)
+    assert str(path) in message or path.name in message
+    for fragment in fragments:
+        assert fragment in message, message
+    return info.value
+
+
+def test_truncated_file(tmp_path):
+    path = write(tmp_path, lora_tensors())
+    path.write_bytes(path.read_bytes()[:-20])
+    expect_error(path, "truncated")
+
+
+def test_garbage_file(tmp_path):
+    path = tmp_path / "junk.safetensors"
+    path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!rest")
+    expect_error(path, "not valid JSON")
+
+
+def test_too_short_file(tmp_path):
+    path = tmp_path / "empty.safetensors"
+    path.write_bytes(b"abc")
+    expect_error(path, "too short")
+
+
+def test_header_size_lies(tmp_path):
+    path = tmp_path / "lies.safetensors"
+    header = json.dumps({"x.lora_up.weight": {"dtype": "F32", "shape": [4, 4], "data_offsets": [0, 60]}}).encode()
+    path.write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 64)
+    expect_error(path, "x.lora_up.weight", "60 bytes", "expected 64 bytes")
+
+
+def test_wrong_dtype(tmp_path):
+    tensors = lora_tensors()
+    tensors[f"{MODULE}.lora_down.weight"] = torch.ones(4, 6, dtype=torch.int32)
+    expect_error(write(tmp_path, tensors), f"{MODULE}.lora_down.weight", "int32", "floating-point")
+
+
+def test_missing_partner(tmp_path):
+    tensors = {"lycoris_fc1.lokr_w1_a": torch.randn(2, 2), "lycoris_fc1.lokr_w2": torch.randn(4, 3)}
+    error = expect_error(write(tmp_path, tensors), "module lycoris_fc1", "lokr_w1_b")
+    assert error.module == "lycoris_fc1" and error.key == "lokr_w1_b"
+
+
+def test_missing_lora_down(tmp_path):
+    tensors = {f"{MODULE}.lora_up.weight": torch.randn(8, 4)}
+    expect_error(write(tmp_path, tensors), MODULE, "lora_down.weight")
+
+
+def test_contradicting_shapes(tmp_path):
+    tensors = lora_tensors()
+    tensors[f"{MODULE}.lora_up.weight"] = torch.randn(8, 3)
+    expect_error(write(tmp_path, tensors), MODULE, "lora_up.weight", "rank")
+
+
+def test_nan_and_inf(tmp_path):
+    tensors = lora_tensors()
+    tensors[f"{MODULE}.lora_up.weight"][0, 0] = float("nan")
+    expect_error(write(tmp_path, tensors, "nan.safetensors"), "NaN", f"{MODULE}.lora_up.weight")
+    tensors = lora_tensors()
+    tensors[f"{MODULE}.lora_down.weight"][1, 1] = float("inf")
+    expect_error(write(tmp_path, tensors, "inf.safetensors"), "Inf", f"{MODULE}.lora_down.weight")
+
+
+def test_unknown_suffixes_are_reported_not_dropped(tmp_path):
+    tensors = lora_tensors()
+    tensors[f"{MODULE}.mystery_param"] = torch.randn(3)
+    tensors["lora_unet_other.something.weight"] = torch.randn(3)
+    adapter = lyco_core.load_adapter(write(tmp_path, tensors))
+    assert list(adapter.modules) == [MODULE]
+    assert f"{MODULE}.mystery_param" in adapter.unknown_keys
+    assert "lora_unet_other.something.weight" in adapter.unknown_keys
+    assert adapter.summary()["unknown_keys"] == adapter.unknown_keys
+
+
+def test_not_an_adapter(tmp_path):
+    path = write(tmp_path, {"model.diffusion_model.conv.weight": torch.randn(4, 4),
+                            "model.diffusion_model.conv.bias": torch.randn(4)})
+    expect_error(path, "no adapter module recognised")
+
+
+def test_unsafe_pickle_refused(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (print, ("this must never run",))
+
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as handle:
+        pickle.dump({"lora_unet_fc1.lora_up.weight": Payload()}, handle)
+    expect_error(path, "refused pickle", "weights_only=True")
+
+
+def test_tensor_only_pickle_loads(tmp_path):
+    path = tmp_path / "plain.pt"
+    torch.save(lora_tensors(), path)
+    adapter = lyco_core.load_adapter(path)
+    assert adapter.modules[MODULE].algo == "lora"
+
+
+def test_unsupported_extension_and_missing_file(tmp_path):
+    other = tmp_path / "notes.txt"
+    other.write_text("hi")
+    expect_error(other, "unsupported file type")
+    expect_error(tmp_path / "absent.safetensors", "no such file")
+
+
+def test_peft_folder_without_weights(tmp_path):
+    (tmp_path / "adapter_config.json").write_text("{}")
+    expect_error(tmp_path, "adapter_model.safetensors")
+
+
+def test_broken_adapter_config(tmp_path):
+    save_file({"base_model.model.fc1.lora_A.weight": torch.randn(2, 4),
+               "base_model.model.fc1.lora_B.weight": torch.randn(3, 2)}, str(tmp_path / "adapter_model.safetensors"))
+    (tmp_path / "adapter_config.json").write_text("{not json")
+    expect_error(tmp_path, "adapter_config.json", "unreadable adapter config")
+
+
+def test_patch_shape_mismatch_names_module(tmp_path):
+    adapter = lyco_core.load_adapter(write(tmp_path, lora_tensors()))
+    with pytest.raises(AdapterError) as info:
+        adapter.patch({"fc1.weight": torch.randn(5, 6)})
+    assert MODULE in str(info.value) and "output rows" in str(info.value)
+
+
+def test_patch_matching_nothing_is_an_error(tmp_path):
+    adapter = lyco_core.load_adapter(write(tmp_path, lora_tensors()))
+    with pytest.raises(AdapterError) as info:
+        adapter.patch({"other.weight": torch.randn(8, 6)})
+    assert "no module matches" in str(info.value)
+
+
+def test_partial_match_is_reported(tmp_path):
+    tensors = lora_tensors()
+    tensors.update({k.replace("fc1", "fc9"): v for k, v in lora_tensors().items()})
+    adapter = lyco_core.load_adapter(write(tmp_path, tensors))
+    report = adapter.match(["fc1.weight"])
+    assert report.matched == {MODULE: "fc1.weight"}
+    assert "lora_unet_fc9" in report.unmatched and "fc9" in report.unmatched["lora_unet_fc9"]
+    assert report.line() == "1 modules matched, 1 unmatched"
