@@ -18,9 +18,9 @@ import torch
 from .algorithms import detect, known_suffixes
 from .algorithms.base import AdapterModule
 from .errors import AdapterError
-from .io import PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES, load_tensors
+from .io import PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES, load_shapes, load_tensors
 from .keymap import MatchReport, WeightIndex, resolve
-from .layouts import detect_layout, split_key
+from .layouts import ModulePath, detect_layout, split_key
 from .metadata import highlights
 
 log = logging.getLogger("lyco_core")
@@ -63,7 +63,7 @@ def _read_config(path: Path | None) -> dict[str, Any] | None:
 def _check_tensor(file: str, key: str, param: str, tensor: torch.Tensor) -> None:
     if not tensor.is_floating_point() and param not in _INTEGER_OK:
         raise AdapterError(f"tensor has dtype {tensor.dtype}", file=file, key=key, expected="a floating-point tensor")
-    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+    if tensor.is_floating_point() and not tensor.is_meta and not bool(torch.isfinite(tensor).all()):
         raise AdapterError("tensor holds NaN or Inf values", file=file, key=key, expected="finite values")
 
 
@@ -84,6 +84,10 @@ class Adapter:
         return dict(Counter(m.algo + ("+dora" if m.dora else "") for m in self.modules.values()))
 
     # --- matching ------------------------------------------------------------------------------------------------
+    def module_path(self, name: str) -> ModulePath:
+        """Where module ``name`` points inside its model, per the file's layout."""
+        return self._layout.module_path(name)
+
     def match(self, weight_keys, key_map: dict[str, str] | None = None) -> MatchReport:
         """Which module patches which weight key. ``key_map`` {module name: key} overrides automatic matching."""
         report = MatchReport(unknown_keys=list(self.unknown_keys))
@@ -99,7 +103,7 @@ class Adapter:
                 else:
                     report.matched[name] = key
                 continue
-            key, reason = resolve(self._layout.module_path(name), index)
+            key, reason = resolve(self.module_path(name), index)
             if key is None:
                 report.unmatched[name] = reason
             else:
@@ -115,6 +119,9 @@ class Adapter:
         (LyCORIS' DoRA and rescaled OFT would still alter W at multiplier 0; we treat 0 as "adapter disabled").
         Modules that match no key are logged with the reason; matching nothing at all raises AdapterError.
         """
+        if any(p.is_meta for m in self.modules.values() for p in m.params.values()):
+            raise AdapterError("this Adapter was read header-only; load it again with header_only=False to patch",
+                               file=self.path)
         report = self.match(weights.keys(), key_map)
         if not report.matched:
             reasons = "; ".join(f"{n}: {r}" for n, r in list(report.unmatched.items())[:3])
@@ -157,11 +164,18 @@ class Adapter:
         }
 
 
-def load_adapter(path: str | os.PathLike) -> Adapter:
-    """Read an adapter file or PEFT folder; raise AdapterError with file, module, key and expectation if invalid."""
+def load_adapter(path: str | os.PathLike, *, header_only: bool = False) -> Adapter:
+    """Read an adapter file or PEFT folder; raise AdapterError with file, module, key and expectation if invalid.
+
+    ``header_only=True`` (safetensors only) reads names, shapes, dtypes and scalar tensors (alpha) from the header:
+    enough for ``summary()`` and ``match()`` of any size of file in milliseconds, not for ``patch()``.
+    """
     tensor_path, config_path = _resolve_paths(Path(path))
     config = _read_config(config_path)
-    tensors, metadata = load_tensors(tensor_path)
+    if header_only and tensor_path.suffix.lower() in SAFETENSORS_SUFFIXES:
+        tensors, metadata = load_shapes(tensor_path)
+    else:
+        tensors, metadata = load_tensors(tensor_path)
     file = str(tensor_path)
     if not tensors:
         raise AdapterError("file holds no tensors", file=file, expected="adapter tensors")

@@ -41,7 +41,7 @@ def _format_inspect(summary: dict) -> str:
 
 
 def _inspect(args) -> int:
-    summary = load_adapter(args.path).summary()
+    summary = load_adapter(args.path, header_only=True).summary()
     print(json.dumps(summary, indent=2) if args.json else _format_inspect(summary))
     return 0
 

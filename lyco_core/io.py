@@ -75,6 +75,31 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, Tens
     return {str(k): str(v) for k, v in metadata.items()}, infos
 
 
+_TORCH_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                 "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                 "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
+
+
+def load_shapes(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) from the header alone: every tensor is an empty ``meta`` tensor of the right shape and
+    dtype, except scalars (alpha, on_input), which are read — so a summary never reads the big tensors."""
+    path = Path(path)
+    metadata, infos = read_header(path)
+    tensors: dict[str, torch.Tensor] = {}
+    scalars = [key for key, info in infos.items() if len(info.shape) == 0 or (len(info.shape) == 1 and info.shape[0] == 1)]
+    for key, info in infos.items():
+        dtype = _TORCH_DTYPES.get(info.dtype)
+        if dtype is None:
+            raise AdapterError(f"unsupported dtype {info.dtype}", file=str(path), key=key, expected="a torch dtype")
+        tensors[key] = torch.empty(info.shape, dtype=dtype, device="meta")
+    if scalars:
+        from safetensors import safe_open
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            for key in scalars:
+                tensors[key] = handle.get_tensor(key)
+    return tensors, metadata
+
+
 def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """(tensors, metadata) of a safetensors or weights-only-loadable pickle file, on the CPU."""
     path = Path(path)

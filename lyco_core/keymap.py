@@ -76,3 +76,51 @@ def resolve(target: ModulePath, index: WeightIndex) -> tuple[str | None, str]:
     if len(hinted) == 1:
         return hinted[0], ""
     return None, f"ambiguous: '{target.path}' fits {len(found)} weights ({', '.join(sorted(found)[:3])}…)"
+
+
+_UNET_PREFIXES = ("lora_unet_", "lycoris_", "lora_transformer_")
+_TE_PREFIXES = {"te1": ("lora_te1_", "lora_te_"), "te2": ("lora_te2_",), "te": ("lora_te_", "lora_te1_")}
+_TE_ROOTS = ("encoder_", "embeddings_", "final_layer_norm")
+
+
+def _family(target: ModulePath) -> str | None:
+    hints = " ".join(target.hints)
+    if "te2" in hints or "text_encoder_2" in hints:
+        return "te2"
+    if "te1" in hints or "clip_l" in hints:
+        return "te1"
+    if "text_encoder" in hints or "cond_stage" in hints:
+        return "te"
+    if "diffusion_model" in hints or "unet" in hints or "transformer" in hints:
+        return "unet"
+    return None
+
+
+def kohya_aliases(module_name: str, target: ModulePath) -> list[str]:
+    """The names a host's kohya-style key map may know this module by, most specific first.
+
+    Covers LyCORIS 2.x trailing ``_``, kohya OFT's ``oft_unet_``, transformers-5 text-encoder paths without
+    ``text_model``, and dotted PEFT/diffusers/ComfyUI paths written the kohya way (``lora_unet_``, ``lycoris_``,
+    ``lora_te{,1,2}_``, ``diffusion_model.``, ``transformer.``, ``text_encoders.``).
+    """
+    names = [module_name, module_name.rstrip("_")]
+    mangled = target.path.replace(".", "_")
+    family = _family(target)
+    if target.mangled:
+        if module_name.startswith("oft_unet_"):
+            names.append("lora_unet_" + mangled)
+    else:
+        if family in (None, "unet"):
+            names += [p + mangled for p in _UNET_PREFIXES]
+            names += ["diffusion_model." + target.path, "transformer." + target.path]
+        if family in (None, "te", "te1", "te2"):
+            names += [p + mangled for p in _TE_PREFIXES[family or "te"]]
+            if family is None:
+                names += ["lora_te2_" + mangled]
+            names.append("text_encoders." + target.path)
+    for name in list(names):
+        for prefix in ("lora_te_", "lora_te1_", "lora_te2_"):
+            rest = name[len(prefix):]
+            if name.startswith(prefix) and rest.startswith(_TE_ROOTS):
+                names.append(prefix + "text_model_" + rest)
+    return list(dict.fromkeys(names))

@@ -108,3 +108,21 @@ def test_cli_reports_bad_file(tmp_path):
     done = subprocess.run([sys.executable, "-m", "lyco_core", "inspect", str(path)], cwd=ROOT,
                           capture_output=True, text=True)
     assert done.returncode == 2 and "too short" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_header_only_summary_equals_full_summary(tmp_path):
+    path = tmp_path / "h.safetensors"
+    tensors = _lora("lora_unet_fc1", rank=4)
+    tensors.update({"lora_unet_conv.oft_blocks": torch.randn(4, 2, 2) * 0.01, "lora_unet_conv.alpha": torch.tensor(0.5),
+                    "lora_unet_fc2.lokr_w1": torch.randn(2, 3), "lora_unet_fc2.lokr_w2_a": torch.randn(4, 1),
+                    "lora_unet_fc2.lokr_w2_b": torch.randn(1, 2), "lora_unet_fc2.alpha": torch.tensor(1.0)})
+    save_file(tensors, str(path))
+    full = lyco_core.load_adapter(path).summary()
+    light = lyco_core.load_adapter(path, header_only=True)
+    assert light.summary() == full
+    try:
+        light.patch({"fc1.weight": torch.zeros(8, 6)})
+    except lyco_core.AdapterError as exc:
+        assert "header-only" in str(exc)
+    else:
+        raise AssertionError("patching a header-only adapter must fail")

@@ -62,9 +62,8 @@ def test_reads_layout_modules_and_algorithms(name, lycoris_cases, loaded):
     case = lycoris_cases[name]
     ad = loaded(name)
     assert ad.layout == case.layout
-    assert set(ad.modules) == set(case.algos), (
-        f"missing {sorted(set(case.algos) - set(ad.modules))[:5]}, extra {sorted(set(ad.modules) - set(case.algos))[:5]}"
-    )
+    missing, extra = sorted(set(case.algos) - set(ad.modules)), sorted(set(ad.modules) - set(case.algos))
+    assert not missing and not extra, f"missing {missing[:5]}, extra {extra[:5]}"
     ours = {n: mod.algo for n, mod in ad.modules.items()}
     assert ours == case.algos
     wrong_dora = {

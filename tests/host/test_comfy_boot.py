@@ -5,9 +5,12 @@ from __future__ import annotations
 import importlib
 import logging
 import re
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import workflow
 
@@ -64,21 +67,33 @@ def test_inprocess_ksampler_with_core_lora(comfy, caplog):
 
 # --------------------------------------------------------------------------- (b) server
 
+def _saved_image(server, outputs) -> Path:
+    images = workflow.output_images(outputs)
+    assert len(images) == 1 and images[0]["type"] == "output", images
+    path = server.base.output_dir / images[0]["subfolder"] / images[0]["filename"]
+    assert path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return path
+
+
 def test_server_object_info_and_txt2img(comfy_server):
     info = comfy_server.get_json("/object_info")
     for core in ("CheckpointLoaderSimple", "LoraLoader", "KSampler", "SaveImage"):
         assert core in info
-    ckpts = info["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0]
-    assert comfy_server.base.ckpt_name in ckpts
+    assert comfy_server.base.ckpt_name in info["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0]
+    assert comfy_server.base.lora_name in info["LoraLoader"]["input"]["required"]["lora_name"][0]
 
-    graph = workflow.txt2img_graph(comfy_server.base.ckpt_name, lora_name=comfy_server.base.lora_name,
-                                   prefix="lyco_boot")
-    outputs = workflow.run_prompt(comfy_server.url, graph, timeout=180)
-    images = workflow.output_images(outputs)
-    assert len(images) == 1 and images[0]["type"] == "output"
-    path = comfy_server.base.output_dir / images[0]["subfolder"] / images[0]["filename"]
-    assert path.is_file() and path.stat().st_size > 0
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # CheckpointLoaderSimple -> CLIPTextEncode x2 -> EmptyLatentImage 64x64 -> KSampler 2 steps
+    # -> VAEDecode -> SaveImage, then the same with core LoraLoader in between
+    plain = _saved_image(comfy_server, workflow.run_prompt(
+        comfy_server.url, workflow.txt2img_graph(comfy_server.base.ckpt_name, prefix="boot_plain")))
+    lora = _saved_image(comfy_server, workflow.run_prompt(
+        comfy_server.url, workflow.txt2img_graph(comfy_server.base.ckpt_name, prefix="boot_lora",
+                                                 lora_name=comfy_server.base.lora_name)))
+    a = np.asarray(Image.open(plain).convert("RGB"), dtype=np.float32)
+    b = np.asarray(Image.open(lora).convert("RGB"), dtype=np.float32)
+    assert a.shape == b.shape == (64, 64, 3)
+    assert np.abs(a - b).mean() > 1.0, "core LoraLoader had no visible effect over HTTP"
+    assert "lora key not loaded" not in comfy_server.log()
 
 
 def test_server_log_has_no_import_failure_for_our_pack(comfy_server):

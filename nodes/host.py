@@ -1,0 +1,229 @@
+"""The only room that speaks ComfyUI: adapter files from the ``loras`` folder, key maps, patch objects that run
+lyco_core's math inside ModelPatcher, and the per-load coverage report.
+
+Patching: ``model.clone().add_patches({key: LycoPatch}, strength)`` — the user strength is ComfyUI's
+``strength_patch``; each LycoPatch applies its module's own strength law (linear for additive methods, rotation
+interpolation for OFT/BOFT, DoRA's law) in place on the weight ComfyUI hands it (full load, low-VRAM per-forward
+recomputation, and offset slices of fused weights alike). Methods whose result depends on W (OFT, BOFT, GLoRA,
+IA3, DoRA) see the weight as earlier patches in the chain left it: stacked loaders apply in chain order.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import torch
+
+import comfy.lora
+import comfy.weight_adapter
+import folder_paths
+
+from ..lyco_core import Adapter, AdapterError, load_adapter
+from ..lyco_core.keymap import WeightIndex, kohya_aliases, resolve
+
+log = logging.getLogger("ComfyUI-LyCO")
+_CACHE_SIZE = 8
+_cache: OrderedDict[tuple, Adapter] = OrderedDict()
+
+
+# --- files -----------------------------------------------------------------------------------------------------
+def adapter_names() -> list[str]:
+    """Names in ComfyUI's ``loras`` folders (PEFT folders appear as ``dir/adapter_model.safetensors``)."""
+    return folder_paths.get_filename_list("loras")
+
+
+def adapter_path(name: str) -> str:
+    """Full path of a listed name; only names ComfyUI lists are served."""
+    if name not in adapter_names():
+        raise AdapterError(f"'{name}' is not in ComfyUI's loras folders", expected="a name from the loras list")
+    return folder_paths.get_full_path_or_raise("loras", name)
+
+
+def load_cached(name: str) -> Adapter:
+    """The Adapter of a listed file, cached by path, mtime and size (Adapters are immutable, safe to share)."""
+    path = adapter_path(name)
+    stat = os.stat(path)
+    key = (path, stat.st_mtime_ns, stat.st_size)
+    adapter = _cache.get(key)
+    if adapter is None:
+        adapter = load_adapter(path)
+        _cache[key] = adapter
+        while len(_cache) > _CACHE_SIZE:
+            _cache.popitem(last=False)
+    _cache.move_to_end(key)
+    return adapter
+
+
+# --- the patch object ------------------------------------------------------------------------------------------
+class LycoPatch(comfy.weight_adapter.WeightAdapterBase):
+    """One adapter module as a ComfyUI weight patch (``part`` "weight" or "bias"); immutable, shared by clones."""
+
+    def __init__(self, module, part: str = "weight"):
+        self.module, self.part = module, part
+        self.name = f"lyco_{module.algo}"
+        self.loaded_keys: set[str] = set()
+        self.weights = tuple(module.params.values())
+
+    def calculate_weight(self, weight, key, strength, strength_model, offset, function,
+                         intermediate_dtype=torch.float32, original_weight=None):
+        """``weight += function(W' − W)`` in place (a narrowed slice stays a view, so fused weights work)."""
+        if strength == 0:
+            return weight
+        module = self.module
+        if self.part == "bias":
+            updated = module.bias_update(weight, float(strength))
+            delta = updated - weight.to(updated.dtype)
+        elif module.additive and not module.dora:
+            delta = module.delta(weight.shape, weight.device, intermediate_dtype) * float(strength)
+        else:
+            updated = module.apply(weight, float(strength))
+            delta = updated - weight.to(updated.dtype)
+        if function is not None:
+            delta = function(delta)
+        weight += delta.to(weight.dtype)
+        return weight
+
+
+# --- key mapping and coverage ----------------------------------------------------------------------------------
+@dataclass
+class Coverage:
+    """Per-load report: which modules patch the UNet, which the text encoder, which nothing (and why)."""
+    file: str
+    methods: dict
+    unet: dict = field(default_factory=dict)       # module -> patch key
+    clip: dict = field(default_factory=dict)
+    unmatched: dict = field(default_factory=dict)  # module -> reason
+    unknown_keys: int = 0
+
+    def line(self) -> str:
+        methods = ", ".join(f"{k} ×{v}" for k, v in sorted(self.methods.items()))
+        text = (f"{os.path.basename(self.file)}: {methods} · UNet {len(self.unet)} · CLIP {len(self.clip)} patched · "
+                f"{len(self.unmatched)} unmatched · {self.unknown_keys} unknown keys")
+        return text
+
+    def details(self, limit: int = 12) -> str:
+        lines = [self.line()]
+        for name, reason in list(self.unmatched.items())[:limit]:
+            lines.append(f"  unmatched {name}: {reason}")
+        if len(self.unmatched) > limit:
+            lines.append(f"  … and {len(self.unmatched) - limit} more unmatched")
+        return "\n".join(lines)
+
+
+def _key_name(target) -> str:
+    return target[0] if isinstance(target, tuple) else target
+
+
+def _shape_of(state: dict, target) -> torch.Size | None:
+    tensor = state.get(_key_name(target))
+    if tensor is None:
+        return None
+    if isinstance(target, tuple):
+        dim, start, length = target[1]
+        return tensor.narrow(dim, start, length).shape
+    return tensor.shape
+
+
+class _Side:
+    """One patchable model (UNet or text encoder): ComfyUI's key map plus its state dict for fallback matching."""
+
+    def __init__(self, label, key_map, state):
+        self.label, self.key_map, self.state = label, key_map, state
+        self.index = WeightIndex(state.keys())
+
+
+def _sides(model, clip) -> list[_Side]:
+    sides = []
+    if model is not None:
+        sides.append(_Side("unet", comfy.lora.model_lora_keys_unet(model.model, {}), model.model_state_dict()))
+    if clip is not None:
+        sides.append(_Side("clip", comfy.lora.model_lora_keys_clip(clip.cond_stage_model, {}),
+                           clip.cond_stage_model.state_dict()))
+    return sides
+
+
+def _locate(adapter: Adapter, name: str, sides: list[_Side]):
+    """(side, target) for a module, or (None, reason)."""
+    target_path = adapter.module_path(name)
+    for alias in kohya_aliases(name, target_path):
+        for side in sides:
+            if alias in side.key_map:
+                return side, side.key_map[alias]
+    found = []
+    reasons = []
+    for side in sides:
+        key, reason = resolve(target_path, side.index)
+        if key is not None:
+            found.append((side, key))
+        else:
+            reasons.append(f"{side.label}: {reason}")
+    if len(found) == 1:
+        return found[0]
+    if len(found) > 1:
+        return None, "ambiguous: fits both " + " and ".join(f"{s.label} {k}" for s, k in found)
+    labels = {s.label for s in sides}
+    if "clip" not in labels and any(h in name for h in ("lora_te", "text_encoder", "text_model")):
+        return None, "text-encoder module, but no CLIP is connected"
+    return None, "; ".join(reasons) or "no model connected"
+
+
+def build_patches(adapter: Adapter, model, clip) -> tuple[dict, dict, Coverage]:
+    """({unet key: LycoPatch}, {clip key: LycoPatch}, Coverage); shapes validated here, never first at sampling."""
+    sides = _sides(model, clip)
+    coverage = Coverage(adapter.path, adapter.method_counts(), unknown_keys=len(adapter.unknown_keys))
+    patches = {"unet": {}, "clip": {}}
+    for name, module in adapter.modules.items():
+        side, target = _locate(adapter, name, sides)
+        if side is None:
+            coverage.unmatched[name] = target
+            continue
+        shape = _shape_of(side.state, target)
+        bias_key = _key_name(target)[: -len("weight")] + "bias" if _key_name(target).endswith("weight") else None
+        has_bias = bias_key is not None and bias_key in side.state
+        try:
+            module.check_target(shape, has_bias)
+        except AdapterError as exc:
+            raise exc.located(file=adapter.path, module=name) from None
+        patches[side.label][target] = LycoPatch(module)
+        if has_bias and module.changes_bias() and not isinstance(target, tuple):
+            patches[side.label][bias_key] = LycoPatch(module, "bias")
+        getattr(coverage, side.label)[name] = _key_name(target)
+    return patches["unet"], patches["clip"], coverage
+
+
+def no_match_error(adapter: Adapter, coverage: Coverage) -> AdapterError:
+    base = adapter.summary()["metadata"]["base_model"]
+    example = next(iter(coverage.unmatched.items()), ("", ""))
+    hint = f" The file says its base model is '{base}'." if base else ""
+    return AdapterError(f"no module matches this model ({len(adapter.modules)} modules; e.g. {example[0]}: "
+                        f"{example[1]}). Likely an adapter for another base model, or a layout this model's "
+                        f"key map cannot place.{hint}", file=adapter.path,
+                        expected="an adapter trained for the connected model")
+
+
+def apply_adapter(adapter: Adapter, model, clip, strength_model: float, strength_clip: float):
+    """(new model, new clip, Coverage). Inputs are never mutated: patches go on clones."""
+    unet_patches, clip_patches, coverage = build_patches(adapter, model, clip)
+    if not unet_patches and not clip_patches:
+        raise no_match_error(adapter, coverage)
+    new_model, new_clip = model, clip
+    if model is not None and unet_patches:
+        new_model = model.clone()
+        accepted = set(new_model.add_patches(unet_patches, strength_model))
+        _drop_refused(coverage, "unet", unet_patches, accepted)
+    if clip is not None and clip_patches:
+        new_clip = clip.clone()
+        accepted = set(new_clip.add_patches(clip_patches, strength_clip))
+        _drop_refused(coverage, "clip", clip_patches, accepted)
+    log.info("[LyCO] %s", coverage.line())
+    return new_model, new_clip, coverage
+
+
+def _drop_refused(coverage: Coverage, side: str, patches: dict, accepted: set) -> None:
+    refused = {_key_name(k) for k in patches if k not in accepted}
+    for name, key in list(getattr(coverage, side).items()):
+        if key in refused:
+            del getattr(coverage, side)[name]
+            coverage.unmatched[name] = f"the model refused the patch key {key}"

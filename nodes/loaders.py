@@ -1,0 +1,114 @@
+"""Loader nodes: any LyCORIS-family file onto MODEL and CLIP at the user's strengths, with a coverage report.
+
+``LyCOLoadAdapter`` takes every method; the per-method nodes refuse a file holding another method and name the
+node to use instead. Strengths are ComfyUI's ``strength_patch``; each method applies its own law (see host.py).
+"""
+from __future__ import annotations
+
+from comfy_api.latest import io, ui
+
+from ..lyco_core import AdapterError
+from .host import adapter_names, apply_adapter, load_cached
+
+CATEGORY = "loaders/LyCORIS"
+_STRENGTH = dict(default=1.0, min=-10.0, max=10.0, step=0.01, display_mode=io.NumberDisplay.slider)
+
+
+def _strength_input(name: str, tooltip: str):
+    return io.Float.Input(name, tooltip=tooltip, **_STRENGTH)
+
+
+def _adapter_input():
+    return io.Combo.Input("adapter_name", options=adapter_names(),
+                          tooltip="An adapter file (or PEFT folder) from ComfyUI's loras folders; its method is "
+                                  "detected per module.")
+
+
+def _check_methods(adapter, allowed: frozenset | None, node_label: str) -> None:
+    if allowed is None:
+        return
+    found = {m.algo for m in adapter.modules.values()}
+    if not found <= allowed:
+        methods = ", ".join(sorted(found))
+        right = {"lokr": "Load LoKr", "loha": "Load LoHa", "oft": "Load OFT", "boft": "Load OFT",
+                 "lora": "Load LoRA / LoCon"}
+        suggestion = right.get(next(iter(found))) if len(found) == 1 else None
+        suggestion = suggestion or "Load LyCORIS Adapter"
+        raise AdapterError(f"this file holds {methods}, not what '{node_label}' loads; use '{suggestion}' "
+                           f"(or 'Load LyCORIS Adapter', which takes every method)", file=adapter.path)
+
+
+class _LoaderBase(io.ComfyNode):
+    """Shared schema and execution of the MODEL+CLIP loaders; subclasses set ids and the accepted methods."""
+    NODE_ID = ""
+    DISPLAY = ""
+    METHODS: frozenset | None = None
+    DESCRIPTION = ""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=cls.NODE_ID, display_name=cls.DISPLAY, category=CATEGORY, description=cls.DESCRIPTION,
+            inputs=[io.Model.Input("model"), io.Clip.Input("clip"), _adapter_input(),
+                    _strength_input("strength_model", "Strength on the diffusion model (0 = off)."),
+                    _strength_input("strength_clip", "Strength on the text encoder (0 = off).")],
+            outputs=[io.Model.Output(), io.Clip.Output(), io.String.Output(display_name="summary")])
+
+    @classmethod
+    def execute(cls, model, clip, adapter_name, strength_model, strength_clip):
+        adapter = load_cached(adapter_name)
+        _check_methods(adapter, cls.METHODS, cls.DISPLAY)
+        if strength_model == 0 and strength_clip == 0:
+            text = f"{adapter_name}: both strengths are 0, nothing applied"
+            return io.NodeOutput(model, clip, text, ui=ui.PreviewText(text))
+        new_model, new_clip, coverage = apply_adapter(adapter, model, clip, strength_model, strength_clip)
+        text = coverage.details()
+        return io.NodeOutput(new_model, new_clip, text, ui=ui.PreviewText(text))
+
+
+class LoadAdapter(_LoaderBase):
+    NODE_ID, DISPLAY = "LyCOLoadAdapter", "Load LyCORIS Adapter"
+    DESCRIPTION = ("Applies any LoRA/LoCon, LoHa, LoKr, OFT, BOFT, GLoRA, (IA)³, full/norm or DoRA adapter from "
+                   "LyCORIS/kohya, PEFT, diffusers or ComfyUI files exactly as it was trained.")
+
+
+class LoadLoKr(_LoaderBase):
+    NODE_ID, DISPLAY, METHODS = "LyCOLoadLoKr", "Load LoKr", frozenset({"lokr"})
+
+
+class LoadLoHa(_LoaderBase):
+    NODE_ID, DISPLAY, METHODS = "LyCOLoadLoHa", "Load LoHa", frozenset({"loha"})
+
+
+class LoadOFT(_LoaderBase):
+    NODE_ID, DISPLAY, METHODS = "LyCOLoadOFT", "Load OFT", frozenset({"oft", "boft"})
+    DESCRIPTION = "OFT and BOFT; the strength interpolates the rotation toward identity (never applied twice)."
+
+
+class LoadLoRA(_LoaderBase):
+    NODE_ID, DISPLAY, METHODS = "LyCOLoadLoRA", "Load LoRA / LoCon", frozenset({"lora"})
+    DESCRIPTION = "LoRA and LoCon (incl. Tucker and DoRA) from any layout."
+
+
+class LoadAdapterModelOnly(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LyCOLoadAdapterModelOnly", display_name="Load LyCORIS Adapter (model only)", category=CATEGORY,
+            description="Applies an adapter's diffusion-model modules; text-encoder modules are reported, not applied.",
+            inputs=[io.Model.Input("model"), _adapter_input(),
+                    _strength_input("strength_model", "Strength on the diffusion model (0 = off).")],
+            outputs=[io.Model.Output(), io.String.Output(display_name="summary")])
+
+    @classmethod
+    def execute(cls, model, adapter_name, strength_model):
+        adapter = load_cached(adapter_name)
+        if strength_model == 0:
+            text = f"{adapter_name}: strength 0, nothing applied"
+            return io.NodeOutput(model, text, ui=ui.PreviewText(text))
+        new_model, _, coverage = apply_adapter(adapter, model, None, strength_model, 0.0)
+        text = coverage.details()
+        return io.NodeOutput(new_model, text, ui=ui.PreviewText(text))
+
+
+LOADERS = [LoadAdapter, LoadAdapterModelOnly, LoadLoKr, LoadLoHa, LoadOFT, LoadLoRA]
