@@ -4,9 +4,9 @@
     ad.layout, ad.modules[name].algo, ad.modules[name].dora, ad.metadata
     new = ad.patch(weights, strength=1.0)       # {key: new tensor} for every changed key
 """
-from .adapter import Adapter, load_adapter
+from .adapter import Adapter, adapter_from_tensors, load_adapter
 from .errors import AdapterError
 from .keymap import MatchReport
 
 __version__ = "0.1.0"
-__all__ = ["Adapter", "AdapterError", "MatchReport", "load_adapter", "__version__"]
+__all__ = ["Adapter", "AdapterError", "adapter_from_tensors", "MatchReport", "load_adapter", "__version__"]

@@ -68,13 +68,15 @@ def _check_tensor(file: str, key: str, param: str, tensor: torch.Tensor) -> None
 
 
 class Adapter:
-    """An adapter file read and understood: ``layout``, ``modules`` {name as written: module}, ``metadata``,
-    ``unknown_keys`` (tensor keys no algorithm reads — reported, never silently dropped)."""
+    """An adapter file read and understood: ``layout``, ``modules`` {name as written: module (its ``params`` are
+    the file's tensors under canonical parameter names)}, ``metadata``, ``config`` (PEFT), ``unknown_keys`` (tensor
+    keys no algorithm reads — reported, never silently dropped)."""
 
     def __init__(self, path: str, layout: str, modules: dict[str, AdapterModule], metadata: dict[str, str],
-                 unknown_keys: list[str], layout_obj):
+                 unknown_keys: list[str], layout_obj, config: dict[str, Any] | None = None):
         self.path, self.layout, self.modules, self.metadata = path, layout, modules, metadata
         self.unknown_keys = unknown_keys
+        self.config = config  # the PEFT adapter_config.json, when the file came with one
         self._layout = layout_obj
 
     def __repr__(self) -> str:
@@ -176,7 +178,14 @@ def load_adapter(path: str | os.PathLike, *, header_only: bool = False) -> Adapt
         tensors, metadata = load_shapes(tensor_path)
     else:
         tensors, metadata = load_tensors(tensor_path)
-    file = str(tensor_path)
+    return adapter_from_tensors(tensors, metadata, config, str(tensor_path))
+
+
+def adapter_from_tensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None,
+                         config: dict[str, Any] | None = None, file: str = "<memory>") -> Adapter:
+    """An Adapter from in-memory tensors (file keys), metadata and an optional PEFT config — what converters and
+    the trainer produce before anything is written. ``file`` names it in errors and reports."""
+    metadata = dict(metadata or {})
     if not tensors:
         raise AdapterError("file holds no tensors", file=file, expected="adapter tensors")
     canonical = known_suffixes()
@@ -214,4 +223,4 @@ def load_adapter(path: str | os.PathLike, *, header_only: bool = False) -> Adapt
     if unknown:
         log.warning("%s: %d tensor keys belong to no known adapter method: %s", file, len(unknown),
                     ", ".join(sorted(unknown)[:5]))
-    return Adapter(file, layout_cls.name, modules, full_metadata, sorted(unknown), layout)
+    return Adapter(file, layout_cls.name, modules, full_metadata, sorted(unknown), layout, config)
