@@ -8,7 +8,6 @@ kohya module names (``lycoris_fc1``, ``lora_unet_down_blocks_0_...``) onto the s
 """
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
@@ -17,7 +16,7 @@ pytest.importorskip("lycoris")
 
 from safetensors import safe_open  # noqa: E402
 
-from tests.core.oracles.common import ParityCase, relative_error  # noqa: E402
+from tests.core.oracles.common import ParityCase, patch_failures, read_failures, relative_error  # noqa: E402
 from tests.core.oracles.lycoris_oracle import (  # noqa: E402
     CASE_NAMES,
     STRENGTHS,
@@ -59,62 +58,16 @@ def loaded(core, lycoris_cases):
 
 @pytest.mark.parametrize("name", CASE_NAMES)
 def test_reads_layout_modules_and_algorithms(name, lycoris_cases, loaded):
-    case = lycoris_cases[name]
-    ad = loaded(name)
-    assert ad.layout == case.layout
-    missing, extra = sorted(set(case.algos) - set(ad.modules)), sorted(set(ad.modules) - set(case.algos))
-    assert not missing and not extra, f"missing {missing[:5]}, extra {extra[:5]}"
-    ours = {n: mod.algo for n, mod in ad.modules.items()}
-    assert ours == case.algos
-    wrong_dora = {
-        n: (bool(ad.modules[n].dora), flag) for n, flag in case.dora.items() if bool(ad.modules[n].dora) != flag
-    }
-    assert not wrong_dora, f"(ours, expected) DoRA flag per module: {wrong_dora}"
-    assert isinstance(ad.metadata, dict)
-    assert all(isinstance(k, str) and isinstance(v, str) for k, v in ad.metadata.items())
+    failures = read_failures(lycoris_cases[name], loaded(name))
+    assert not failures, "\n".join(failures)
 
 
 @pytest.mark.parametrize("strength", STRENGTHS, ids=lambda m: f"m={m:g}")
 @pytest.mark.parametrize("name", CASE_NAMES)
 def test_patch_matches_lycoris_forward(name, strength, lycoris_cases, loaded):
     case = lycoris_cases[name]
-    reference = case.reference[strength]
-    ad = loaded(name)
-    pristine = {k: v.clone() for k, v in case.base.items()}
-    identity = {k: id(v) for k, v in case.base.items()}
-
-    new = ad.patch(case.base, strength=strength, key_map=case.key_map)
-
-    assert isinstance(new, dict)
-    unknown = sorted(set(new) - set(case.base))
-    assert not unknown, f"patch returned keys that are not in the weights: {unknown[:5]}"
-    failures = []
-    for key, ref in reference.items():
-        base = case.base[key]
-        if key not in new:
-            failures.append(f"{key}: changed by LyCORIS, not returned by patch")
-        elif new[key] is base:
-            failures.append(f"{key}: patch returned the input tensor itself, not a new one")
-        ours = new.get(key, base)
-        if ours.shape != base.shape:
-            failures.append(f"{key}: shape {tuple(ours.shape)} != {tuple(base.shape)}")
-            continue
-        if ours.dtype != base.dtype:
-            failures.append(f"{key}: dtype {ours.dtype} != {base.dtype}")
-        err = relative_error(ours, ref, base)
-        if not math.isfinite(err) or err > case.tol:
-            failures.append(f"{key}: relative error {err:.3e} > {case.tol:g}")
-    # whatever the library's (rebuild) forward leaves alone must stay as it is (e.g. the bias under IA3/OFT/BOFT)
-    for key, tensor in new.items():
-        if key not in reference and not torch.allclose(tensor.to(torch.float64), case.base[key].to(torch.float64)):
-            failures.append(f"{key}: changed, but the LyCORIS forward leaves it untouched")
-    assert not failures, f"{case.name} m={strength} ({case.note or 'tol ' + str(case.tol)}):\n" + "\n".join(
-        failures[:40]
-    )
-
-    assert {k: id(v) for k, v in case.base.items()} == identity, "patch replaced entries of the input dict"
-    mutated = [k for k, v in case.base.items() if not torch.equal(v, pristine[k])]
-    assert not mutated, f"patch modified its input tensors: {mutated[:5]}"
+    failures = patch_failures(case, loaded(name), strength)
+    assert not failures, f"{case.name} ({case.note or 'tol ' + str(case.tol)}):\n" + "\n".join(failures[:40])
 
 
 # ------------------------------------------------------------------------------------------------------------

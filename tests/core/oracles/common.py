@@ -34,3 +34,59 @@ def relative_error(ours: torch.Tensor, ref: torch.Tensor, base: torch.Tensor) ->
     if denom == 0.0:
         return num
     return num / denom
+
+
+def read_failures(case: ParityCase, adapter) -> list[str]:
+    """What an Adapter got wrong about the case's file: layout, module names, methods, DoRA flags, metadata type."""
+    failures = []
+    if adapter.layout != case.layout:
+        failures.append(f"layout {adapter.layout} != {case.layout}")
+    missing, extra = sorted(set(case.algos) - set(adapter.modules)), sorted(set(adapter.modules) - set(case.algos))
+    if missing or extra:
+        failures.append(f"modules missing {missing[:5]}, extra {extra[:5]}")
+    wrong = {n: (m.algo, case.algos[n]) for n, m in adapter.modules.items() if n in case.algos and m.algo != case.algos[n]}
+    if wrong:
+        failures.append(f"(ours, expected) algo per module: {wrong}")
+    wrong_dora = {n: (bool(adapter.modules[n].dora), flag) for n, flag in case.dora.items()
+                  if n in adapter.modules and bool(adapter.modules[n].dora) != flag}
+    if wrong_dora:
+        failures.append(f"(ours, expected) DoRA flag per module: {wrong_dora}")
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in adapter.metadata.items()):
+        failures.append("metadata is not a dict of str -> str")
+    return failures
+
+
+def patch_failures(case: ParityCase, adapter, strength: float) -> list[str]:
+    """Differences between ``adapter.patch(case.base, strength)`` and the reference; also checks that the input
+    dict and its tensors are left untouched and that keys the reference leaves alone stay as they are."""
+    import math
+
+    pristine = {k: v.clone() for k, v in case.base.items()}
+    identity = {k: id(v) for k, v in case.base.items()}
+    new = adapter.patch(case.base, strength=strength, key_map=case.key_map)
+    reference = case.reference[strength]
+    failures = [f"m={strength}: returned key {k} is not in the weights" for k in sorted(set(new) - set(case.base))]
+    for key, ref in reference.items():
+        base = case.base[key]
+        if key not in new:
+            failures.append(f"m={strength} {key}: changed by the reference, not returned by patch")
+        elif new[key] is base:
+            failures.append(f"m={strength} {key}: patch returned the input tensor itself, not a new one")
+        ours = new.get(key, base)
+        if ours.shape != base.shape:
+            failures.append(f"m={strength} {key}: shape {tuple(ours.shape)} != {tuple(base.shape)}")
+            continue
+        if ours.dtype != base.dtype:
+            failures.append(f"m={strength} {key}: dtype {ours.dtype} != {base.dtype}")
+        err = relative_error(ours, ref, base)
+        if not math.isfinite(err) or err > case.tol:
+            failures.append(f"m={strength} {key}: relative error {err:.3e} > {case.tol:g}")
+    for key, tensor in new.items():
+        if key in case.base and key not in reference and not torch.allclose(tensor.double(), case.base[key].double()):
+            failures.append(f"m={strength} {key}: changed, but the reference leaves it untouched")
+    if {k: id(v) for k, v in case.base.items()} != identity:
+        failures.append("patch replaced entries of the input dict")
+    mutated = [k for k, v in case.base.items() if not torch.equal(v, pristine[k])]
+    if mutated:
+        failures.append(f"patch modified its input tensors: {mutated[:5]}")
+    return failures
