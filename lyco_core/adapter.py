@@ -114,12 +114,13 @@ class Adapter:
 
     # --- applying ------------------------------------------------------------------------------------------------
     def patch(self, weights: dict[str, torch.Tensor], strength: float = 1.0,
-              key_map: dict[str, str] | None = None) -> dict[str, torch.Tensor]:
+              key_map: dict[str, str] | None = None, progress=None) -> dict[str, torch.Tensor]:
         """New tensors (same shape and dtype) for every weight/bias key the adapter changes; inputs untouched.
 
         Each module applies its own strength law (see the algorithm files). Strength 0 means off: nothing changes
         (LyCORIS' DoRA and rescaled OFT would still alter W at multiplier 0; we treat 0 as "adapter disabled").
         Modules that match no key are logged with the reason; matching nothing at all raises AdapterError.
+        ``progress(done, total)`` is called after each module and may raise to stop.
         """
         if any(p.is_meta for m in self.modules.values() for p in m.params.values()):
             raise AdapterError("this Adapter was read header-only; load it again with header_only=False to patch",
@@ -134,7 +135,7 @@ class Adapter:
         if strength == 0:
             return {}
         updated: dict[str, torch.Tensor] = {}
-        for name, key in report.matched.items():
+        for done, (name, key) in enumerate(report.matched.items(), 1):
             module = self.modules[name]
             bias_key = key[: -len("weight")] + "bias" if key.endswith("weight") else None
             weight = updated.get(key, weights[key])
@@ -143,10 +144,13 @@ class Adapter:
                 module.check_target(weight.shape, bias is not None)
             except AdapterError as exc:
                 raise exc.located(file=self.path, module=name) from None
-            updated[key] = module.apply(weight, float(strength)).to(weights[key].dtype)
+            target = weight if key in updated else weight.detach().clone()
+            updated[key] = module.apply_(target, float(strength))
             new_bias = module.bias_update(bias, float(strength)) if bias is not None else None
             if new_bias is not None:
                 updated[bias_key] = new_bias.to(weights[bias_key].dtype)
+            if progress is not None:
+                progress(done, len(report.matched))
         return updated
 
     # --- describing ----------------------------------------------------------------------------------------------

@@ -1,6 +1,8 @@
-"""Command line: ``python -m lyco_core inspect PATH [--json]``.
+"""Command line: ``python -m lyco_core inspect PATH [--json]``, and the transforms of commands.py
+(convert, to-lora, resize, merge, extract, bake).
 
-Exit status 0 on success, 2 with the reason on stderr when the file is invalid.
+Exit status 0 on success, 2 with the reason on stderr when a file is invalid or an operation is refused,
+130 when interrupted (nothing is written then).
 """
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import json
 import sys
 
 from .adapter import load_adapter
+from .commands import add_commands
 from .errors import AdapterError
 
 
@@ -48,12 +51,14 @@ def _inspect(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m lyco_core",
-                                     description="Inspect LyCORIS-family adapter files (LyCORIS/kohya, PEFT, diffusers, ComfyUI).")
+                                     description="Inspect, convert, resize, merge, extract and bake LyCORIS-family "
+                                                 "adapters (LyCORIS/kohya, PEFT, diffusers, ComfyUI).")
     commands = parser.add_subparsers(dest="command", required=True)
     inspect = commands.add_parser("inspect", help="layout, methods, ranks, alphas, DoRA, metadata of an adapter")
     inspect.add_argument("path", help="a .safetensors file or a PEFT adapter folder")
     inspect.add_argument("--json", action="store_true", help="print the summary as JSON")
     inspect.set_defaults(run=_inspect)
+    add_commands(commands)
     return parser
 
 
@@ -64,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     except AdapterError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: nothing written", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -57,6 +57,17 @@ def load_cached(name: str) -> Adapter:
 
 
 # --- the patch object ------------------------------------------------------------------------------------------
+_IDENTITY_CODE = (lambda a: a).__code__
+
+
+def _is_identity(function) -> bool:
+    """None, or a one-argument function returning its argument — such as the ``lambda a: a`` that
+    ``comfy.lora.calculate_weight`` puts in place of a missing key function (compared by bytecode)."""
+    code = getattr(function, "__code__", None)
+    return function is None or (code is not None and code.co_code == _IDENTITY_CODE.co_code
+                                and code.co_argcount == 1 and not code.co_flags & 0x0C)
+
+
 class LycoPatch(comfy.weight_adapter.WeightAdapterBase):
     """One adapter module as a ComfyUI weight patch (``part`` "weight" or "bias"); immutable, shared by clones."""
 
@@ -68,10 +79,21 @@ class LycoPatch(comfy.weight_adapter.WeightAdapterBase):
 
     def calculate_weight(self, weight, key, strength, strength_model, offset, function,
                          intermediate_dtype=torch.float32, original_weight=None):
-        """``weight += function(W' − W)`` in place (a narrowed slice stays a view, so fused weights work)."""
+        """``weight ← W'`` in place (a narrowed slice stays a view, so fused weights work).
+
+        Without a key function this is the module's fused in-place path (``apply_``): float32 math whatever
+        ``intermediate_dtype`` says (an fp16/bf16 low-VRAM weight goes through one float32 working copy), one
+        rounding at the end. With a key function it is ``weight += function(W' − W)``, ΔW materialised.
+        """
         if strength == 0:
             return weight
         module = self.module
+        if self.part == "weight" and _is_identity(function):
+            # no_grad: outside inference mode ComfyUI hands a copy of a weight that may require grad (fresh
+            # checkpoint UNet), and the fused out= kernels (OFT/BOFT) refuse autograd tensors
+            with torch.no_grad():
+                module.apply_(weight, float(strength))
+            return weight
         if self.part == "bias":
             updated = module.bias_update(weight, float(strength))
             delta = updated - weight.to(updated.dtype)
@@ -196,7 +218,7 @@ def build_patches(adapter: Adapter, model, clip) -> tuple[dict, dict, Coverage]:
 def no_match_error(adapter: Adapter, coverage: Coverage) -> AdapterError:
     base = adapter.summary()["metadata"]["base_model"]
     example = next(iter(coverage.unmatched.items()), ("", ""))
-    hint = f" The file says its base model is '{base}'." if base else ""
+    hint = f" The file says its base model is '{base}'" if base else ""
     return AdapterError(f"no module matches this model ({len(adapter.modules)} modules; e.g. {example[0]}: "
                         f"{example[1]}). Likely an adapter for another base model, or a layout this model's "
                         f"key map cannot place.{hint}", file=adapter.path,

@@ -1,16 +1,19 @@
 """Adapter Info: what a file really contains, and — with a model connected — what of it matches."""
 from __future__ import annotations
 
+import os
+
 from comfy_api.latest import io, ui
 
 from .host import adapter_names, build_patches, load_cached
 
 
-def describe(adapter) -> str:
-    """A human summary: layout, methods, ranks, alphas, DoRA/Tucker, base model, trigger words, network args."""
+def describe(adapter, name: str | None = None) -> str:
+    """A human summary: layout, methods, ranks, alphas, DoRA/Tucker, base model, trigger words, network args.
+    ``name`` is how the user knows the file (its loras-list name); never a machine path."""
     summary = adapter.summary()
     meta = summary["metadata"]
-    lines = [f"file: {summary['file']}", f"layout: {summary['layout']}",
+    lines = [f"file: {name or os.path.basename(summary['file'])}", f"layout: {summary['layout']}",
              "methods: " + ", ".join(f"{k} ×{v}" for k, v in sorted(summary["methods"].items()))]
     if summary["rank_range"]:
         lines.append("rank: {}–{}".format(*summary["rank_range"]))
@@ -42,7 +45,7 @@ class AdapterInfo(io.ComfyNode):
     @classmethod
     def execute(cls, adapter_name, model=None, clip=None):
         adapter = load_cached(adapter_name)
-        text = describe(adapter)
+        text = describe(adapter, adapter_name)
         if model is not None or clip is not None:
             _, _, coverage = build_patches(adapter, model, clip)
             text += "\n" + coverage.details(limit=20)

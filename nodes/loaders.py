@@ -1,13 +1,15 @@
 """Loader nodes: any LyCORIS-family file onto MODEL and CLIP at the user's strengths, with a coverage report.
 
 ``LyCOLoadAdapter`` takes every method; the per-method nodes refuse a file holding another method and name the
-node to use instead. Strengths are ComfyUI's ``strength_patch``; each method applies its own law (see host.py).
+node to use instead. Strengths are ComfyUI's ``strength_patch``; each method applies its own law (see host.py). With
+``bypass`` the adapter runs in each layer's forward pass instead of being merged (bypass.py).
 """
 from __future__ import annotations
 
 from comfy_api.latest import io, ui
 
 from ..lyco_core import AdapterError
+from .bypass import apply_bypass
 from .host import adapter_names, apply_adapter, load_cached
 
 CATEGORY = "loaders/LyCORIS"
@@ -22,6 +24,13 @@ def _adapter_input():
     return io.Combo.Input("adapter_name", options=adapter_names(),
                           tooltip="An adapter file (or PEFT folder) from ComfyUI's loras folders; its method is "
                                   "detected per module.")
+
+
+def _bypass_input():
+    return io.Boolean.Input("bypass", default=False, optional=True,
+                            tooltip="Run the adapter in each layer's forward pass instead of merging it into the "
+                                    "weights (for quantised/fp8 models: no weight copies). LoRA/LoCon, LoHa, LoKr "
+                                    "and full diffs only; other methods are refused with a message.")
 
 
 def _check_methods(adapter, allowed: frozenset | None, node_label: str) -> None:
@@ -51,17 +60,18 @@ class _LoaderBase(io.ComfyNode):
             node_id=cls.NODE_ID, display_name=cls.DISPLAY, category=CATEGORY, description=cls.DESCRIPTION,
             inputs=[io.Model.Input("model"), io.Clip.Input("clip"), _adapter_input(),
                     _strength_input("strength_model", "Strength on the diffusion model (0 = off)."),
-                    _strength_input("strength_clip", "Strength on the text encoder (0 = off).")],
+                    _strength_input("strength_clip", "Strength on the text encoder (0 = off)."), _bypass_input()],
             outputs=[io.Model.Output(), io.Clip.Output(), io.String.Output(display_name="summary")])
 
     @classmethod
-    def execute(cls, model, clip, adapter_name, strength_model, strength_clip):
+    def execute(cls, model, clip, adapter_name, strength_model, strength_clip, bypass=False):
         adapter = load_cached(adapter_name)
         _check_methods(adapter, cls.METHODS, cls.DISPLAY)
         if strength_model == 0 and strength_clip == 0:
             text = f"{adapter_name}: both strengths are 0, nothing applied"
             return io.NodeOutput(model, clip, text, ui=ui.PreviewText(text))
-        new_model, new_clip, coverage = apply_adapter(adapter, model, clip, strength_model, strength_clip)
+        load = apply_bypass if bypass else apply_adapter
+        new_model, new_clip, coverage = load(adapter, model, clip, strength_model, strength_clip)
         text = coverage.details()
         return io.NodeOutput(new_model, new_clip, text, ui=ui.PreviewText(text))
 
@@ -97,16 +107,17 @@ class LoadAdapterModelOnly(io.ComfyNode):
             node_id="LyCOLoadAdapterModelOnly", display_name="Load LyCORIS Adapter (model only)", category=CATEGORY,
             description="Applies an adapter's diffusion-model modules; text-encoder modules are reported, not applied.",
             inputs=[io.Model.Input("model"), _adapter_input(),
-                    _strength_input("strength_model", "Strength on the diffusion model (0 = off).")],
+                    _strength_input("strength_model", "Strength on the diffusion model (0 = off)."), _bypass_input()],
             outputs=[io.Model.Output(), io.String.Output(display_name="summary")])
 
     @classmethod
-    def execute(cls, model, adapter_name, strength_model):
+    def execute(cls, model, adapter_name, strength_model, bypass=False):
         adapter = load_cached(adapter_name)
         if strength_model == 0:
             text = f"{adapter_name}: strength 0, nothing applied"
             return io.NodeOutput(model, text, ui=ui.PreviewText(text))
-        new_model, _, coverage = apply_adapter(adapter, model, None, strength_model, 0.0)
+        load = apply_bypass if bypass else apply_adapter
+        new_model, _, coverage = load(adapter, model, None, strength_model, 0.0)
         text = coverage.details()
         return io.NodeOutput(new_model, text, ui=ui.PreviewText(text))
 

@@ -1,7 +1,10 @@
 """What every algorithm module shares: the scale context given by the file layout, validation helpers, and the
 two module kinds — additive (``W' = W + m·ΔW``, ΔW independent of W) and weight-dependent (``W' = f(W, m)``).
 
-All math runs in float32 (float64 if the weight is float64) and returns new tensors; callers cast once.
+All math runs in float32 (float64 if the weight is float64). ``apply``/``delta`` return new tensors (the reference
+forms, autograd-safe); ``apply_`` rewrites a weight in place through the fast paths an algorithm may provide
+(``rebuild_``; for additive methods ``factors`` + ``add_rows_``), with temporaries of at most one weight-sized
+float32 tensor and, for the fast paths, only scratch chunks (see inplace.py).
 """
 from __future__ import annotations
 
@@ -12,7 +15,8 @@ from typing import Any, ClassVar
 import torch
 
 from ..errors import AdapterError
-from .dora import lycoris_dora, peft_dora
+from .dora import lycoris_dora, lycoris_factor, peft_dora, peft_factor
+from .inplace import compute_dtype, row_chunks, working_tensor
 
 
 @dataclass
@@ -49,11 +53,6 @@ class ScaleContext:
         if alpha == 0.0 or not math.isfinite(alpha):
             return 1.0
         return alpha / rank
-
-
-def compute_dtype(weight: torch.Tensor) -> torch.dtype:
-    """float64 stays float64, everything else computes in float32."""
-    return torch.float64 if weight.dtype == torch.float64 else torch.float32
 
 
 class AdapterModule:
@@ -100,6 +99,30 @@ class AdapterModule:
         """W' for base ``weight`` at ``strength``, a new tensor in the compute dtype."""
         raise NotImplementedError
 
+    def apply_(self, weight: torch.Tensor, strength: float) -> torch.Tensor:
+        """``weight ← W'`` in place (the same tensor is returned), math in the compute dtype, one final rounding.
+
+        A contiguous compute-dtype weight is rewritten where it lies; any other goes through one working copy.
+        """
+        work = working_tensor(weight)
+        self.rebuild_(work, strength)
+        if work is not weight:
+            weight.copy_(work)
+        return weight
+
+    def rebuild_(self, work: torch.Tensor, strength: float) -> None:
+        """``work ← W'`` in place on a contiguous compute-dtype tensor. Fast paths override this; the default
+        copies in the reference ``apply`` (one weight-sized temporary)."""
+        work.copy_(self.apply(work, strength))
+
+    def bypassable(self) -> bool:
+        """Whether ``bypass_delta`` can stand in for merging (the method's ΔW does not depend on W)."""
+        return False
+
+    def bypass_delta(self, x: torch.Tensor, call, strength: float) -> torch.Tensor:
+        """The adapter branch of a bypassed layer, ``m·(ΔW ⋆ x + Δb)`` (``call``: a ``bypass.LayerCall``)."""
+        raise NotImplementedError
+
     def changes_bias(self) -> bool:
         """Whether ``bias_update`` ever returns a new bias."""
         return False
@@ -130,13 +153,67 @@ class AdditiveModule(AdapterModule):
 
     def apply(self, weight, strength):
         dtype = compute_dtype(weight)
-        delta = self.delta(weight.shape, weight.device, dtype)
-        base = weight.to(dtype)
+        return self.combine(weight.to(dtype), self.delta(weight.shape, weight.device, dtype), strength)
+
+    def combine(self, base: torch.Tensor, delta: torch.Tensor, strength: float) -> torch.Tensor:
+        """W' from the compute-dtype base W and ΔW: ``W + m·ΔW``, or DoRA's law when a magnitude is present."""
         if "magnitude" in self.params:
-            return peft_dora(base, delta, strength, self.tensor("magnitude", weight))
+            return peft_dora(base, delta, strength, self.tensor("magnitude", base))
         if "dora_scale" in self.params:
-            return lycoris_dora(base, delta, strength, self.tensor("dora_scale", weight))
-        return base + strength * delta
+            return lycoris_dora(base, delta, strength, self.tensor("dora_scale", base))
+        return base + delta if strength == 1.0 else base + strength * delta
+
+    def row_group(self) -> int:
+        """How many consecutive rows of ΔW ``add_rows_`` must build together (1 unless the method says more)."""
+        return 1
+
+    def factors(self, weight_shape: torch.Size, device: torch.device, dtype: torch.dtype) -> Any:
+        """What ``add_rows_`` needs, cast once per ``apply_``. Fast paths return their small factors (and scratch);
+        the default is the whole ΔW (one weight-sized temporary)."""
+        return self.delta(weight_shape, device, dtype)
+
+    def add_rows_(self, work: torch.Tensor, rows: slice, factors: Any, scale: float) -> None:
+        """``work += scale·flat(ΔW)[rows]`` in place (``work`` is ``(len(rows), cols)``, compute dtype)."""
+        work.add_(factors.reshape(factors.shape[0], -1)[rows], alpha=scale)
+
+    def apply_(self, weight, strength):
+        """``W + m·ΔW`` in place, row chunk by row chunk. DoRA adds ΔW (PEFT: m·ΔW) first, then rescales the
+        sum by its per-row factor; LyCORIS DoRA on the input axis needs whole columns: one working copy."""
+        if weight.ndim == 0:
+            return super().apply_(weight, strength)
+        factors = self.factors(weight.shape, weight.device, compute_dtype(weight))
+        if self.dora_axis() == "in":
+            work = working_tensor(weight)
+            self.add_rows_(work.view(work.shape[0], -1), slice(0, work.shape[0]), factors, 1.0)
+            work.mul_(lycoris_factor(work, strength, self.tensor("dora_scale", work)))
+            if work is not weight:
+                weight.copy_(work)
+            return weight
+        magnitude = self.tensor("magnitude", weight) if "magnitude" in self.params else None
+        dora_scale = self.tensor("dora_scale", weight) if "dora_scale" in self.params else None
+        for rows, work in row_chunks(weight, self.row_group()):
+            if magnitude is not None:
+                self.add_rows_(work, rows, factors, strength)
+                work.mul_(peft_factor(work, magnitude[rows]))
+            elif dora_scale is not None:
+                self.add_rows_(work, rows, factors, 1.0)
+                work.mul_(lycoris_factor(work, strength, dora_scale[rows]))
+            else:
+                self.add_rows_(work, rows, factors, strength)
+        return weight
+
+    def bypassable(self):
+        return not self.dora
+
+    def bypass_delta(self, x, call, strength):
+        out = self.bypass_weight(x, call, strength)
+        bias = self.bias_delta(x.device, x.dtype)
+        return out if bias is None else out + call.channels(strength * bias)
+
+    def bypass_weight(self, x: torch.Tensor, call, strength: float) -> torch.Tensor:
+        """``m·ΔW ⋆ x``. Default: ΔW formed in float32 for the call, cast to x's dtype (LoHa, full diffs)."""
+        delta = self.delta(torch.Size(call.weight_shape), x.device, compute_dtype(x))
+        return call.apply(x, (delta * strength).to(x.dtype))
 
     def changes_bias(self):
         return self.bias_delta(torch.device("cpu"), torch.float32) is not None
@@ -158,11 +235,16 @@ class AdditiveModule(AdapterModule):
         return "in" if scale.shape[0] == 1 and scale.numel() > 1 else "out"
 
 
+def check_fits(module: AdapterModule, shape: list[int], weight_shape: torch.Size, what: str) -> None:
+    """Raise naming both shapes unless a rebuilt ``shape`` has as many values as the weight."""
+    if math.prod(shape) != math.prod(weight_shape):
+        raise module.fail(f"{what} rebuilds to {list(shape)} ({math.prod(shape)} values), which does not fit "
+                          f"the target weight {list(weight_shape)}", expected="an adapter made for this layer")
+
+
 def reshape_to(delta: torch.Tensor, weight_shape: torch.Size, module: AdapterModule, what: str) -> torch.Tensor:
     """Reshape a rebuilt delta to the weight's shape, or raise naming both shapes."""
-    if delta.numel() != math.prod(weight_shape):
-        raise module.fail(f"{what} rebuilds to {list(delta.shape)} ({delta.numel()} values), which does not fit "
-                          f"the target weight {list(weight_shape)}", expected="an adapter made for this layer")
+    check_fits(module, list(delta.shape), weight_shape, what)
     return delta.reshape(weight_shape)
 
 
@@ -174,6 +256,12 @@ def flat2(t: torch.Tensor) -> torch.Tensor:
 def tucker_rebuild(core: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
     """``T[o,i,…] = Σ_{p,q} core[p,q,…]·left[p,o]·right[q,i]`` (left ``(r,out)``, right ``(r,in)``), contiguous."""
     return torch.einsum("pq...,po,qi->oi...", core, left, right).contiguous()
+
+
+def tucker_fold(core: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """``F[p,(i,…)] = Σ_q core[p,q,…]·right[q,i]`` as ``(r, in·∏k)``: the Tucker product is then ``leftᵀ @ F``
+    (a rank-r matmul, no weight-sized intermediate)."""
+    return torch.einsum("pq...,qi->pi...", core, right).reshape(core.shape[0], -1)
 
 
 def require(module: AdapterModule, keys: tuple[str, ...]) -> None:

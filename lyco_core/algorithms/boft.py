@@ -4,12 +4,17 @@
 With ``x = W``, for stage ``i = 0…M−1``: ``R_i ← m·R_i + (1−m)·I``; ``h = 2^i·bs/2``; the row permutation
 ``π = arange(out).reshape(−1, 2, h).transpose(1, 2).flatten()``; ``x[π] ← blockdiag(R_i) · x[π]`` (R, not Rᵀ,
 on blocks of bs consecutive permuted rows). Finally ``W' = rescale ⊙ x`` if rescaled. Bias unchanged.
+In place (``rebuild_``): the interpolated stage rotations are cached per (device, dtype, strength); columns are
+independent, so W is processed in column chunks through two reused scratch chunks: stage i gathers
+``y_{i−1}[π_{i−1}⁻¹[π_i]]`` (the previous stage's output, still in its permuted order) and multiplies it blockwise;
+the last output is scattered once, ``x[π_{M−1}] = y``. No dense permutation or rotation matrix is formed.
 """
 from __future__ import annotations
 
 import torch
 
 from .base import AdapterModule, check_ndim
+from .inplace import BoundedCache, span_length, spans, view_of
 from .oft import constrained_skew
 from .registry import register
 from .rotation import cayley, toward_identity
@@ -18,6 +23,18 @@ from .rotation import cayley, toward_identity
 def butterfly_order(rows: int, half: int, device) -> torch.Tensor:
     """The stage permutation: within groups of ``2·half`` rows, interleave the two halves."""
     return torch.arange(rows, device=device).reshape(-1, 2, half).transpose(1, 2).reshape(-1)
+
+
+def stage_gathers(rows: int, bs: int, stages: int, device) -> list[torch.Tensor]:
+    """Row indices that feed each stage from the previous stage's permuted output (stage 0: from W), then π_{M−1}
+    for the final scatter."""
+    orders = [butterfly_order(rows, (2 ** stage) * bs // 2, device) for stage in range(stages)]
+    gathers = [orders[0]]
+    for previous, current in zip(orders, orders[1:]):
+        inverse = torch.empty_like(previous)
+        inverse[previous] = torch.arange(rows, device=device)
+        gathers.append(inverse[current])
+    return gathers + [orders[-1]]
 
 
 @register
@@ -35,6 +52,7 @@ class BOFT(AdapterModule):
         if blocks.shape[2] != blocks.shape[3] or blocks.shape[2] % 2:
             raise self.fail(f"blocks of shape {list(blocks.shape[2:])}", key="oft_blocks",
                             expected="square blocks of even size (stages, n_blocks, bs, bs)")
+        self._cache = BoundedCache()
 
     def rank(self):
         return int(self.params["oft_blocks"].shape[2])
@@ -52,13 +70,20 @@ class BOFT(AdapterModule):
             raise self.fail(f"{stages} stages of {n} blocks of {bs} do not fit {weight_shape[0]} output rows",
                             key="oft_blocks", expected="an adapter made for this layer")
 
-    def apply(self, weight, strength):
+    def rotation(self, weight: torch.Tensor) -> torch.Tensor:
+        """The stage rotations ``(M, n, bs, bs)``: Cayley of the constrained skew blocks."""
         blocks = self.tensor("oft_blocks", weight)
         alpha = self.params.get("alpha")
         constraint = 0.0 if alpha is None else float(alpha) * weight.shape[0]
-        rotations = cayley(constrained_skew(blocks, constraint), plus_first=True)
-        stages, n, bs, _ = blocks.shape
-        x = weight.to(blocks.dtype).reshape(weight.shape[0], -1)
+        return cayley(constrained_skew(blocks, constraint), plus_first=True)
+
+    def apply(self, weight, strength):
+        return self.rotate(weight, self.rotation(weight), strength)
+
+    def rotate(self, weight: torch.Tensor, rotations: torch.Tensor, strength: float) -> torch.Tensor:
+        """W' for stage rotations ``(M, n, bs, bs)`` (from ``rotation``, possibly altered by the caller)."""
+        stages, n, bs, _ = rotations.shape
+        x = weight.to(rotations.dtype).reshape(weight.shape[0], -1)
         for stage in range(stages):
             rotation = toward_identity(rotations[stage], strength)
             order = butterfly_order(x.shape[0], (2 ** stage) * bs // 2, x.device)
@@ -69,3 +94,23 @@ class BOFT(AdapterModule):
         if "rescale" in self.params:
             new_weight = new_weight * self.tensor("rescale", weight).reshape(-1, *[1] * (weight.ndim - 1))
         return new_weight
+
+    def rebuild_(self, work, strength):
+        stages, n, bs, _ = self.params["oft_blocks"].shape
+        rows = work.view(work.shape[0], -1)
+        out, cols = rows.shape
+        rotations = self._cache.get((work.device, work.dtype, out, float(strength)), lambda: torch.stack(
+            [toward_identity(r, strength) for r in self.rotation(work)]))
+        gathers = self._cache.get((work.device, out, "gathers"), lambda: stage_gathers(out, bs, stages, work.device))
+        source, target = (work.new_empty(span_length(cols, out, work.device) * out) for _ in range(2))
+        for chunk in spans(cols, out, work.device):
+            part = rows[:, chunk]
+            x, y = view_of(source, out, part.shape[1]), view_of(target, out, part.shape[1])
+            torch.index_select(part, 0, gathers[0], out=x)
+            for stage in range(stages):
+                if stage:
+                    torch.index_select(y, 0, gathers[stage], out=x)
+                torch.bmm(rotations[stage], x.view(n, bs, -1), out=y.view(n, bs, -1))
+            part.index_copy_(0, gathers[-1], y)
+        if "rescale" in self.params:
+            work.mul_(self.tensor("rescale", work).reshape(-1, *[1] * (work.ndim - 1)))

@@ -62,12 +62,19 @@ class PeftBOFT(AdapterModule):
             raise self.fail(f"boft_s has {self.params['boft_s'].numel()} values", key="boft_s",
                             expected=f"{weight_shape[0]} (one per output row)")
 
-    def apply(self, weight, strength):
+    def rotation(self, weight: torch.Tensor) -> torch.Tensor:
+        """The factor rotations ``(N, D, H, H)``: ½-skew Cayley of ``boft_R``."""
         blocks = self.tensor("boft_R", weight)
-        factors, n, bs, _ = blocks.shape
-        rotations = cayley(0.5 * (blocks - blocks.transpose(-1, -2)), plus_first=False)
+        return cayley(0.5 * (blocks - blocks.transpose(-1, -2)), plus_first=False)
+
+    def apply(self, weight, strength):
+        return self.rotate(weight, self.rotation(weight), strength)
+
+    def rotate(self, weight: torch.Tensor, rotations: torch.Tensor, strength: float) -> torch.Tensor:
+        """W' for factor rotations ``(N, D, H, H)`` (from ``rotation``, possibly altered by the caller)."""
+        factors, n, bs, _ = rotations.shape
         # Columns of W are the vectors M acts on: work on Wᵀ, whose rows they are.
-        x = weight.to(blocks.dtype).reshape(weight.shape[0], -1).t().clone()
+        x = weight.to(rotations.dtype).reshape(weight.shape[0], -1).t().clone()
         for factor in range(factors):
             rotation = toward_identity(rotations[factor], strength)
             idx = butterfly_gather(x.shape[0], bs, factor, x.device) if factor else None

@@ -5,12 +5,15 @@ may be flattened ``(r, d·∏k)``), or Tucker ``W2[p,q,…] = Σ_{i,j} t2[i,j,�
 ``ΔW = scale · reshape(kron(W1, W2.reshape(b, −1)), W.shape)``: row ``i·b+p``, input channel ``j·d+q``.
 Rank r = ``w1_b.shape[0]`` if W1 is split, else ``w2_b.shape[0]`` if W2 is split; with both halves full LyCORIS
 uses scale 1 whatever the stored alpha, PEFT alpha/r from its config (ScaleContext decides).
+In place, without the Kronecker temporary: ``flat(W)`` viewed as ``(a, b, c, d·∏k)`` gets
+``+= (m·scale)·W1[i,·,j,·] ⊙ W2[·,p,·,q]`` as one broadcast ``addcmul_``. Bypass: ``W1·(x·W2ᵀ)`` on the
+input-channel groups (lyco_core/bypass.py), never forming the Kronecker product.
 """
 from __future__ import annotations
 
 import torch
 
-from .base import AdditiveModule, check_dim, flat2, require, reshape_to, tucker_rebuild
+from .base import AdditiveModule, check_dim, check_fits, flat2, require, reshape_to, tucker_rebuild
 from .registry import register
 
 
@@ -80,6 +83,37 @@ class LoKr(AdditiveModule):
         if rows_1 * rows_2 != weight_shape[0]:
             raise self.fail(f"the Kronecker factors give {rows_1}×{rows_2} = {rows_1 * rows_2} output rows but the "
                             f"weight has {weight_shape[0]}", expected="an adapter made for this layer")
+
+    def row_group(self):
+        return int(self.params["lokr_w2"].shape[0] if "lokr_w2" in self.params
+                   else self.params["lokr_w2_a"].shape[1 if self.tucker else 0])
+
+    def factors(self, weight_shape, device, dtype):
+        w1, w2 = self._w1(device, dtype), self._w2(device, dtype)
+        check_fits(self, [w1.shape[0] * w2.shape[0], w1.shape[1] * w2.shape[1]], weight_shape, "kron(w1, w2)")
+        return w1, w2
+
+    def add_rows_(self, work, rows, factors, scale):
+        w1, w2 = factors
+        (b, dk), c = w2.shape, w1.shape[1]
+        w1 = w1[rows.start // b: rows.stop // b]
+        work.view(w1.shape[0], b, c, dk).addcmul_(w1[:, None, :, None], w2[None, :, None, :],
+                                                  value=scale * self.scale_value())
+
+    def bypass_weight(self, x, call, strength):
+        """``kron(W1, W2) ⋆ x`` without the Kronecker product. Linear: ``x (…, c, d)`` → ``W1 · (x W2ᵀ)``
+        ``(…, a, b)``. Conv: each of the c input-channel groups convolved with W2 ``(b, d, *k)``, then mixed by W1."""
+        w1 = self._w1(x.device, x.dtype) * (strength * self.scale_value())
+        w2 = self._w2(x.device, x.dtype)
+        (a, c), b = w1.shape, w2.shape[0]
+        if not call.conv_dims:
+            mixed = torch.matmul(w1, x.reshape(*x.shape[:-1], c, -1) @ w2.t())
+            return mixed.reshape(*x.shape[:-1], a * b)
+        batch = x.shape[0]
+        grouped = call.apply(x.reshape(batch * c, -1, *x.shape[2:]), w2.reshape(b, -1, *call.kernel))
+        spatial = grouped.shape[2:]
+        mixed = torch.matmul(w1, grouped.reshape(batch, c, -1))
+        return mixed.reshape(batch, a * b, *spatial)
 
     def delta(self, weight_shape, device, dtype):
         kron = torch.kron(self._w1(device, dtype).contiguous(), self._w2(device, dtype).contiguous())

@@ -4,10 +4,14 @@ Tucker conv (``lora_mid (r,r,*k)``, down ``(r,in,1,1)``, up ``(out,r,1,1)``):
 ``ΔW[o,i,…] = scale · Σ_{p,q} mid[p,q,…]·up[o,p]·down[q,i]``.
 Rank r = ``down.shape[0]``; scale per the layout (alpha/r, rsLoRA, PEFT config). PEFT ``lora_B.bias`` adds
 ``scale·bias`` to the layer bias. DoRA (``dora_scale`` / ``magnitude``) is handled by AdditiveModule.
+In place: ``flat(W) += (m·scale)·U @ D'`` as one ``addmm_`` (Tucker folds the core into ``D' = mid ×_q down``,
+``(r, in·∏k)``), with no ΔW temporary. Bypass: ``m·scale·U(D(x))`` as two thin products (see lyco_core/bypass.py).
 """
 from __future__ import annotations
 
-from .base import AdditiveModule, check_dim, flat2, require, reshape_to, tucker_rebuild
+import torch.nn.functional as F
+
+from .base import AdditiveModule, check_dim, check_fits, flat2, require, reshape_to, tucker_fold, tucker_rebuild
 from .registry import register
 
 
@@ -57,6 +61,32 @@ class LoRA(AdditiveModule):
         else:
             rebuilt = flat2(up) @ flat2(down)
         return reshape_to(rebuilt, weight_shape, self, "lora_up @ lora_down") * self.scale_value()
+
+    def factors(self, weight_shape, device, dtype):
+        up = flat2(self.params["lora_up.weight"].to(device, dtype))
+        down = flat2(self.params["lora_down.weight"].to(device, dtype))
+        if self.tucker:
+            down = tucker_fold(self.params["lora_mid.weight"].to(device, dtype), down)
+        check_fits(self, [up.shape[0], down.shape[1]], weight_shape, "lora_up @ lora_down")
+        return up, down
+
+    def add_rows_(self, work, rows, factors, scale):
+        up, down = factors
+        work.addmm_(up[rows], down, alpha=scale * self.scale_value())
+
+    def bypass_weight(self, x, call, strength):
+        """``m·scale·U ⋆ (D ⋆ x)``; conv: D carries the kernel (Tucker: 1×1 D, then ``mid`` with the layer's
+        geometry), U is 1×1."""
+        up = flat2(self.params["lora_up.weight"].to(x.device, x.dtype))
+        down = self.params["lora_down.weight"].to(x.device, x.dtype)
+        scale = strength * self.scale_value()
+        if not call.conv_dims:
+            return F.linear(F.linear(x, flat2(down)), up) * scale
+        if self.tucker:
+            hidden = call.apply(call.pointwise(x, flat2(down)), self.params["lora_mid.weight"].to(x.device, x.dtype))
+        else:
+            hidden = call.apply(x, down.reshape(down.shape[0], *call.weight_shape[1:]))
+        return call.pointwise(hidden, up) * scale
 
     def bias_delta(self, device, dtype):
         bias = self.params.get("lora_up.bias")

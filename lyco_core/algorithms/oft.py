@@ -5,14 +5,17 @@
 strength ``R_m = m·R + (1−m)·I``; ``W'_k = R_mᵀ·W_k`` per block of rows; then ``W' ← rescale ⊙ W'`` if a
 ``rescale (out,1,…)`` is present (not interpolated: LyCORIS rescales at any m). Bias unchanged.
 LyCORIS 2.0.x ``oft_diag`` stores the finished R: only the strength and the rotation apply.
+In place (``apply_``): ``R_m`` is cached per (device, dtype, strength) — one batched solve, not one per forward in
+ComfyUI's low-VRAM path — and row blocks are rotated a few at a time with the rescale fused.
 """
 from __future__ import annotations
 
 import torch
 
 from .base import AdapterModule, check_ndim
+from .inplace import BoundedCache, compute_dtype
 from .registry import register
-from .rotation import cayley, rotate_rows, toward_identity
+from .rotation import cayley, rotate_rows, rotate_rows_, toward_identity
 
 
 def constrained_skew(blocks: torch.Tensor, constraint: float) -> torch.Tensor:
@@ -37,6 +40,7 @@ class DiagOFT(AdapterModule):
     def __init__(self, name, params, ctx):
         super().__init__(name, params, ctx)
         self.key = "oft_diag" if "oft_diag" in params else "oft_blocks"
+        self._rotations = BoundedCache()
         blocks = check_ndim(self, self.key, (3,))
         if blocks.shape[1] != blocks.shape[2]:
             raise self.fail(f"blocks of shape {list(blocks.shape[1:])} are not square", key=self.key,
@@ -73,8 +77,19 @@ class DiagOFT(AdapterModule):
         return cayley(constrained_skew(blocks, self.constraint(weight.shape[0])), plus_first=True)
 
     def apply(self, weight, strength):
-        rotation = toward_identity(self.rotation(weight), strength)
+        return self.rotate(weight, self.rotation(weight), strength)
+
+    def rotate(self, weight: torch.Tensor, rotation: torch.Tensor, strength: float) -> torch.Tensor:
+        """W' for blocks ``rotation (n, bs, bs)`` (from ``rotation``, possibly altered by the caller)."""
+        rotation = toward_identity(rotation, strength)
         new_weight = rotate_rows(weight.to(rotation.dtype), rotation)
         if "rescale" in self.params:
             new_weight = new_weight * self.tensor("rescale", weight).reshape(-1, *[1] * (weight.ndim - 1))
         return new_weight
+
+    def apply_(self, weight, strength):
+        key = (weight.device, compute_dtype(weight), weight.shape[0], float(strength))
+        rotation = self._rotations.get(key, lambda: toward_identity(self.rotation(weight), strength))
+        rescale = self.tensor("rescale", weight).reshape(-1) if "rescale" in self.params else None
+        rotate_rows_(weight, rotation, rescale)
+        return weight

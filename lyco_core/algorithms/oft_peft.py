@@ -48,7 +48,20 @@ def neumann_series(q: torch.Tensor, terms: int, version: tuple[int, ...] | None)
     return result + power @ q
 
 
-def _project(q: torch.Tensor, bound: float) -> torch.Tensor:
+def skew_from_packed(packed: torch.Tensor, block_size: int) -> torch.Tensor:
+    """``Q = U − Uᵀ`` per row of ``packed (n, bs(bs−1)/2)``, where ``U[triu(1)] = row`` (row-major order)."""
+    rows, cols = torch.triu_indices(block_size, block_size, 1, device=packed.device)
+    upper = packed.new_zeros(packed.shape[0], block_size, block_size)
+    upper[:, rows, cols] = packed
+    return upper - upper.transpose(1, 2)
+
+
+def coft_bound(eps: float, stored_blocks: int) -> float:
+    """PEFT ≥0.16's coft radius ``eps/√n`` for ``n`` stored blocks."""
+    return eps / math.sqrt(stored_blocks)
+
+
+def project_blocks(q: torch.Tensor, bound: float) -> torch.Tensor:
     """Per block, scale to Frobenius norm ``bound`` where it is exceeded (PEFT's coft projection)."""
     norms = torch.linalg.matrix_norm(q, keepdim=True)
     return torch.where(norms <= bound, q, q * (bound / norms))
@@ -118,13 +131,9 @@ class PeftOFT(AdapterModule):
         cfg = self.ctx.config
         stored = self.tensor(self._stored(), weight)
         if self.format == "packed":
-            bs = self.block_size
-            rows, cols = torch.triu_indices(bs, bs, 1, device=stored.device)
-            upper = stored.new_zeros(stored.shape[0], bs, bs)
-            upper[:, rows, cols] = stored
-            q = upper - upper.transpose(1, 2)
+            q = skew_from_packed(stored, self.block_size)
             if cfg.get("coft", False):
-                q = _project(q, float(cfg.get("eps", 6e-5)) / math.sqrt(stored.shape[0]))
+                q = project_blocks(q, coft_bound(float(cfg.get("eps", 6e-5)), stored.shape[0]))
             terms = self._neumann_terms()
             if terms is None:
                 return cayley(q, plus_first=False)
@@ -133,11 +142,15 @@ class PeftOFT(AdapterModule):
             n = stored.shape[0]
             out = weight.shape[0]
             bound = float(cfg.get("eps", 6e-5)) * math.ceil(out / max(n, 1)) ** 2 / math.sqrt(n)
-            stored = _project(stored, bound)
+            stored = project_blocks(stored, bound)
         return cayley(0.5 * (stored - stored.transpose(1, 2)), plus_first=False)
 
     def apply(self, weight, strength):
-        rotation = toward_identity(self.rotation(weight), strength)
+        return self.rotate(weight, self.rotation(weight), strength)
+
+    def rotate(self, weight: torch.Tensor, rotation: torch.Tensor, strength: float) -> torch.Tensor:
+        """W' for blocks ``rotation`` (from ``rotation``, possibly altered by the caller)."""
+        rotation = toward_identity(rotation, strength)
         base = weight.to(rotation.dtype)
         if self.format == "output":
             rows, bs = weight.shape[0], self.block_size

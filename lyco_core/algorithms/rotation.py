@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import torch
 
+from .inplace import row_chunks, span_length, view_of
+
 
 def identity_like(blocks: torch.Tensor) -> torch.Tensor:
     return torch.eye(blocks.shape[-1], device=blocks.device, dtype=blocks.dtype).expand_as(blocks)
@@ -33,6 +35,21 @@ def rotate_rows(weight: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
     n, bs, _ = rotation.shape
     blocks = weight.reshape(n, bs, -1)
     return torch.bmm(rotation.transpose(1, 2), blocks).reshape(weight.shape)
+
+
+def rotate_rows_(weight: torch.Tensor, rotation: torch.Tensor, row_scale: torch.Tensor | None = None) -> None:
+    """In place ``W_k ← R_kᵀ·W_k`` (then ``⊙ row_scale (out,)``) for each block of bs rows of a weight of any dtype
+    and layout: chunks of a few blocks, each rotated into one reused scratch chunk and copied back."""
+    n, bs, _ = rotation.shape
+    cols = weight[0].numel()
+    scratch = torch.empty(span_length(n, bs * cols, rotation.device) * bs * cols, dtype=rotation.dtype, device=rotation.device)
+    transposed = rotation.transpose(1, 2)
+    for rows, work in row_chunks(weight, bs, split=True):
+        blocks = work.view(-1, bs, cols)
+        rotated = torch.bmm(transposed[rows.start // bs: rows.stop // bs], blocks, out=view_of(scratch, *blocks.shape))
+        if row_scale is not None:
+            rotated.mul_(row_scale[rows].view(-1, bs, 1))
+        blocks.copy_(rotated)
 
 
 def rotate_columns(flat_weight: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:

@@ -1,13 +1,15 @@
 """What a file layout supplies: whether it owns a file, how a module's scale is resolved, and which model path
-a module name points at (for matching names to weight keys)."""
+a module name points at (for matching names to weight keys); writers (``write`` in lycoris.py, peft.py,
+diffusers.py) return a ``Written`` or refuse the modules the layout cannot hold exactly."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from ..algorithms.base import ScaleContext
+from ..errors import AdapterError
 
 
 @dataclass(frozen=True)
@@ -35,3 +37,22 @@ class Layout:
 
     def module_path(self, module_name: str) -> ModulePath:
         raise NotImplementedError
+
+
+@dataclass
+class Written:
+    """An adapter in a layout's spelling: tensors, the PEFT config (PEFT only), metadata the layout needs
+    (diffusers' ``lora_adapter_metadata``) and notes on anything folded."""
+    tensors: dict[str, torch.Tensor]
+    config: dict[str, Any] | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def refuse(layout: str, problems: dict[str, str], file: str) -> AdapterError:
+    """One error naming every module ``layout`` cannot hold exactly, and the routes that can."""
+    shown = "; ".join(f"{name}: {why}" for name, why in list(problems.items())[:5])
+    more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+    return AdapterError(f"cannot write {len(problems)} module(s) as {layout} exactly — {shown}{more}", file=file,
+                        expected="another layout, or a lossy route: to-lora (with --base for OFT/BOFT/GLoRA/IA3/"
+                                 "DoRA) or a full-diff adapter (merge IN --full)")

@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 
 from ..algorithms.base import ScaleContext
-from .base import Layout, ModulePath
-from .peft import scale_context
+from .base import Layout, ModulePath, Written, refuse
+from .peft import peft_params, rank_alpha_fields, scale_context
 
 COMPONENTS = {"unet.": ("unet", "diffusion_model"), "transformer.": ("transformer", "diffusion_model"),
               "text_encoder.": ("text_encoder.", "te1", "clip_l"), "text_encoder_2.": ("text_encoder_2", "te2", "clip_g"),
@@ -61,3 +61,36 @@ class DiffusersLayout(Layout):
         if config is None or "alpha" in params:
             return ScaleContext(file=self.file, peft=True, module_path=path)
         return scale_context(self.file, config, path)
+
+
+# --- writing ---------------------------------------------------------------------------------------------------
+def write(adapter, targets: dict[str, tuple[str, str]], has_bias: dict[str, bool] | None = None) -> Written:
+    """``<component>.<path>.lora_A/B.weight`` (+ ``lora_magnitude_vector``) and, per component, its LoraConfig
+    flattened into ``lora_adapter_metadata`` (r, lora_alpha and patterns giving every module its exact scale).
+    diffusers loads LoRA/LoCon (and DoRA) only."""
+    written, problems = Written({}), {}
+    configs: dict[str, dict] = {}
+    for name, module in adapter.modules.items():
+        try:
+            if module.algo != "lora":
+                raise ValueError(f"diffusers loads LoRA only, this module is {module.algo}")
+            params, rank, alpha = peft_params(module, None if has_bias is None else has_bias.get(name))
+        except ValueError as exc:
+            problems[name] = str(exc)
+            continue
+        prefix, path = targets[name]
+        written.tensors.update({f"{prefix}{path}.{k}": v for k, v in params.items()})
+        config = configs.setdefault(prefix[:-1], {"entries": {}, "dora": False, "bias": False})
+        config["entries"][path] = (rank, alpha)
+        config["dora"] |= "lora_magnitude_vector" in params
+        config["bias"] |= "lora_B.bias" in params
+    if problems:
+        raise refuse("diffusers", problems, adapter.path)
+    flat: dict[str, object] = {}
+    for component, config in configs.items():
+        fields = {"peft_type": "LORA", "target_modules": sorted(config["entries"]), "use_dora": config["dora"],
+                  "use_rslora": False, "lora_bias": config["bias"],
+                  **rank_alpha_fields(config["entries"], "lora_alpha")}
+        flat.update({f"{component}.{k}": v for k, v in fields.items()})
+    written.metadata[METADATA_KEY] = json.dumps(flat, indent=2, sort_keys=True)
+    return written

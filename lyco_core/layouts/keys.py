@@ -27,11 +27,9 @@ def split_key(key: str, canonical: set[str]) -> tuple[str, str] | None:
     for spelling, param in _SPELLINGS:
         if key.endswith(spelling) and len(key) > len(spelling):
             return key[: -len(spelling)], param
-    best = None
-    for param in canonical:
-        suffix = "." + param
-        if key.endswith(suffix) and len(key) > len(suffix) and (best is None or len(param) > len(best)):
-            best = param
-    if best is None:
-        return None
-    return key[: -len(best) - 1], best
+    dot = key.find(".", 1)  # the leftmost dot with a non-empty module before it gives the longest parameter
+    while dot != -1:
+        if key[dot + 1:] in canonical:
+            return key[:dot], key[dot + 1:]
+        dot = key.find(".", dot + 1)
+    return None

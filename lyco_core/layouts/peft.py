@@ -7,11 +7,16 @@ first match wins), ``use_rslora`` → alpha/√r. ``peft_version`` (written sinc
 """
 from __future__ import annotations
 
+import math
 import re
+from collections import Counter
 from typing import Any
 
+import torch
+
 from ..algorithms.base import ScaleContext
-from .base import Layout, ModulePath
+from ..algorithms.factorization import factorization
+from .base import Layout, ModulePath, Written, refuse
 
 PEFT_PREFIX = "base_model.model."
 _DEFAULT_ALPHA = {"LORA": 8.0, "LOHA": 8.0, "LOKR": 8.0}
@@ -72,3 +77,164 @@ class PeftLayout(Layout):
         if not self.config:  # a bare PEFT-prefixed file without its config: alpha = r
             return ScaleContext(file=self.file, peft=True, module_path=path)
         return scale_context(self.file, self.config, path)
+
+
+# --- writing ---------------------------------------------------------------------------------------------------
+_PEFT_TYPES = {"lora": "LORA", "loha": "LOHA", "lokr": "LOKR", "ia3": "IA3"}
+_ELSEWHERE = {"oft": "LyCORIS OFT rotates output rows; PEFT OFT rotates input columns",
+              "boft": "LyCORIS BOFT rotates output rows; PEFT BOFT rotates input columns",
+              "glora": "PEFT has no GLoRA of this form", "full": "PEFT has no full-difference method",
+              "norm": "PEFT has no norm-difference method"}
+
+
+def rank_alpha_fields(entries: dict[str, tuple[int, float]], alpha_field: str) -> dict[str, Any]:
+    """``r``, alpha and the patterns that give every module (path: (r, alpha)) exactly its own pair: the most common
+    values as defaults, escaped full paths (longest first, so a path never catches a longer one) for the rest."""
+    def common(values):
+        return Counter(values).most_common(1)[0][0]
+
+    rank = common(r for r, _ in entries.values())
+    alpha = common(a for _, a in entries.values())
+    ordered = sorted(entries.items(), key=lambda item: -len(item[0]))
+    return {"r": rank, alpha_field: alpha,
+            "rank_pattern": {re.escape(p): r for p, (r, _) in ordered if r != rank},
+            "alpha_pattern": {re.escape(p): a for p, (_, a) in ordered if not math.isclose(a, alpha, rel_tol=1e-12)}}
+
+
+def _lokr_shapes(params) -> tuple[int, int, int, tuple[int, ...]]:
+    """(a, b, c, candidate d): ``W1 (a,c)``, ``W2 (b, d[,k…])``. A plain conv stores ``w2_b (r, d·k²)`` flat, so d is
+    one of ``D/k²`` (k = 1…7); a full or Tucker ``W2`` states it."""
+    a, c = params["lokr_w1"].shape if "lokr_w1" in params else (params["lokr_w1_a"].shape[0],
+                                                                  params["lokr_w1_b"].shape[1])
+    if "lokr_w2" in params:
+        b, ds = params["lokr_w2"].shape[0], (params["lokr_w2"].shape[1],)
+    elif "lokr_t2" in params:
+        b, ds = params["lokr_w2_a"].shape[1], (params["lokr_w2_b"].shape[1],)
+    else:
+        b, flat = params["lokr_w2_a"].shape[0], params["lokr_w2_b"].shape[1]
+        ds = tuple(flat // k ** 2 for k in range(1, 8) if flat % k ** 2 == 0)
+    return int(a), int(b), int(c), tuple(int(d) for d in ds)
+
+
+def _lokr_rank(params, decompose_both: bool) -> int:
+    """The rank PEFT must be told so that it builds these factors (full halves need r ≥ half the side)."""
+    for key in ("lokr_w1_b", "lokr_w2_b"):
+        if key in params:
+            return int(params[key].shape[0])
+    a, b, c, (d,) = _lokr_shapes(params)
+    return max(b, d, a if decompose_both else 0, c if decompose_both else 0)
+
+
+def _lokr_fits(params, factor: int, decompose_both: bool) -> bool:
+    """Whether PEFT's LoKr, configured so, creates exactly these factor shapes (its rules, spec §2.4)."""
+    a, b, c, ds = _lokr_shapes(params)
+    rank = _lokr_rank(params, decompose_both)
+    if factorization(a * b, factor, sort_divisor=False) != (a, b):
+        return False
+    fitting = [d for d in ds if factorization(c * d, factor, sort_divisor=False) == (c, d)]
+    if len(fitting) != 1:
+        return False
+    full_w1 = not (decompose_both and rank < max(a, c) / 2)
+    full_w2 = not rank < max(b, fitting[0]) / 2
+    return full_w1 == ("lokr_w1" in params) and full_w2 == ("lokr_w2" in params)
+
+
+def _lokr_layout(modules) -> tuple[int, bool, dict[str, str]]:
+    """(decompose_factor, decompose_both, {module: why not}) reproducing every module's factor shapes in PEFT."""
+    decompose_both = any("lokr_w1" not in m.params for m in modules.values())
+    candidates = [-1] + sorted({_lokr_shapes(m.params)[i] for m in modules.values() for i in (0, 2)})
+    for factor in candidates:
+        if all(_lokr_fits(m.params, factor, decompose_both) for m in modules.values()):
+            return factor, decompose_both, {}
+    return -1, decompose_both, {n: "PEFT's LoKr factorization would build other factor shapes"
+                                for n, m in modules.items() if not _lokr_fits(m.params, -1, decompose_both)}
+
+
+def peft_params(module, has_bias: bool | None, lokr_both: bool = False) -> tuple[dict[str, torch.Tensor], int | None,
+                                                                                   float | None]:
+    """(PEFT parameters, r, alpha) of one module, alpha such that PEFT's ``alpha/r`` equals the module's scale;
+    raises ValueError with the reason when PEFT cannot hold it exactly."""
+    p = module.params
+    if module.algo in _ELSEWHERE:
+        raise ValueError(_ELSEWHERE[module.algo])
+    if module.algo == "ia3":
+        on_input = module.on_input()
+        if "ia3_l" in p:
+            return {"ia3_l": p["ia3_l"]}, None, None
+        if not on_input and has_bias is not False:
+            raise ValueError("PEFT (IA)³ would also scale this layer's bias"
+                             + (" (the model, --base, would tell whether the layer has one)" if has_bias is None
+                                else ""))
+        gain = 1 + p["weight"]
+        shape = (1, -1, 1, 1) if gain.ndim == 4 else (1, -1) if on_input else (-1, 1)
+        return {"ia3_l": gain.reshape(shape)}, None, None
+    if module.algo == "lora":
+        if module.tucker:
+            raise ValueError("Tucker LoCon (lora_mid) has no PEFT form")
+        params = {"lora_A.weight": p["lora_down.weight"], "lora_B.weight": p["lora_up.weight"]}
+        if "lora_up.bias" in p:
+            params["lora_B.bias"] = p["lora_up.bias"]
+        if "magnitude" in p:
+            params["lora_magnitude_vector"] = p["magnitude"]
+        elif "dora_scale" in p:
+            if module.dora_axis() != "out":
+                raise ValueError("DoRA on the input axis has no PEFT form (PEFT normalises output rows)")
+            up = p["lora_up.weight"]
+            params["lora_magnitude_vector"] = p["dora_scale"].reshape(-1) if up.ndim == 2 else \
+                p["dora_scale"].reshape(1, -1, *[1] * (up.ndim - 2))
+    else:
+        if module.dora:
+            raise ValueError(f"PEFT's {module.algo.upper()} has no DoRA")
+        params = {k: v for k, v in p.items() if k != "alpha"}
+    if module.algo == "lokr":
+        rank = _lokr_rank(p, lokr_both)
+    else:
+        rank = module.rank()
+    return params, rank, module.scale_value() * rank
+
+
+def write(adapter, targets: dict[str, tuple[str, str]], has_bias: dict[str, bool] | None = None) -> Written:
+    """A PEFT folder's tensors (``base_model.model.<path>.<param>``) and its ``adapter_config.json``."""
+    methods = sorted({m.algo for m in adapter.modules.values()})
+    if len(methods) > 1:
+        raise refuse("PEFT", {"(all)": f"a PEFT folder holds one method, this adapter mixes {', '.join(methods)}"},
+                     adapter.path)
+    method = methods[0]
+    factor, lokr_both, problems = (_lokr_layout(adapter.modules) if method == "lokr" else (-1, False, {}))
+    written, entries, feedforward, tucker, lora_bias, dora = Written({}), {}, [], False, False, False
+    for name, module in adapter.modules.items():
+        if name in problems:
+            continue
+        try:
+            params, rank, alpha = peft_params(module, None if has_bias is None else has_bias.get(name), lokr_both)
+        except ValueError as exc:
+            problems[name] = str(exc)
+            continue
+        prefix, path = targets[name]
+        written.tensors.update({f"{prefix}{path}.{k}": v for k, v in params.items()})
+        entries[path] = (rank, alpha)
+        feedforward += [path] if method == "ia3" and module.on_input() else []
+        tucker |= module.tucker
+        lora_bias |= "lora_B.bias" in params
+        dora |= "lora_magnitude_vector" in params
+    if problems:
+        raise refuse("PEFT", problems, adapter.path)
+    if dora and len({m.dora for m in adapter.modules.values()}) > 1:
+        raise refuse("PEFT", {"(all)": "use_dora is one switch for the whole folder; DoRA is on some modules only"},
+                     adapter.path)
+    config: dict[str, Any] = {"peft_type": _PEFT_TYPES[method], "target_modules": sorted(entries),
+                              "inference_mode": True, "task_type": None, "modules_to_save": None,
+                              "base_model_name_or_path": (adapter.config or {}).get("base_model_name_or_path")}
+    if method == "ia3":
+        config.update(feedforward_modules=sorted(feedforward), fan_in_fan_out=False, init_ia3_weights=True)
+    elif method == "lora":
+        config.update(rank_alpha_fields(entries, "lora_alpha"), use_dora=dora, use_rslora=False,
+                      lora_bias=lora_bias, bias="none", fan_in_fan_out=False, init_lora_weights=True,
+                      lora_dropout=0.0)
+    else:
+        config.update(rank_alpha_fields(entries, "alpha"), use_effective_conv2d=tucker, rank_dropout=0.0,
+                      module_dropout=0.0, init_weights=True)
+        if method == "lokr":
+            config.update(decompose_both=lokr_both, decompose_factor=factor, rank_dropout_scale=False)
+    written.config = config
+    return written

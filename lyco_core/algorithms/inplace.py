@@ -1,0 +1,101 @@
+"""Building blocks of the in-place patch paths (``AdapterModule.apply_``): working tensors and bounded chunks.
+
+The in-place paths keep the math in the compute dtype (float32, or float64 for float64 weights) and write the
+result once. A weight that already is a contiguous compute-dtype tensor (what ComfyUI hands an adapter on a full
+load) is updated where it lies. Any other weight (fp16/bf16 in ComfyUI's low-VRAM path, a strided slice of a fused
+weight) is converted in row chunks through one reused buffer and written back chunk by chunk with a single rounding
+(``row_chunks``) — or, for methods whose rows are not independent (BOFT, DoRA on the input axis), through one
+compute-dtype working copy (``working_tensor``). Scratch space comes in chunks of at most ``CHUNK_ELEMENTS``
+values on CPU (1 MiB in float32: cache-sized, the best of 2^16…2^26 measured), ``DEVICE_CHUNK_ELEMENTS`` elsewhere.
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+
+CHUNK_ELEMENTS = 1 << 18
+DEVICE_CHUNK_ELEMENTS = 1 << 24  # GPUs: chunks only bound memory (64 MiB in float32); launches, not caches, cost
+
+
+def compute_dtype(weight: torch.Tensor) -> torch.dtype:
+    """float64 stays float64, everything else computes in float32."""
+    return torch.float64 if weight.dtype == torch.float64 else torch.float32
+
+
+def working_tensor(weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` itself when it is a contiguous compute-dtype tensor, else one contiguous compute-dtype copy."""
+    dtype = compute_dtype(weight)
+    if weight.dtype == dtype and weight.is_contiguous():
+        return weight
+    return weight.to(dtype=dtype, memory_format=torch.contiguous_format, copy=True)
+
+
+def span_length(total: int, unit: int, device: torch.device) -> int:
+    """How many items of ``unit`` values each fit one chunk on ``device`` (at least one, at most ``total``)."""
+    budget = CHUNK_ELEMENTS if device.type == "cpu" else DEVICE_CHUNK_ELEMENTS
+    return min(total, max(1, budget // max(unit, 1)))
+
+
+def spans(total: int, unit: int, device: torch.device) -> Iterator[slice]:
+    """Consecutive slices of ``range(total)`` of ``span_length`` items each (the last may be shorter)."""
+    step = span_length(total, unit, device)
+    for start in range(0, total, step):
+        yield slice(start, min(start + step, total))
+
+
+def view_of(buffer: torch.Tensor, *shape: int) -> torch.Tensor:
+    """The leading values of a flat scratch ``buffer`` (reused across chunks, so no allocation per chunk) as a
+    contiguous tensor of ``shape``."""
+    return buffer[:math.prod(shape)].view(shape)
+
+
+def row_chunks(weight: torch.Tensor, unit: int = 1, split: bool = False) -> Iterator[tuple[slice, torch.Tensor]]:
+    """``(rows, work)`` over the weight's rows in groups of ``unit``, ``work`` = ``flat(weight[rows])`` as a
+    contiguous compute-dtype ``(k, cols)`` tensor that the caller updates in place.
+
+    A contiguous compute-dtype weight is worked on where it lies: one chunk, or chunks of at most
+    ``CHUNK_ELEMENTS`` values when ``split``. Any other weight (fp16/bf16, strided) is converted chunk by chunk
+    through one reused buffer, each chunk written back with one rounding once the caller is done with it.
+    """
+    rows = weight.shape[0]
+    cols = weight[0].numel() if rows else 0
+    in_place = weight.dtype == compute_dtype(weight) and weight.is_contiguous()
+    if in_place and not split:
+        yield slice(0, rows), weight.view(rows, cols)
+        return
+    length = span_length(rows // unit, unit * cols, weight.device)
+    buffer = None if in_place else torch.empty(length * unit * cols, dtype=compute_dtype(weight), device=weight.device)
+    for groups in spans(rows // unit, unit * cols, weight.device):
+        span = slice(groups.start * unit, groups.stop * unit)
+        part = weight[span]
+        if in_place:
+            yield span, part.view(part.shape[0], cols)
+            continue
+        work = view_of(buffer, part.shape[0], cols)
+        work.view(part.shape).copy_(part)
+        yield span, work
+        part.copy_(work.view(part.shape))
+
+
+class BoundedCache:
+    """A small LRU map for derived tensors (e.g. Cayley rotations per device, dtype and strength): ComfyUI's
+    low-VRAM path recomputes every patch on every forward, so the expensive, weight-independent part is kept."""
+
+    def __init__(self, size: int = 4):
+        self.size = size
+        self._items: OrderedDict[Any, Any] = OrderedDict()
+
+    def get(self, key, make: Callable[[], Any]) -> Any:
+        value = self._items.get(key)
+        if value is None:
+            value = make()
+            self._items[key] = value
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        else:
+            self._items.move_to_end(key)
+        return value

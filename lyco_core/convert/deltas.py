@@ -1,0 +1,137 @@
+"""Each module's weight delta ΔW (and bias delta): the common currency of to-LoRA, resize, merge and extract.
+
+Additive methods without DoRA (LoRA, LoHa, LoKr, full, norm) rebuild ``m·ΔW`` from their own tensors; the weight's
+shape comes from the base model when one is given, else from the tensors (a plain LoHa/LoKr conv is stored flat,
+so without the model its delta stays ``(out, in·∏k)``). Weight-dependent methods (OFT, BOFT, GLoRA, IA3, DoRA)
+have ``ΔW = f(W, m) − W`` for the base weight W they were trained on; without it they are refused by name.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+
+from ..algorithms.base import AdapterModule, flat2
+from ..errors import AdapterError
+from ..statedict import shape_of
+
+
+def needs_weight(module: AdapterModule) -> bool:
+    """Whether the module's delta depends on the base weight."""
+    return not module.additive or module.dora
+
+
+def inferred_shape(module: AdapterModule) -> torch.Size:
+    """The weight shape an additive module's tensors imply (flat ``(out, in·∏k)`` where the kernel is not stored)."""
+    p = module.params
+    if module.algo == "lora":
+        up, down = p["lora_up.weight"], p["lora_down.weight"]
+        if "lora_mid.weight" in p:
+            return torch.Size((up.shape[0], down.shape[1], *p["lora_mid.weight"].shape[2:]))
+        return torch.Size((up.shape[0], *down.shape[1:]))
+    if module.algo == "loha":
+        if "hada_t1" in p:
+            return torch.Size((p["hada_w1_a"].shape[1], p["hada_w1_b"].shape[1], *p["hada_t1"].shape[2:]))
+        return torch.Size((p["hada_w1_a"].shape[0], flat2(p["hada_w1_b"]).shape[1]))
+    if module.algo == "lokr":
+        w1 = p["lokr_w1"].shape if "lokr_w1" in p else (p["lokr_w1_a"].shape[0], p["lokr_w1_b"].shape[1])
+        if "lokr_w2" in p:
+            w2 = p["lokr_w2"].shape
+        elif "lokr_t2" in p:
+            w2 = (p["lokr_w2_a"].shape[1], p["lokr_w2_b"].shape[1], *p["lokr_t2"].shape[2:])
+        else:
+            w2 = (p["lokr_w2_a"].shape[0], *p["lokr_w2_b"].shape[1:])
+        return torch.Size((w1[0] * w2[0], w1[1] * w2[1], *w2[2:]))
+    if module.algo == "full":
+        return p["diff"].shape
+    if module.algo == "norm":
+        return p["w_norm"].shape
+    raise module.fail(f"the weight shape of a {module.algo} module cannot be told from its tensors",
+                      expected="the base model's weights")
+
+
+def shape_is_known(module: AdapterModule) -> bool:
+    """Whether ``inferred_shape`` is the weight's true shape: plain LoHa and a split, non-Tucker LoKr W2 store a
+    convolution's kernel flattened into ``in·∏k``, indistinguishable from a Linear layer without the model."""
+    p = module.params
+    if module.algo == "loha":
+        return "hada_t1" in p
+    if module.algo == "lokr":
+        return "lokr_w2" in p or "lokr_t2" in p
+    return True
+
+
+@dataclass
+class BaseWeights:
+    """A base model as one adapter's modules see it: ``state`` tensors and ``keys`` {module name: weight key};
+    the bias is ``<key without 'weight'>bias`` when the state has it."""
+    state: Mapping[str, torch.Tensor]
+    keys: dict[str, str]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.keys
+
+    def _bias_key(self, name: str) -> str | None:
+        key = self.keys[name]
+        bias_key = key[: -len("weight")] + "bias" if key.endswith("weight") else None
+        return bias_key if bias_key is not None and bias_key in self.state else None
+
+    def shape(self, name: str) -> torch.Size:
+        return shape_of(self.state, self.keys[name])
+
+    def has_bias(self, name: str) -> bool:
+        return self._bias_key(name) is not None
+
+    def weight(self, name: str) -> torch.Tensor:
+        return self.state[self.keys[name]]
+
+    def bias(self, name: str) -> torch.Tensor | None:
+        key = self._bias_key(name)
+        return None if key is None else self.state[key]
+
+
+BaseLike = Mapping[str, torch.Tensor] | Callable[..., BaseWeights]
+"""A model state dict (modules matched by path, keymap.py), or a function ``adapter → BaseWeights`` (a host's own
+key maps, e.g. ComfyUI's)."""
+
+
+def base_for(adapter, base: BaseLike | None) -> BaseWeights | None:
+    if base is None:
+        return None
+    if callable(base) and not isinstance(base, Mapping):
+        return base(adapter)
+    return BaseWeights(base, adapter.match(base.keys()).matched)
+
+
+def refuse_without_base(names: list[str], operation: str, file: str | None = None) -> AdapterError:
+    shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+    return AdapterError(f"{operation} needs the base weights of {len(names)} module(s) whose delta depends on W "
+                        f"(OFT, BOFT, GLoRA, IA3 or DoRA): {shown}", file=file,
+                        expected="the model the adapter was trained on (--base MODEL, or a connected MODEL/CLIP)")
+
+
+def module_delta(module: AdapterModule, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None, *,
+                 strength: float = 1.0, shape: torch.Size | None = None,
+                 device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(ΔW, Δb)`` at ``strength``: ``(m·ΔW, m·Δb)`` for additive modules, else ``(f(W, m) − W, b' − b)``."""
+    dtype = torch.float64 if weight is not None and weight.dtype == torch.float64 else torch.float32
+    if not needs_weight(module):
+        target = weight.shape if weight is not None else shape if shape is not None else inferred_shape(module)
+        if weight is not None:
+            module.check_target(target, bias is not None)
+        elif math.prod(target) != math.prod(inferred_shape(module)):
+            raise module.fail(f"holds {math.prod(inferred_shape(module))} values, the weight {list(target)}")
+        delta = module.delta(torch.Size(target), torch.device(device), dtype) * strength
+        bias_delta = module.bias_delta(torch.device(device), dtype)
+        return delta, None if bias_delta is None else bias_delta * strength
+    if weight is None:
+        raise refuse_without_base([module.name], "this module", module.ctx.file)
+    module.check_target(weight.shape, bias is not None)
+    base = weight.to(device=device, dtype=dtype)
+    delta = module.apply(base, strength) - base
+    if bias is None or not module.changes_bias():
+        return delta, None
+    base_bias = bias.to(device=device, dtype=dtype)
+    return delta, module.bias_update(base_bias, strength) - base_bias

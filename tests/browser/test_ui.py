@@ -1,0 +1,280 @@
+"""The pack's frontend in a real browser: Debian chromium (headless, via Python playwright) on a real ComfyUI server
+started by the host harness, with the tiny SD1.5 checkpoint and the demo adapters.
+
+Checked: our extensions register and our JS is served; dropping LyCOLoadAdapter and choosing a demo file fills the
+info panel with its method and rank; a strength slider on the canvas moves under the mouse; the block-weight
+editor writes the text and reads hand edits back; the stack editor adds, toggles and reorders rows; the example
+workflow queued from the UI produces an image and our summary appears in the node; a graph of our nodes runs;
+no console or page error comes from our files. Screenshots: test-artifacts/browser/*.png.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+import workflow
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PACK = "ComfyUI-LyCO"
+OUR_EXTENSIONS = {"lyco.nodes", "lyco.infoPanel", "lyco.blockEditor", "lyco.stack"}
+OUR_NODES = {"LyCOLoadAdapter", "LyCOLoadAdapterModelOnly", "LyCOLoadLoKr", "LyCOLoadLoHa", "LyCOLoadOFT",
+             "LyCOLoadLoRA", "LyCOAdapterInfo", "LyCOLoadAdapterBlockWeight", "LyCOAdapterStack"}
+EXAMPLE = REPO_ROOT / "example_workflows" / "lyco_load_adapter.json"
+# comfyui-host.md §9: what a fresh, offline user dir logs by itself (matched in the message's text or URL)
+EXPECTED_NOISE = ("/user.css", "/favicon.ico", "/api/userdata", "https://api.comfy.org/",
+                  "TypeError: Cannot read properties of undefined (reading 'id')\n    at onChange ")
+
+JS_HELPERS = """
+window.lycoTest = {
+  app: window.comfyAPI.app.app,
+  add(type, x, y) {
+    const node = window.LiteGraph.createNode(type);
+    node.pos = [x, y];
+    this.app.graph.add(node);
+    return node.id;
+  },
+  node(id) { return this.app.graph.getNodeById(id); },
+  widget(id, name) { return this.node(id).widgets.find((w) => w.name === name); },
+  pick(id, name, value) {          // what the canvas does when a combo entry is chosen
+    const w = this.widget(id, name);
+    w.value = value;
+    w.callback?.(value, this.app.canvas, this.node(id));
+  },
+  panel(id, name) { return this.widget(id, name)?.element; },
+  box(id, name) {                  // the widget's rectangle in page pixels
+    const canvas = this.app.canvas, node = this.node(id), w = this.widget(id, name);
+    const rect = canvas.canvas.getBoundingClientRect();
+    const [x, y] = canvas.ds.convertOffsetToCanvas([node.pos[0], node.pos[1] + w.y]);
+    const scale = canvas.ds.scale;
+    return { x: rect.left + x, y: rect.top + y, width: node.size[0] * scale,
+             height: (w.computedHeight ?? window.LiteGraph.NODE_WIDGET_HEIGHT) * scale };
+  },
+};
+"""
+
+
+@pytest.fixture(scope="module")
+def ui(page):
+    page.evaluate(JS_HELPERS)
+    page.evaluate("() => { const a = lycoTest.app; a.graph.clear(); a.canvas.ds.scale = 1; a.canvas.ds.offset = [40, 120]; }")
+    return page
+
+
+def shot(page, artifacts, name: str) -> Path:
+    page.evaluate("() => lycoTest.app.canvas.setDirty(true, true)")
+    page.wait_for_timeout(300)
+    path = artifacts / f"{name}.png"
+    page.screenshot(path=str(path))
+    return path
+
+
+def wait_panel(page, node_id: int, widget: str, state: str = "ready", timeout: int = 20_000):
+    page.wait_for_function(f"() => lycoTest.panel({node_id}, '{widget}')?.dataset.state === '{state}'",
+                           timeout=timeout)
+    return page.evaluate(f"() => lycoTest.panel({node_id}, '{widget}').innerText")
+
+
+def wait_history(server, before: set, timeout: float = 120.0) -> dict:
+    """The first prompt that was not in ``before`` once completed; its history entry."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        history = workflow.http_json(server.url, "/history") or {}
+        for prompt_id, entry in history.items():
+            status = entry.get("status") or {}
+            if prompt_id not in before and (status.get("completed") or status.get("status_str") == "error"):
+                return entry
+        time.sleep(0.3)
+    raise TimeoutError(f"no new prompt completed in {timeout} s")
+
+
+# --------------------------------------------------------------------------- registration
+
+def test_extension_registers_and_js_is_served(ui, comfy_server):
+    names = set(ui.evaluate("() => lycoTest.app.extensions.map((e) => e.name)"))
+    assert OUR_EXTENSIONS <= names
+    served = workflow.http_json(comfy_server.url, "/extensions")
+    ours = sorted(p for p in served if p.startswith(f"/extensions/{PACK}/"))
+    assert ours == sorted(f"/extensions/{PACK}/{p.name}" for p in (REPO_ROOT / "js").glob("*.js"))
+    defs = ui.evaluate("async () => Object.keys(await (await fetch('/object_info')).json())")
+    assert OUR_NODES <= set(defs)
+
+
+# --------------------------------------------------------------------------- info panel, sliders
+
+def test_info_panel_shows_method_and_rank(ui, demo, artifacts):
+    node = ui.evaluate("() => lycoTest.add('LyCOLoadAdapter', 80, 80)")
+    ui.evaluate(f"() => lycoTest.pick({node}, 'adapter_name', {json.dumps(demo['lokr'])})")
+    ui.wait_for_function(f"() => lycoTest.panel({node}, 'lyco_info').dataset.name === {json.dumps(demo['lokr'])}")
+    text = wait_panel(ui, node, "lyco_info")
+    assert "LoKr ×112" in text and "rank 4" in text and "alpha 4" in text
+    assert "lyco lokr demo" in text and "stable-diffusion-v1" in text
+    ui.evaluate(f"() => lycoTest.pick({node}, 'adapter_name', {json.dumps(demo['oft'])})")
+    ui.wait_for_function(f"() => lycoTest.panel({node}, 'lyco_info').dataset.methods === 'oft'")
+    text = wait_panel(ui, node, "lyco_info")
+    assert "OFT ×112" in text and "rank 8" in text
+    panel = ui.evaluate(f"() => ({{...lycoTest.panel({node}, 'lyco_info').dataset}})")
+    assert panel["methods"] == "oft" and panel["rank"] == "8"
+    info = ui.evaluate("() => lycoTest.add('LyCOAdapterInfo', 80, 420)")  # Adapter Info has the panel too
+    ui.evaluate(f"() => lycoTest.pick({info}, 'adapter_name', {json.dumps(demo['lora'])})")
+    ui.wait_for_function(f"() => lycoTest.panel({info}, 'lyco_info').dataset.name === {json.dumps(demo['lora'])}")
+    assert "LoRA ×112" in wait_panel(ui, info, "lyco_info")
+    shot(ui, artifacts, "01_info_panel")
+
+
+def test_strength_widgets_are_sliders_that_move(ui):
+    node = ui.evaluate("() => lycoTest.add('LyCOLoadAdapter', 80, 700)")
+    types = ui.evaluate(f"() => ['strength_model', 'strength_clip'].map((n) => lycoTest.widget({node}, n).type)")
+    assert types == ["slider", "slider"]
+    ui.evaluate("() => lycoTest.app.canvas.draw(true, true)")  # lays the widgets out (sets w.y)
+    box = ui.evaluate(f"() => lycoTest.box({node}, 'strength_model')")
+    before = ui.evaluate(f"() => lycoTest.widget({node}, 'strength_model').value")
+    ui.mouse.click(box["x"] + box["width"] * 0.8, box["y"] + box["height"] / 2)
+    after = ui.evaluate(f"() => lycoTest.widget({node}, 'strength_model').value")
+    assert before == 1.0 and after != before and 3.0 < after <= 10.0, (before, after, box)
+
+
+# --------------------------------------------------------------------------- block-weight editor
+
+def test_block_editor_writes_and_reads_back(ui, artifacts):
+    node = ui.evaluate("() => lycoTest.add('LyCOLoadAdapterBlockWeight', 520, 80)")
+    ui.wait_for_function(f"() => lycoTest.panel({node}, 'lyco_blocks')?.dataset.state === 'ok'")
+    blocks = f"lycoTest.panel({node}, 'lyco_blocks')"
+    assert ui.evaluate(f"() => {blocks}.querySelectorAll('input.lyco-slider').length") == 26
+    slider = ui.locator(f".lyco-blocks .lyco-slider[data-block='IN01']").last
+    slider.focus()
+    for _ in range(4):
+        slider.press("ArrowLeft")  # 1 → 0.8 in steps of 0.05
+    text = ui.evaluate(f"() => lycoTest.widget({node}, 'block_weights').value").split(",")
+    assert len(text) == 26 and float(text[2]) == pytest.approx(0.8) and text[0] == "1"
+
+    ui.evaluate(f"() => lycoTest.pick({node}, 'block_weights', 'ins')")  # a hand edit: an LBW preset name
+    state = ui.evaluate(f"""() => ({{set: {blocks}.dataset.set, preset: {blocks}.querySelector('.lyco-preset').value,
+        IN04: {blocks}.querySelector("[data-block='IN04']").value,
+        IN05: {blocks}.querySelector("[data-block='IN05']").value}})""")
+    assert state == {"set": "sd15_17", "preset": "INS", "IN04": "1", "IN05": "0"}
+
+    ui.evaluate(f"() => lycoTest.pick({node}, 'block_weights', '0.5,1,1,1,1,0,0,0,0,0,0,0')")
+    assert ui.evaluate(f"() => {blocks}.dataset.set") == "sdxl_12"
+    ui.evaluate(f"() => lycoTest.pick({node}, 'block_weights', '1,2')")
+    assert ui.evaluate(f"() => {blocks}.dataset.state") == "invalid"
+    assert ui.evaluate(f"() => lycoTest.widget({node}, 'block_weights').value") == "1,2"  # never rewritten
+
+    ui.locator(".lyco-blocks .lyco-preset").last.select_option("OUTALL")
+    assert ui.evaluate(f"() => lycoTest.widget({node}, 'block_weights').value") == "OUTALL"
+    shot(ui, artifacts, "02_block_editor")
+
+
+# --------------------------------------------------------------------------- stack editor
+
+def test_stack_adds_toggles_and_reorders_rows(ui, demo, artifacts):
+    node = ui.evaluate("() => lycoTest.add('LyCOAdapterStack', 1000, 80)")
+    stack = ui.locator(".lyco-stack").last
+    assert ui.evaluate(f"() => lycoTest.widget({node}, 'stack').hidden") is True
+    stack.locator(".lyco-add").click()
+    stack.locator(".lyco-add").click()
+    ui.wait_for_function(f"() => lycoTest.panel({node}, 'lyco_stack').dataset.rows === '2'")
+    stack.locator(".lyco-stack-row").nth(0).locator(".lyco-stack-name").select_option(demo["lokr"])
+    stack.locator(".lyco-stack-row").nth(1).locator(".lyco-stack-name").select_option(demo["oft"])
+    stack.locator(".lyco-stack-row").nth(1).locator(".lyco-number").first.fill("0.6")
+    stack.locator(".lyco-stack-row").nth(1).locator(".lyco-number").first.press("Enter")
+    stack.locator(".lyco-stack-row").nth(0).locator(".lyco-stack-on").click()  # row 1 off
+
+    def rows():
+        return json.loads(ui.evaluate(f"() => lycoTest.widget({node}, 'stack').value"))
+
+    assert [(r["name"], r["on"], r["strength_model"]) for r in rows()] == [
+        (demo["lokr"], False, 1), (demo["oft"], True, 0.6)]
+    stack.locator(".lyco-toggle-all").click()
+    assert [r["on"] for r in rows()] == [True, True]
+    stack.locator(".lyco-stack-row").nth(1).locator("button[title='move up']").click()
+    assert [r["name"] for r in rows()] == [demo["oft"], demo["lokr"]]
+    stack.locator(".lyco-add").click()
+    stack.locator(".lyco-stack-row").nth(2).locator("button[title='remove']").click()
+    assert len(rows()) == 2
+    shot(ui, artifacts, "03_stack")
+
+
+# --------------------------------------------------------------------------- running graphs from the UI
+
+def test_example_workflow_queued_from_the_ui_makes_an_image(ui, comfy_server, artifacts):
+    assert EXAMPLE.is_file(), "example_workflows/lyco_load_adapter.json is missing"
+    graph = json.loads(EXAMPLE.read_text(encoding="utf-8"))
+    ui.evaluate("async (g) => { await lycoTest.app.loadGraphData(g); }", graph)
+    loader = ui.evaluate("() => lycoTest.app.graph.nodes.find((n) => n.type === 'LyCOLoadAdapter').id")
+    wait_panel(ui, loader, "lyco_info")
+    before = set(workflow.http_json(comfy_server.url, "/history") or {})
+    ui.evaluate("async () => { await lycoTest.app.queuePrompt(0, 1); }")
+    entry = wait_history(comfy_server, before)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    images = workflow.output_images(entry["outputs"])
+    assert images and (comfy_server.base.output_dir / images[0]["subfolder"] / images[0]["filename"]).is_file()
+    ui.wait_for_function(f"() => !!lycoTest.node({loader}).lycoSummary?.textContent")
+    summary = ui.evaluate(f"() => lycoTest.node({loader}).lycoSummary.textContent")
+    assert "UNet 40 · CLIP 72 patched" in summary
+    shot(ui, artifacts, "04_example_workflow_run")
+
+
+GRAPH = """async ([ckpt, stackRows, blockAdapter]) => {
+  const t = lycoTest, g = t.app.graph;
+  g.clear();
+  const add = (type, x, y, values = {}, size = null) => {
+    const id = t.add(type, x, y), node = t.node(id);
+    for (const [name, value] of Object.entries(values)) t.pick(id, name, value);
+    if (size) node.setSize(size);
+    return node;
+  };
+  const ckptNode = add('CheckpointLoaderSimple', 0, 0, {ckpt_name: ckpt});
+  const stack = add('LyCOAdapterStack', 340, 0, {stack: stackRows});
+  const blocks = add('LyCOLoadAdapterBlockWeight', 840, 0, {adapter_name: blockAdapter, block_weights: 'OUTALL'});
+  const pos = add('CLIPTextEncode', 1310, 0, {text: 'a photo of a cat'}, [300, 110]);
+  const neg = add('CLIPTextEncode', 1310, 150, {text: 'blurry'}, [300, 110]);
+  const latent = add('EmptyLatentImage', 1310, 300, {width: 64, height: 64});
+  const sampler = add('KSampler', 1650, 70, {steps: 2, seed: 1});
+  const decode = add('VAEDecode', 1310, 450);
+  const save = add('SaveImage', 1650, 470, {filename_prefix: 'lyco_browser'}, [260, 200]);
+  ckptNode.connect(0, stack, 0); ckptNode.connect(1, stack, 1);
+  stack.connect(0, blocks, 0); stack.connect(1, blocks, 1);
+  blocks.connect(1, pos, 0); blocks.connect(1, neg, 0);
+  blocks.connect(0, sampler, 0); pos.connect(0, sampler, 1); neg.connect(0, sampler, 2);
+  latent.connect(0, sampler, 3); sampler.connect(0, decode, 0); ckptNode.connect(2, decode, 1);
+  decode.connect(0, save, 0);
+  t.app.canvas.ds.scale = 0.74; t.app.canvas.ds.offset = [90, 250];
+  return {stack: stack.id, blocks: blocks.id};
+}"""
+
+
+def test_graph_of_our_nodes_runs_and_shows_summaries(ui, comfy_server, demo, artifacts):
+    rows = json.dumps([{"name": demo["lokr"], "on": True, "strength_model": 0.8, "strength_clip": 0.8},
+                       {"name": demo["loha"], "on": False, "strength_model": 1, "strength_clip": 1}])
+    ids = ui.evaluate(GRAPH, [comfy_server.base.ckpt_name, rows, demo["oft"]])
+    wait_panel(ui, ids["blocks"], "lyco_info")
+    before = set(workflow.http_json(comfy_server.url, "/history") or {})
+    ui.evaluate("async () => { await lycoTest.app.queuePrompt(0, 1); }")
+    entry = wait_history(comfy_server, before)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    assert workflow.output_images(entry["outputs"])
+    ui.wait_for_function(f"() => !!lycoTest.node({ids['blocks']}).lycoSummary?.textContent")
+    summary = ui.evaluate(f"() => lycoTest.node({ids['blocks']}).lycoSummary.textContent")
+    assert "block weights: OUTALL" in summary and "OUT00 ×0 → off (unpatched)" in summary
+    stacked = ui.evaluate(f"() => lycoTest.node({ids['stack']}).lycoSummary.textContent")
+    assert stacked.startswith("1. (model 0.8, clip 0.8)") and f"2. {demo['loha']}: off" in stacked
+    shot(ui, artifacts, "05_our_nodes_after_run")
+
+
+# --------------------------------------------------------------------------- console
+
+def test_no_errors_from_our_files(ui):
+    ours = [e for e in ui.lyco_errors if f"/extensions/{PACK}/" in e["stack"] or "lyco" in e["message"].lower()]
+    assert not ours, ours
+
+    def noise(m):
+        return any(n in m["text"] or n in m["url"] for n in EXPECTED_NOISE)
+
+    flagged = [m for m in ui.lyco_console if m["type"] in ("error", "warning") and not noise(m)]
+    from_us = [m for m in flagged if "lyco" in (m["url"] + m["text"]).lower()]
+    assert not from_us, from_us
+    unexpected = [m for m in flagged if m["type"] == "error"]
+    assert not unexpected, unexpected

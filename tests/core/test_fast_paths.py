@@ -1,0 +1,193 @@
+"""The in-place patch paths (``AdapterModule.apply_``) against the straightforward formulas.
+
+Reference: ``W + m·delta()`` for additive methods (ΔW rebuilt as written in the spec), ``apply()`` for DoRA and the
+rotations, and for OFT/BOFT also a dense block-diagonal / permutation-matrix product built here. Bounds: ≤ 1e-5 of
+max|ΔW| in float32; within one rounding of the float32 result in fp16/bf16. Temporaries: no single new allocation
+above one scratch chunk, except one float32 working copy of an fp16 weight where rows are not independent.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from lyco_core.algorithms.base import ScaleContext
+from lyco_core.algorithms.boft import BOFT, butterfly_order
+from lyco_core.algorithms.inplace import CHUNK_ELEMENTS
+from lyco_core.algorithms.loha import LoHa
+from lyco_core.algorithms.lokr import LoKr
+from lyco_core.algorithms.lora import LoRA
+from lyco_core.algorithms.oft import DiagOFT
+from lyco_core.algorithms.rotation import cayley
+
+CTX = ScaleContext(file="fast-paths")
+PEFT_CTX = ScaleContext(file="fast-paths", config_alpha=16.0, config_rank=8, peft=True)
+
+
+def _g(*shape, scale=1.0):
+    return torch.randn(*shape, generator=_g.gen) * scale
+
+
+_g.gen = torch.Generator().manual_seed(7)
+
+
+def _cases():
+    """(id, module, weight shape). Shapes exceed one scratch chunk so that chunking really happens."""
+    lin, conv = (1280, 1024), (256, 128, 3, 3)
+    return [
+        ("lora", LoRA("m", {"lora_up.weight": _g(1280, 32), "lora_down.weight": _g(32, 1024), "alpha": torch.tensor(8.)},
+                      CTX), lin),
+        ("locon-conv", LoRA("m", {"lora_up.weight": _g(256, 8, 1, 1), "lora_down.weight": _g(8, 128, 3, 3)}, CTX), conv),
+        ("locon-tucker", LoRA("m", {"lora_up.weight": _g(256, 8, 1, 1), "lora_down.weight": _g(8, 128, 1, 1),
+                                    "lora_mid.weight": _g(8, 8, 3, 3), "alpha": torch.tensor(4.)}, CTX), conv),
+        ("dora-out", LoRA("m", {"lora_up.weight": _g(1280, 32), "lora_down.weight": _g(32, 1024),
+                                "dora_scale": _g(1280, 1).abs() * 20}, CTX), lin),
+        ("dora-in-conv", LoRA("m", {"lora_up.weight": _g(256, 8, 1, 1), "lora_down.weight": _g(8, 128, 3, 3),
+                                    "dora_scale": _g(1, 128, 1, 1).abs() * 20}, CTX), conv),
+        ("peft-dora", LoRA("m", {"lora_up.weight": _g(1280, 8), "lora_down.weight": _g(8, 1024),
+                                 "magnitude": _g(1280).abs() * 20}, PEFT_CTX), lin),
+        ("loha", LoHa("m", {"hada_w1_a": _g(1280, 16), "hada_w1_b": _g(16, 1024), "hada_w2_a": _g(1280, 16),
+                            "hada_w2_b": _g(16, 1024), "alpha": torch.tensor(4.)}, CTX), lin),
+        ("loha-tucker", LoHa("m", {"hada_w1_a": _g(8, 256), "hada_w1_b": _g(8, 128), "hada_t1": _g(8, 8, 3, 3),
+                                   "hada_w2_a": _g(8, 256), "hada_w2_b": _g(8, 128), "hada_t2": _g(8, 8, 3, 3)},
+                             CTX), conv),
+        ("lokr-full", LoKr("m", {"lokr_w1": _g(8, 8), "lokr_w2": _g(160, 128)}, CTX), lin),
+        ("lokr-decomposed", LoKr("m", {"lokr_w1_a": _g(8, 4), "lokr_w1_b": _g(4, 8), "lokr_w2_a": _g(160, 4),
+                                       "lokr_w2_b": _g(4, 128), "alpha": torch.tensor(2.)}, CTX), lin),
+        ("lokr-tucker-conv", LoKr("m", {"lokr_w1": _g(8, 8), "lokr_w2_a": _g(4, 32), "lokr_w2_b": _g(4, 16),
+                                        "lokr_t2": _g(4, 4, 3, 3), "alpha": torch.tensor(2.)}, CTX), conv),
+        ("oft", DiagOFT("m", {"oft_blocks": _g(40, 32, 32, scale=0.05), "alpha": torch.tensor(1e-3),
+                              "rescale": _g(1280, 1).abs()}, CTX), lin),
+        ("oft-diag", DiagOFT("m", {"oft_diag": cayley(_g(8, 32, 32, scale=0.05), plus_first=True)}, CTX), conv),
+        ("boft", BOFT("m", {"oft_blocks": _g(4, 64, 20, 20, scale=0.05), "rescale": _g(1280, 1).abs()}, CTX), lin),
+    ]
+
+
+CASES = _cases()
+IDS = [c[0] for c in CASES]
+
+
+def _reference(module, weight: torch.Tensor, strength: float) -> torch.Tensor:
+    if module.additive and not module.dora:
+        return weight + strength * module.delta(weight.shape, weight.device, weight.dtype)
+    return module.apply(weight, strength)
+
+
+@pytest.mark.parametrize("strength", [1.0, 0.7, -0.4])
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_fp32_in_place_matches_formula(case, strength):
+    _, module, shape = case
+    weight = _g(*shape)
+    reference = _reference(module, weight, strength)
+    work = weight.clone()
+    out = module.apply_(work, strength)
+    assert out is work and out.dtype == torch.float32
+    error = (out - reference).abs().max() / (reference - weight).abs().max()
+    assert error <= 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_half_in_place_within_one_rounding(case, dtype):
+    _, module, shape = case
+    weight = _g(*shape).to(dtype)
+    exact = _reference(module, weight.float(), 0.7)
+    out = module.apply_(weight.clone(), 0.7)
+    assert out.dtype == dtype
+    eps = torch.finfo(dtype).eps
+    bound = eps * exact.abs() + 1e-5 * (exact - weight.float()).abs().max()
+    assert bool(((out.float() - exact).abs() <= bound).all())
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c[0] in ("lora", "loha", "lokr-full", "oft", "boft")],
+                         ids=lambda c: c[0])
+def test_strided_and_sliced_weights_are_written_through(case):
+    _, module, shape = case
+    fused = _g(shape[0] * 2, shape[1])
+    expected = fused.clone()
+    expected[shape[0]:] = _reference(module, fused[shape[0]:], 0.5)
+    tolerance = 1e-5 * (expected - fused).abs().max().item()
+    module.apply_(fused.narrow(0, shape[0], shape[0]), 0.5)  # a contiguous slice: updated where it lies
+    assert (fused - expected).abs().max() <= tolerance
+    wide = _g(shape[0], shape[1] * 2)
+    expected = wide.clone()
+    expected[:, 1::2] = _reference(module, wide[:, 1::2].contiguous(), 0.5)
+    tolerance = 1e-5 * (expected - wide).abs().max().item()
+    module.apply_(wide[:, 1::2], 0.5)  # strided: one working copy, written back
+    assert (wide - expected).abs().max() <= tolerance
+
+
+def _dense_oft(blocks_r: torch.Tensor, weight: torch.Tensor, rescale: torch.Tensor) -> torch.Tensor:
+    return (torch.block_diag(*blocks_r).t() @ weight.reshape(weight.shape[0], -1)).reshape(weight.shape) * rescale
+
+
+def test_oft_matches_dense_block_diagonal_product():
+    _, module, shape = CASES[IDS.index("oft")]
+    weight = _g(*shape)
+    rotation = module.rotation(weight)
+    interpolated = 0.7 * rotation + 0.3 * torch.eye(rotation.shape[-1])
+    dense = _dense_oft(interpolated, weight, module.params["rescale"])
+    out = module.apply_(weight.clone(), 0.7)
+    assert (out - dense).abs().max() / (dense - weight).abs().max() <= 1e-5
+
+
+def test_boft_matches_dense_butterfly_product():
+    _, module, shape = CASES[IDS.index("boft")]
+    weight = _g(*shape)
+    rotations = module.rotation(weight)
+    stages, _, bs, _ = rotations.shape
+    x = weight.clone()
+    for stage in range(stages):
+        permutation = torch.eye(shape[0])[butterfly_order(shape[0], (2 ** stage) * bs // 2, "cpu")]
+        stage_r = 0.7 * rotations[stage] + 0.3 * torch.eye(bs)
+        x = permutation.t() @ torch.block_diag(*stage_r) @ permutation @ x
+    dense = x * module.params["rescale"]
+    out = module.apply_(weight.clone(), 0.7)
+    assert (out - dense).abs().max() / (dense - weight).abs().max() <= 1e-5
+
+
+def test_rotation_is_solved_once_per_strength(monkeypatch):
+    module = DiagOFT("m", {"oft_blocks": _g(40, 32, 32, scale=0.05)}, CTX)
+    solves = []
+    original = module.rotation
+    monkeypatch.setattr(module, "rotation", lambda weight: solves.append(1) or original(weight))
+    weight = _g(1280, 64)
+    for strength in (0.3, 0.3, 0.4, 0.3):
+        module.apply_(weight.clone(), strength)
+    assert len(solves) == 2
+    for step in range(10):  # the cache is bounded: old strengths are dropped and solved again
+        module.apply_(weight.clone(), 0.05 + step / 10)
+    module.apply_(weight.clone(), 0.3)
+    assert len(solves) == 2 + 10 + 1
+
+
+class _NewStorages(TorchDispatchMode):
+    """Largest storage (bytes) any op creates that none of its inputs already owned."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        owned = {t.untyped_storage().data_ptr() for t in torch.utils._pytree.tree_leaves((args, kwargs))
+                 if isinstance(t, torch.Tensor)}
+        out = func(*args, **kwargs)
+        for t in torch.utils._pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in owned:
+                self.largest = max(self.largest, t.untyped_storage().nbytes())
+        return out
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_temporaries_stay_below_one_float32_weight(case):
+    _, module, shape = case
+    weight = _g(*shape)
+    with _NewStorages() as fp32:
+        module.apply_(weight, 0.7)
+    assert fp32.largest <= min(CHUNK_ELEMENTS, weight.numel()) * 4  # scratch chunks only
+    half = weight.half()
+    with _NewStorages() as fp16:
+        module.apply_(half, 0.7)
+    whole_copy = case[0] in ("boft", "dora-in-conv")  # rows not independent: one float32 working copy
+    assert fp16.largest <= (weight.numel() if whole_copy else min(CHUNK_ELEMENTS, weight.numel())) * 4
