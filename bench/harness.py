@@ -66,12 +66,15 @@ class MemoryProbe:
         self.before = _status_kib("VmRSS") * 1024
 
     def stop(self) -> tuple[int, int]:
-        """(peak, retained) extra bytes since ``start``."""
+        """(peak, retained) extra bytes since ``start``; retained is measured after freeing what malloc holds."""
         if self.device.type == "cuda":
             sync(self.device)
             return (torch.cuda.max_memory_allocated(self.device) - self.before,
                     torch.cuda.memory_allocated(self.device) - self.before)
-        return (max(0, _status_kib("VmHWM") * 1024 - self.before), _status_kib("VmRSS") * 1024 - self.before)
+        peak = max(0, _status_kib("VmHWM") * 1024 - self.before)
+        gc.collect()
+        _trim_malloc()
+        return peak, _status_kib("VmRSS") * 1024 - self.before
 
 
 @dataclass

@@ -13,15 +13,15 @@ from collections import defaultdict
 from comfy_api.latest import io, ui
 
 from .block_weights import OTHER, PRESETS, BlockWeights, block_of, model_family, parse_block_weights
-from .host import _drop_refused, _key_name, build_patches, load_cached, no_match_error
-from .loaders import CATEGORY, _adapter_input, _strength_input
+from .host import drop_refused, key_name, build_patches, load_cached, no_match_error
+from .loaders import CATEGORY, adapter_input, strength_input
 
 
 def _weighted_groups(patches: dict, strength: float, weights: BlockWeights, side: str) -> dict[float, dict]:
     """{effective strength: {key: patch}} without the keys whose effective strength is 0."""
     groups: dict[float, dict] = defaultdict(dict)
     for key, patch in patches.items():
-        effective = strength * weights.weight(block_of(_key_name(key), side))
+        effective = strength * weights.weight(block_of(key_name(key), side))
         if effective != 0:
             groups[effective][key] = patch
     return groups
@@ -37,7 +37,7 @@ def _patch_side(target, patches: dict, strength: float, weights: BlockWeights, s
     for effective, group in groups.items():
         accepted.update(clone.add_patches(group, effective))
         offered.update(group)
-    _drop_refused(coverage, side, offered, accepted)
+    drop_refused(coverage, side, offered, accepted)
     return clone
 
 
@@ -68,7 +68,7 @@ def apply_block_weights(adapter, model, clip, strength_model: float, strength_cl
         raise no_match_error(adapter, coverage)
     family = model_family(model.model_state_dict().keys())
     weights = parse_block_weights(text, family)
-    if unet_patches and all(block_of(_key_name(k), "unet") == OTHER for k in unet_patches):
+    if unet_patches and all(block_of(key_name(k), "unet") == OTHER for k in unet_patches):
         raise ValueError("block weights need an SD1.x/SD2/SDXL UNet (input_blocks / middle_block / output_blocks); "
                          "this model has none of its patched layers in such blocks — use 'Load LyCORIS Adapter'")
     new_model = _patch_side(model, unet_patches, strength_model, weights, "unet", coverage)
@@ -87,9 +87,9 @@ class LoadAdapterBlockWeight(io.ComfyNode):
             description="Any LyCORIS-family adapter with a weight per UNet block (LBW order) and BASE for the text "
                         "encoder; each module is applied at strength × its block weight with its method's own law "
                         "(OFT/BOFT interpolate the rotation, never scale a delta).",
-            inputs=[io.Model.Input("model"), io.Clip.Input("clip"), _adapter_input(),
-                    _strength_input("strength_model", "Strength on the diffusion model, times each block's weight."),
-                    _strength_input("strength_clip", "Strength on the text encoder, times BASE."),
+            inputs=[io.Model.Input("model"), io.Clip.Input("clip"), adapter_input(),
+                    strength_input("strength_model", "Strength on the diffusion model, times each block's weight."),
+                    strength_input("strength_clip", "Strength on the text encoder, times BASE."),
                     io.String.Input("block_weights", default="ALL",
                                     tooltip=f"A preset ({presets}) or comma-separated weights: SD1.x 17 or 26 "
                                             "values, SDXL 12 or 20 (BASE first). Unnamed blocks get 0.")],

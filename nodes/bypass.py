@@ -12,7 +12,7 @@ import comfy.utils
 
 from ..lyco_core import Adapter, AdapterError
 from ..lyco_core.bypass import check
-from .host import _key_name, build_patches, log, no_match_error
+from .host import key_name, build_patches, log, no_match_error
 
 
 class BypassForward:
@@ -44,7 +44,7 @@ def _branches(patcher, label: str, patches: dict, strength: float, coverage) -> 
     for target, patch in patches.items():
         if patch.part != "weight":
             continue  # bias deltas (PEFT lora_B.bias) are part of each branch
-        key = _key_name(target)
+        key = key_name(target)
         path = key[: -len(".weight")]
         layer = comfy.utils.get_attr(root, path)
         rows = None

@@ -117,12 +117,15 @@ class Coverage:
     unet: dict = field(default_factory=dict)       # module -> patch key
     clip: dict = field(default_factory=dict)
     unmatched: dict = field(default_factory=dict)  # module -> reason
+    skipped: list = field(default_factory=list)    # text-encoder modules when no CLIP is given (model-only loads)
     unknown_keys: int = 0
 
     def line(self) -> str:
         methods = ", ".join(f"{k} ×{v}" for k, v in sorted(self.methods.items()))
         text = (f"{os.path.basename(self.file)}: {methods} · UNet {len(self.unet)} · CLIP {len(self.clip)} patched · "
                 f"{len(self.unmatched)} unmatched · {self.unknown_keys} unknown keys")
+        if self.skipped:
+            text += f" · {len(self.skipped)} text-encoder modules skipped (no CLIP input)"
         return text
 
     def details(self, limit: int = 12) -> str:
@@ -134,12 +137,15 @@ class Coverage:
         return "\n".join(lines)
 
 
-def _key_name(target) -> str:
+SKIPPED_NO_CLIP = "text-encoder module, but no CLIP is connected"
+
+
+def key_name(target) -> str:
     return target[0] if isinstance(target, tuple) else target
 
 
 def _shape_of(state: dict, target) -> torch.Size | None:
-    tensor = state.get(_key_name(target))
+    tensor = state.get(key_name(target))
     if tensor is None:
         return None
     if isinstance(target, tuple):
@@ -187,7 +193,7 @@ def _locate(adapter: Adapter, name: str, sides: list[_Side]):
         return None, "ambiguous: fits both " + " and ".join(f"{s.label} {k}" for s, k in found)
     labels = {s.label for s in sides}
     if "clip" not in labels and any(h in name for h in ("lora_te", "text_encoder", "text_model")):
-        return None, "text-encoder module, but no CLIP is connected"
+        return None, SKIPPED_NO_CLIP
     return None, "; ".join(reasons) or "no model connected"
 
 
@@ -198,11 +204,14 @@ def build_patches(adapter: Adapter, model, clip) -> tuple[dict, dict, Coverage]:
     patches = {"unet": {}, "clip": {}}
     for name, module in adapter.modules.items():
         side, target = _locate(adapter, name, sides)
+        if side is None and target == SKIPPED_NO_CLIP:
+            coverage.skipped.append(name)
+            continue
         if side is None:
             coverage.unmatched[name] = target
             continue
         shape = _shape_of(side.state, target)
-        bias_key = _key_name(target)[: -len("weight")] + "bias" if _key_name(target).endswith("weight") else None
+        bias_key = key_name(target)[: -len("weight")] + "bias" if key_name(target).endswith("weight") else None
         has_bias = bias_key is not None and bias_key in side.state
         try:
             module.check_target(shape, has_bias)
@@ -211,11 +220,14 @@ def build_patches(adapter: Adapter, model, clip) -> tuple[dict, dict, Coverage]:
         patches[side.label][target] = LycoPatch(module)
         if has_bias and module.changes_bias() and not isinstance(target, tuple):
             patches[side.label][bias_key] = LycoPatch(module, "bias")
-        getattr(coverage, side.label)[name] = _key_name(target)
+        getattr(coverage, side.label)[name] = key_name(target)
     return patches["unet"], patches["clip"], coverage
 
 
 def no_match_error(adapter: Adapter, coverage: Coverage) -> AdapterError:
+    if coverage.skipped and not coverage.unmatched:
+        return AdapterError(f"all {len(coverage.skipped)} modules are text-encoder modules and no CLIP is connected",
+                            file=adapter.path, expected="a loader with a CLIP input for this file")
     base = adapter.summary()["metadata"]["base_model"]
     example = next(iter(coverage.unmatched.items()), ("", ""))
     hint = f" The file says its base model is '{base}'" if base else ""
@@ -234,17 +246,17 @@ def apply_adapter(adapter: Adapter, model, clip, strength_model: float, strength
     if model is not None and unet_patches:
         new_model = model.clone()
         accepted = set(new_model.add_patches(unet_patches, strength_model))
-        _drop_refused(coverage, "unet", unet_patches, accepted)
+        drop_refused(coverage, "unet", unet_patches, accepted)
     if clip is not None and clip_patches:
         new_clip = clip.clone()
         accepted = set(new_clip.add_patches(clip_patches, strength_clip))
-        _drop_refused(coverage, "clip", clip_patches, accepted)
+        drop_refused(coverage, "clip", clip_patches, accepted)
     log.info("[LyCO] %s", coverage.line())
     return new_model, new_clip, coverage
 
 
-def _drop_refused(coverage: Coverage, side: str, patches: dict, accepted: set) -> None:
-    refused = {_key_name(k) for k in patches if k not in accepted}
+def drop_refused(coverage: Coverage, side: str, patches: dict, accepted: set) -> None:
+    refused = {key_name(k) for k in patches if k not in accepted}
     for name, key in list(getattr(coverage, side).items()):
         if key in refused:
             del getattr(coverage, side)[name]

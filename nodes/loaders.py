@@ -16,11 +16,11 @@ CATEGORY = "loaders/LyCORIS"
 _STRENGTH = dict(default=1.0, min=-10.0, max=10.0, step=0.01, display_mode=io.NumberDisplay.slider)
 
 
-def _strength_input(name: str, tooltip: str):
+def strength_input(name: str, tooltip: str):
     return io.Float.Input(name, tooltip=tooltip, **_STRENGTH)
 
 
-def _adapter_input():
+def adapter_input():
     return io.Combo.Input("adapter_name", options=adapter_names(),
                           tooltip="An adapter file (or PEFT folder) from ComfyUI's loras folders; its method is "
                                   "detected per module.")
@@ -58,9 +58,9 @@ class _LoaderBase(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id=cls.NODE_ID, display_name=cls.DISPLAY, category=CATEGORY, description=cls.DESCRIPTION,
-            inputs=[io.Model.Input("model"), io.Clip.Input("clip"), _adapter_input(),
-                    _strength_input("strength_model", "Strength on the diffusion model (0 = off)."),
-                    _strength_input("strength_clip", "Strength on the text encoder (0 = off)."), _bypass_input()],
+            inputs=[io.Model.Input("model"), io.Clip.Input("clip"), adapter_input(),
+                    strength_input("strength_model", "Strength on the diffusion model (0 = off)."),
+                    strength_input("strength_clip", "Strength on the text encoder (0 = off)."), _bypass_input()],
             outputs=[io.Model.Output(), io.Clip.Output(), io.String.Output(display_name="summary")])
 
     @classmethod
@@ -106,8 +106,8 @@ class LoadAdapterModelOnly(io.ComfyNode):
         return io.Schema(
             node_id="LyCOLoadAdapterModelOnly", display_name="Load LyCORIS Adapter (model only)", category=CATEGORY,
             description="Applies an adapter's diffusion-model modules; text-encoder modules are reported, not applied.",
-            inputs=[io.Model.Input("model"), _adapter_input(),
-                    _strength_input("strength_model", "Strength on the diffusion model (0 = off)."), _bypass_input()],
+            inputs=[io.Model.Input("model"), adapter_input(),
+                    strength_input("strength_model", "Strength on the diffusion model (0 = off)."), _bypass_input()],
             outputs=[io.Model.Output(), io.String.Output(display_name="summary")])
 
     @classmethod

@@ -131,12 +131,12 @@ def _lokr_fits(params, factor: int, decompose_both: bool) -> bool:
     rank = _lokr_rank(params, decompose_both)
     if factorization(a * b, factor, sort_divisor=False) != (a, b):
         return False
+    # A flat conv w2_b leaves d ambiguous; the config never states d, so it is exact when every candidate d that
+    # PEFT's rule could produce leads to these same factor kinds.
     fitting = [d for d in ds if factorization(c * d, factor, sort_divisor=False) == (c, d)]
-    if len(fitting) != 1:
-        return False
     full_w1 = not (decompose_both and rank < max(a, c) / 2)
-    full_w2 = not rank < max(b, fitting[0]) / 2
-    return full_w1 == ("lokr_w1" in params) and full_w2 == ("lokr_w2" in params)
+    return bool(fitting) and all(full_w1 == ("lokr_w1" in params) and (not rank < max(b, d) / 2) == ("lokr_w2" in params)
+                                 for d in fitting)
 
 
 def _lokr_layout(modules) -> tuple[int, bool, dict[str, str]]:

@@ -24,15 +24,6 @@ LYCORIS_OK = {"lora", "lora-dora-rslora", "lora-balanced", "loha", "loha-tucker"
               "lokr-full", "oft-lycoris", "boft-lycoris", "glora", "ia3-lycoris"}
 # lycoris-lora 4.1.3's IA3Module.make_module_from_state_dict takes 4 arguments where its loader passes 5.
 LYCORIS_LIB_BROKEN = {"ia3-lycoris"}
-# save_adapter's PEFT writer (layouts/peft.py ``_lokr_shapes``) reads a 2-D ``lokr_w2_b (r, D)`` as possibly a
-# flattened conv (d = D/k², k = 1…7), so with decompose_factor 4 several d fit and it refuses valid modules.
-PEFT_WRITER_GAPS = {"lokr-both-tucker"}
-
-
-def _peft_cases():
-    return [pytest.param(*c, marks=pytest.mark.xfail(strict=True, raises=AdapterError,
-                                                      reason="save_adapter: ambiguous LoKr w2_b shape"))
-            if c[0] in PEFT_WRITER_GAPS else pytest.param(*c) for c in CASES]
 
 
 def _trained(config):
@@ -47,7 +38,7 @@ def _gap(ours, theirs) -> float:
     return max(float((a - b).abs().max()) for a, b in zip(ours, theirs))
 
 
-@pytest.mark.parametrize("name, config", _peft_cases(), ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("name, config", CASES, ids=[c[0] for c in CASES])
 def test_peft_layout_loads_in_peft(name, config, tmp_path):
     tuner, ours = _trained(config)
     if name not in PEFT_OK:

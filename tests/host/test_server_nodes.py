@@ -28,7 +28,8 @@ import pytest
 from PIL import Image
 
 import workflow
-from comfy_bootstrap import FIXTURE_CACHE, PACK_DIR_NAME, REPO_ROOT
+from comfy_bootstrap import PACK_DIR_NAME, REPO_ROOT
+from demo_files import link_demo_adapters
 
 OUR_NODES = {  # id -> (display name, category)
     "LyCOLoadAdapter": ("Load LyCORIS Adapter", "loaders/LyCORIS"),
@@ -100,13 +101,9 @@ def _write_bad_files(loras: Path, lokr: Path) -> None:
 @pytest.fixture(scope="session")
 def demo_adapters(comfy_base, tiny_checkpoint) -> dict[str, str]:
     """The demo adapters (and the broken files) in the base dir's models/loras; {method: listed name}."""
-    assets = _tool("demo_assets")
-    paths = assets.make_demo_adapters(FIXTURE_CACHE, tiny_checkpoint)
+    names = link_demo_adapters(comfy_base.path, tiny_checkpoint)
     loras = comfy_base.path / "models" / "loras"
-    names = {}
-    for method, path in paths.items():
-        names[method] = assets.link_into(path, loras).name
-    _write_bad_files(loras, paths["lokr"])
+    _write_bad_files(loras, loras / names["lokr"])
     now = time.time()
     os.utime(loras, (now, now))  # ComfyUI caches folder listings by directory mtime
     return names
