@@ -85,7 +85,7 @@ def run(env, quick: bool) -> dict:
         loaded = _Loaded(device, {"ours": ours, "native": native})
         with harness.logged_errors() as errors:
             patching = loaded.time_patching(repeats, warmup)
-        step = loaded.time_steps(inputs, repeats, warmup, lowvram=1)
+        step = loaded.time_steps(inputs, repeats, 0 if quick else warmup, lowvram=1)
         overhead = {name: step.median(name) - results["base_step_s"] for name in loaded.patchers}
         row = results["methods"][method] = {
             "weights": len(coverage.unet), "native_failed_weights": len(errors) // (repeats + warmup),

@@ -35,8 +35,9 @@ def working_tensor(weight: torch.Tensor) -> torch.Tensor:
 
 
 def span_length(total: int, unit: int, device: torch.device) -> int:
-    """How many items of ``unit`` values each fit one chunk on ``device`` (at least one, at most ``total``)."""
-    budget = CHUNK_ELEMENTS if device.type == "cpu" else DEVICE_CHUNK_ELEMENTS
+    """How many items of ``unit`` values each fit one chunk on ``device``, and at most a quarter of all
+    ``total·unit`` values (so even on small weights a few scratch chunks stay below one weight); at least one."""
+    budget = min(CHUNK_ELEMENTS if device.type == "cpu" else DEVICE_CHUNK_ELEMENTS, total * unit // 4)
     return min(total, max(1, budget // max(unit, 1)))
 
 
