@@ -19,7 +19,7 @@ from .algorithms import detect, known_suffixes
 from .algorithms.base import AdapterModule
 from .errors import AdapterError
 from .io import PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES, load_shapes, load_tensors
-from .keymap import MatchReport, WeightIndex, resolve
+from .keymap import MatchReport, WeightIndex, locate
 from .layouts import ModulePath, detect_layout, split_key
 from .metadata import highlights
 
@@ -91,7 +91,8 @@ class Adapter:
         return self._layout.module_path(name)
 
     def match(self, weight_keys, key_map: dict[str, str] | None = None) -> MatchReport:
-        """Which module patches which weight key. ``key_map`` {module name: key} overrides automatic matching."""
+        """Which module patches which weight key, or which part of one (``report.target(name)``). ``key_map``
+        {module name: key} overrides automatic matching."""
         report = MatchReport(unknown_keys=list(self.unknown_keys))
         keys = set(weight_keys)
         index = None if key_map is not None else WeightIndex(keys)
@@ -105,11 +106,11 @@ class Adapter:
                 else:
                     report.matched[name] = key
                 continue
-            key, reason = resolve(self.module_path(name), index)
-            if key is None:
+            target, reason = locate(self.module_path(name), index)
+            if target is None:
                 report.unmatched[name] = reason
             else:
-                report.matched[name] = key
+                report.add(name, target)
         return report
 
     # --- applying ------------------------------------------------------------------------------------------------
@@ -117,7 +118,9 @@ class Adapter:
               key_map: dict[str, str] | None = None, progress=None) -> dict[str, torch.Tensor]:
         """New tensors (same shape and dtype) for every weight/bias key the adapter changes; inputs untouched.
 
-        Each module applies its own strength law (see the algorithm files). Strength 0 means off: nothing changes
+        Each module applies its own strength law (see the algorithm files). A module matched to part of a weight
+        (q, k or v of a fused ``in_proj_weight``: ``report.target``) sees those rows as its W and rewrites them
+        alone; modules sharing one weight all land in its one new tensor. Strength 0 means off: nothing changes
         (LyCORIS' DoRA and rescaled OFT would still alter W at multiplier 0; we treat 0 as "adapter disabled").
         Modules that match no key are logged with the reason; matching nothing at all raises AdapterError.
         ``progress(done, total)`` is called after each module and may raise to stop.
@@ -135,20 +138,22 @@ class Adapter:
         if strength == 0:
             return {}
         updated: dict[str, torch.Tensor] = {}
-        for done, (name, key) in enumerate(report.matched.items(), 1):
-            module = self.modules[name]
-            bias_key = key[: -len("weight")] + "bias" if key.endswith("weight") else None
-            weight = updated.get(key, weights[key])
-            bias = updated.get(bias_key, weights.get(bias_key)) if bias_key else None
+        for done, name in enumerate(report.matched, 1):
+            module, target = self.modules[name], report.target(name)
+            key, bias_key = target.key, target.bias_key if target.bias_key in weights else None
             try:
-                module.check_target(weight.shape, bias is not None)
+                weight = updated[key] if key in updated else weights[key].detach().clone()
+                bias = updated.get(bias_key, weights[bias_key]) if bias_key else None
+                module.check_target(target.shape(weight.shape), bias is not None)
+                module.apply_(target.of(weight), float(strength))
             except AdapterError as exc:
                 raise exc.located(file=self.path, module=name) from None
-            target = weight if key in updated else weight.detach().clone()
-            updated[key] = module.apply_(target, float(strength))
-            new_bias = module.bias_update(bias, float(strength)) if bias is not None else None
+            updated[key] = weight
+            new_bias = module.bias_update(target.of(bias), float(strength)) if bias is not None else None
             if new_bias is not None:
-                updated[bias_key] = new_bias.to(weights[bias_key].dtype)
+                full_bias = bias.detach().clone() if bias_key not in updated else bias
+                target.of(full_bias).copy_(new_bias)
+                updated[bias_key] = full_bias
             if progress is not None:
                 progress(done, len(report.matched))
         return updated
@@ -209,7 +214,7 @@ def adapter_from_tensors(tensors: dict[str, torch.Tensor], metadata: dict[str, s
     layout = layout_cls(file, config, metadata)
     modules: dict[str, AdapterModule] = {}
     for name, params in grouped.items():
-        algorithm = detect(params)
+        algorithm = detect(params, layout_cls.name)
         if algorithm is None:
             unknown.extend(keys_of[name])
             continue

@@ -5,14 +5,25 @@ Rules (``match_modules``), for a module whose layout says it points at ``path``:
    whose path equals ``path`` or ends with ``"." + path`` (dotted layouts), or whose path with every ``.``
    written as ``_`` equals or ends with ``"_" + path`` at a dot boundary (LyCORIS/kohya mangled names).
 2. ``text_model.`` levels are ignored on both sides (transformers 4 vs 5 CLIP names).
-3. Several candidates: prefer an exact path; else keep those containing a layout hint (``te1``, ``clip_l``,
-   ``diffusion_model``, …); else the module is reported ambiguous, never guessed.
+3. A weight also answers to its aliases (aliases/): the paths another spelling of the same network gives it
+   (diffusers names of an LDM UNet and back, HF CLIP names of an OpenCLIP text encoder), matched by rules 1–2.
+4. Several candidates: prefer an exact path; else keep those containing a layout hint (``te1``, ``clip_l``,
+   ``diffusion_model``, …) in the key or its aliases; else the one candidate found by its own path rather than an
+   alias; else the module is reported ambiguous, never guessed.
+5. An alias may name part of a weight (q, k or v: a third of the rows of a fused ``in_proj_weight``) or its
+   transpose (OpenCLIP's ``text_projection``): the module's target is then that ``WeightSlice``, reported as
+   ``key[part i of n]`` / ``key (transposed)``; patching applies the module's law to that view (and the bias's
+   rows) alone, as if it were the whole weight.
 """
 from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+import torch
+
+from .aliases import model_aliases
+from .errors import AdapterError
 from .layouts.base import ModulePath
 
 
@@ -20,12 +31,69 @@ def _without_text_model(path: str) -> str:
     return path.replace("text_model.", "")
 
 
+@dataclass(frozen=True)
+class WeightSlice:
+    """Where a module applies: the weight ``key``, or the ``part``-th of ``parts`` equal blocks of its rows (dim 0)
+    and the same rows of its bias; with ``transposed``, the module's weight is ``key``'s transpose (OpenCLIP keeps
+    its text projection as ``P`` used as ``x·P``, HF as the Linear weight ``Pᵀ``) and rows are counted in it. The
+    row count comes from the tensor, so a model's keys alone (a header) say where a module goes."""
+    key: str
+    part: int = 0
+    parts: int = 1
+    transposed: bool = False
+
+    def __str__(self) -> str:
+        text = self.key if self.parts == 1 else f"{self.key}[part {self.part + 1} of {self.parts}]"
+        return text + " (transposed)" if self.transposed else text
+
+    @property
+    def whole(self) -> bool:
+        """Whether this is the weight itself, as stored."""
+        return self.parts == 1 and not self.transposed
+
+    @property
+    def bias_key(self) -> str | None:
+        """``<key without 'weight'>bias`` (``in_proj_weight`` → ``in_proj_bias``), or None."""
+        return self.key[: -len("weight")] + "bias" if self.key.endswith("weight") else None
+
+    def rows(self, total: int) -> tuple[int, int]:
+        """(start, length) of the part's rows among ``total``."""
+        if total % self.parts:
+            raise AdapterError(f"has {total} rows, which do not split into {self.parts} equal parts", key=self.key,
+                               expected=f"a fused weight of {self.parts} stacked blocks")
+        length = total // self.parts
+        return self.part * length, length
+
+    def shape(self, shape: torch.Size) -> torch.Size:
+        """The module's weight shape within a stored weight (or bias) of ``shape``."""
+        if self.transposed:
+            shape = torch.Size(reversed(shape))
+        return torch.Size((self.rows(shape[0])[1], *shape[1:])) if self.parts > 1 else shape
+
+    def of(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The module's weight (or bias) inside the stored ``tensor``: a view, so writing it writes the tensor."""
+        view = tensor.t() if self.transposed else tensor
+        return view.narrow(0, *self.rows(view.shape[0])) if self.parts > 1 else view
+
+
 @dataclass
 class MatchReport:
-    """Which modules found a weight key, which did not (with the reason), and file keys no algorithm reads."""
+    """Which modules found a target, which did not (with the reason), and file keys no algorithm reads.
+    ``matched`` {module: its target as text: the key, or ``key[part i of n]`` / ``key (transposed)``}; ``slices``
+    {module: its WeightSlice} for the modules whose target is not a whole stored weight."""
     matched: dict[str, str] = field(default_factory=dict)
     unmatched: dict[str, str] = field(default_factory=dict)
     unknown_keys: list[str] = field(default_factory=list)
+    slices: dict[str, WeightSlice] = field(default_factory=dict)
+
+    def add(self, name: str, target: WeightSlice) -> None:
+        self.matched[name] = str(target)
+        if not target.whole:
+            self.slices[name] = target
+
+    def target(self, name: str) -> WeightSlice:
+        """Where matched module ``name`` applies (a whole weight is ``WeightSlice(key)``)."""
+        return self.slices.get(name) or WeightSlice(self.matched[name])
 
     def line(self) -> str:
         text = f"{len(self.matched)} modules matched, {len(self.unmatched)} unmatched"
@@ -39,43 +107,86 @@ class MatchReport:
 
 
 class WeightIndex:
-    """Every path suffix (at dot boundaries) of a model's weight keys, dotted and mangled, for O(1) lookups."""
+    """Every path suffix (at dot boundaries) of a model's weight keys and of their aliases, dotted and mangled, for
+    O(1) lookups. The tables hold targets: a weight key, or ``str(WeightSlice)`` for an alias naming part of one or
+    its transpose (``slices`` {that string: the WeightSlice}). ``aliases`` {target: alias paths}."""
 
     def __init__(self, keys):
-        self.dotted: dict[str, list[str]] = defaultdict(list)
-        self.mangled: dict[str, list[str]] = defaultdict(list)
-        self.keys = set(keys)
-        for key in keys:
-            if not key.endswith(".weight") and key != "weight":
-                continue
-            path = key[: -len(".weight")]
-            for variant in {path, _without_text_model(path)}:
-                parts = variant.split(".")
-                for start in range(len(parts)):
-                    suffix = ".".join(parts[start:])
-                    self.dotted[suffix].append(key)
-                    self.mangled[suffix.replace(".", "_")].append(key)
+        ordered = list(keys)
+        self.keys = set(ordered)
+        self.own: tuple[dict[str, list[str]], dict[str, list[str]]] = (defaultdict(list), defaultdict(list))
+        self.other: tuple[dict[str, list[str]], dict[str, list[str]]] = (defaultdict(list), defaultdict(list))
+        self.aliases: dict[str, list[str]] = defaultdict(list)
+        self.slices: dict[str, WeightSlice] = {}
+        for key in ordered:
+            if key.endswith(".weight") or key == "weight":
+                _add_suffixes(self.own, key[: -len(".weight")], key)
+        for alias in model_aliases(self.keys):
+            target = alias.key
+            if alias.part is not None or alias.transposed:
+                part = WeightSlice(alias.key, *(alias.part or (0, 1)), alias.transposed)
+                target = str(part)
+                self.slices[target] = part
+            _add_suffixes(self.other, alias.path, target)
+            self.aliases[target].append(alias.path)
 
-    def candidates(self, target: ModulePath) -> list[str]:
-        table = self.mangled if target.mangled else self.dotted
+    def paths(self, key: str) -> list[str]:
+        """The weight's own path (for a ``.weight`` key) and its aliases."""
+        own = [key[: -len(".weight")]] if key.endswith(".weight") else []
+        return own + self.aliases.get(key, [])
+
+    def candidates(self, target: ModulePath, tables=None) -> list[str]:
+        """Keys whose own path (or, with ``tables=self.other``, an alias) fits ``target``."""
+        dotted, mangled = tables or self.own
+        table = mangled if target.mangled else dotted
         alias = target.path.replace("text_model_" if target.mangled else "text_model.", "")
         return list(dict.fromkeys(table.get(target.path, []) + table.get(alias, [])))
 
 
-def resolve(target: ModulePath, index: WeightIndex) -> tuple[str | None, str]:
-    """(weight key, "") on success, else (None, reason)."""
-    found = index.candidates(target)
+def _add_suffixes(tables, path: str, key: str) -> None:
+    dotted, mangled = tables
+    for variant in {path, _without_text_model(path)}:
+        parts = variant.split(".")
+        for start in range(len(parts)):
+            suffix = ".".join(parts[start:])
+            dotted[suffix].append(key)
+            mangled[suffix.replace(".", "_")].append(key)
+
+
+def _pick(target: ModulePath, own: list[str], found: list[str], index: WeightIndex) -> str | None:
+    """The one candidate rule 4 allows, or None."""
     if len(found) == 1:
-        return found[0], ""
-    if not found:
-        return None, f"no weight of the model has the path '{target.path}'"
+        return found[0]
     exact = [key for key in found if key[: -len(".weight")] in (target.path, target.path.replace("_", "."))]
     if len(exact) == 1:
-        return exact[0], ""
-    hinted = [key for key in found if any(hint in key for hint in target.hints)]
+        return exact[0]
+    hinted = [key for key in found
+              if any(hint in name for hint in target.hints for name in [key, *index.aliases.get(key, ())])]
     if len(hinted) == 1:
-        return hinted[0], ""
-    return None, f"ambiguous: '{target.path}' fits {len(found)} weights ({', '.join(sorted(found)[:3])}…)"
+        return hinted[0]
+    return own[0] if len(own) == 1 else None
+
+
+def locate(target: ModulePath, index: WeightIndex) -> tuple[WeightSlice | None, str]:
+    """(where the module applies: a whole weight or part of one, "") on success, else (None, reason)."""
+    own = index.candidates(target)
+    found = list(dict.fromkeys(own + index.candidates(target, index.other)))
+    if not found:
+        return None, f"no weight of the model has the path '{target.path}'"
+    picked = _pick(target, own, found, index)
+    if picked is None:
+        return None, f"ambiguous: '{target.path}' fits {len(found)} weights ({', '.join(sorted(found)[:3])}…)"
+    return index.slices.get(picked) or WeightSlice(picked), ""
+
+
+def resolve(target: ModulePath, index: WeightIndex) -> tuple[str | None, str]:
+    """(weight key, "") when the module applies to a whole weight, else (None, reason) — for callers that patch
+    whole weights only (a host's own key maps)."""
+    found, reason = locate(target, index)
+    if found is not None and not found.whole:
+        return None, (f"its weight is {found}, not the whole stored (fused or transposed) '{found.key}'; only "
+                      f"lyco_core's own patching applies a module to such a view")
+    return None if found is None else found.key, reason
 
 
 _UNET_PREFIXES = ("lora_unet_", "lycoris_", "lora_transformer_")

@@ -109,7 +109,7 @@ class AdapterConvert(io.ComfyNode):
 
 class _RankNode(io.ComfyNode):
     NODE_ID = DISPLAY = DESCRIPTION = ""
-    FUNCTION = staticmethod(to_lora)
+    CONVERSION = staticmethod(to_lora)
 
     @classmethod
     def define_schema(cls):
@@ -121,8 +121,8 @@ class _RankNode(io.ComfyNode):
     @classmethod
     def execute(cls, adapter, rank_mode, rank, fraction, conv_rank, tucker, model=None, clip=None):
         notes: list[str] = []
-        result, report = cls.FUNCTION(adapter, _policy(rank_mode, rank, fraction, conv_rank, tucker),
-                                      base=base_source(model, clip, notes), progress=_progress(cls))
+        result, report = cls.CONVERSION(adapter, _policy(rank_mode, rank, fraction, conv_rank, tucker),
+                                        base=base_source(model, clip, notes), progress=_progress(cls))
         return _done(result, text=_report(report, notes))
 
 
@@ -130,14 +130,14 @@ class AdapterToLoRA(_RankNode):
     NODE_ID, DISPLAY = "LyCOAdapterToLoRA", "Adapter to LoRA"
     DESCRIPTION = ("Every module (LoHa, LoKr, OFT, BOFT, GLoRA, IA3, full, DoRA) as a plain LoRA/LoCon by truncated "
                    "SVD of its delta; reports each module's relative error. Weight-dependent methods need MODEL/CLIP.")
-    FUNCTION = staticmethod(to_lora)
+    CONVERSION = staticmethod(to_lora)
 
 
 class AdapterResize(_RankNode):
     NODE_ID, DISPLAY = "LyCOAdapterResize", "Resize Adapter"
     DESCRIPTION = ("Changes the rank of any adapter: LoRA on its factors (DoRA kept), other methods through their "
                    "rebuilt delta; reports each module's relative error.")
-    FUNCTION = staticmethod(resize)
+    CONVERSION = staticmethod(resize)
 
 
 class AdapterMerge(io.ComfyNode):

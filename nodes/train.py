@@ -21,14 +21,14 @@ from comfy_api.latest import io, ui
 from ..lyco_core import load_adapter
 from ..lyco_core.train import (SCHEDULERS, AttachedAdapter, TrainingRecord, TrainSettings, load_weights,
                                optimizer_names, resume_state, save_state, save_trained, state_path, train)
-from .host import apply_adapter
+from .host import apply_adapter, log
 from .train_configs import CONFIG_TYPE
 from .train_host import DenoiseLoss, Progress, build_on, checkpoint_units, file_names, install, text_encoder
 
 ADAPTER_TYPE = io.Custom("LYCO_ADAPTER")
 LOSS_TYPE = io.Custom("LOSS_MAP")
 CHECKPOINT_DIR = "lyco_train"
-DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def checkpoint_root() -> str:
@@ -57,6 +57,15 @@ def _combined(unet: AttachedAdapter, te: AttachedAdapter | None) -> AttachedAdap
         return unet
     return AttachedAdapter("default", unet.config, {**unet.modules, **te.modules}, {**unet.layers, **te.layers},
                            attached=False)
+
+
+def _skipped(steps: list[int], done: int) -> str:
+    """The report's note on fp16 steps skipped for inf/NaN gradients in this run (empty when none)."""
+    ours = [step for step in steps if step > done]
+    if not ours:
+        return ""
+    shown = ", ".join(map(str, ours[:5])) + (", …" if len(ours) > 5 else "")
+    return f"; {len(ours)} step(s) skipped on fp16 overflow ({shown})"
 
 
 class TrainAdapter(io.ComfyNode):
@@ -88,7 +97,10 @@ class TrainAdapter(io.ComfyNode):
                 io.Int.Input("warmup_steps", default=0, min=0, max=100_000, tooltip="Linear warmup steps."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, tooltip="Initialisation, batches, noise."),
                 io.Combo.Input("training_dtype", options=list(DTYPES), default="bf16",
-                               tooltip="Compute dtype of the forward pass (the adapter itself stays fp32)."),
+                               tooltip="Compute dtype of the forward pass (the adapter itself stays fp32). fp16 is "
+                                       "for GPUs without bf16: the loss is scaled against underflow, and a step "
+                                       "whose gradients overflow is skipped (counted in the report). On CPU fp16 "
+                                       "is very slow (convolution backward); use bf16 or fp32 there."),
                 io.Boolean.Input("gradient_checkpointing", default=True,
                                  tooltip="Recompute activations in the backward pass: less memory, more time."),
                 io.Int.Input("checkpoint_every", default=0, min=0, max=1_000_000,
@@ -123,6 +135,10 @@ class TrainAdapter(io.ComfyNode):
     def _run(cls, model, clip, config, samples, conds, captions, o):
         started = time.time()
         unet_patcher = model.clone()
+        if o["training_dtype"] == "fp16" and unet_patcher.load_device.type == "cpu":
+            log.warning("[LyCO train] fp16 on CPU works but is slow: torch's float16 convolution backward has no "
+                        "fast CPU kernel (about 30× slower steps than fp32 on an SD1.5 UNet); bf16 or fp32 are the "
+                        "CPU choices")
         unet_patcher.set_model_compute_dtype(DTYPES[o["training_dtype"]])
         unet_patcher.model.requires_grad_(False)
         te, te_clip, encode = None, None, None
@@ -150,7 +166,7 @@ class TrainAdapter(io.ComfyNode):
                                  scheduler=o["scheduler"], warmup_steps=o["warmup_steps"], batch_size=o["batch_size"],
                                  grad_accumulation=o["grad_accumulation"], seed=o["seed"],
                                  checkpoint_every=o["checkpoint_every"],
-                                 dtype="bf16" if o["training_dtype"] == "bf16" else "fp32")
+                                 dtype=o["training_dtype"])
         groups = [{"params": unet.parameters(), "lr": o["learning_rate"]}]
         if te is not None:
             groups.append({"params": te.parameters(), "lr": o["text_encoder_lr"]})
@@ -190,7 +206,8 @@ class TrainAdapter(io.ComfyNode):
         new_model, new_clip, coverage = apply_adapter(trained, model, clip if te is not None else None, 1.0, 1.0)
         report = (f"{config.method}: {len(adapter.modules)} modules ({len(unet.modules)} UNet"
                   f"{f', {len(te.modules)} text encoder' if te is not None else ''}), steps {done + 1}–{final.step}, "
-                  f"loss {final.loss_history[done]:.5f} → {final.loss_history[-1]:.5f}\nsaved {written[-1]}\n"
+                  f"loss {final.loss_history[done]:.5f} → {final.loss_history[-1]:.5f}"
+                  f"{_skipped(final.skipped_steps, done)}\nsaved {written[-1]}\n"
                   + coverage.line())
         return io.NodeOutput(new_model, new_clip if clip is not None else clip, trained,
                              {"loss": list(final.loss_history)}, ui=ui.PreviewText(report))

@@ -31,8 +31,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import demo_assets  # tools/ is sys.path[0] when run as a script
@@ -56,15 +54,7 @@ def _port_busy(port: int) -> bool:
 
 def _server_env() -> dict:
     """The environment for main.py: no PYTHONPATH entry for this repo (its nodes/ would shadow ComfyUI's nodes.py)."""
-    env = dict(os.environ)
-    keep = [p for p in env.get("PYTHONPATH", "").split(os.pathsep)
-            if p and Path(p).resolve() != REPO_ROOT]
-    if keep:
-        env["PYTHONPATH"] = os.pathsep.join(keep)
-    else:
-        env.pop("PYTHONPATH", None)
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    return env
+    return demo_assets.host_workflow().server_env(REPO_ROOT)
 
 
 def prepare(base: Path) -> Path:
@@ -115,13 +105,10 @@ def prepare(base: Path) -> Path:
 
 def _announce_when_ready(url: str, proc: subprocess.Popen, t0: float, base: Path) -> None:
     deadline = time.monotonic() + BOOT_TIMEOUT
+    server_up = demo_assets.host_workflow().server_up
     while proc.poll() is None and time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url + "/system_stats", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-            pass
+        if server_up(url):
+            break
         time.sleep(0.3)
     else:
         if proc.poll() is None:
@@ -131,7 +118,8 @@ def _announce_when_ready(url: str, proc: subprocess.Popen, t0: float, base: Path
     print(f"\n{bar}\n ComfyUI-LyCO demo is up after {time.perf_counter() - t0:.1f} s: {url}\n"
           f"   Open the Workflows sidebar (W) -> {FIRST_WORKFLOW} and press Run.\n"
           f"   Every node has its own workflow there (lyco_load_lokr/_loha/_oft/_lora, _model_only,\n"
-          f"   lyco_adapter_info); they are also under Templates -> ComfyUI-LyCO.\n"
+          f"   lyco_adapter_info, lyco_convert_lokr_to_lora, lyco_train_lokr); they are also under\n"
+          f"   Templates -> ComfyUI-LyCO.\n"
           f"   Images land in {base / 'output'}. Ctrl+C stops the server.\n{bar}\n", flush=True)
 
 

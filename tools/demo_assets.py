@@ -73,6 +73,12 @@ def comfy_bootstrap():
     return _load_by_path("comfy_bootstrap", HOST_TESTS / "comfy_bootstrap.py")
 
 
+def host_workflow():
+    """``tests/host/workflow.py`` (a ComfyUI server's child environment and readiness, HTTP prompts), imported by
+    file path."""
+    return _load_by_path("workflow", HOST_TESTS / "workflow.py")
+
+
 def make_checkpoint(path: Path | str = FIXTURE_CACHE / CKPT_NAME, seed: int = 0) -> Path:
     """The tiny SD1.5 checkpoint (made once, then reused while its marker matches)."""
     return tiny_sd15().make_tiny_sd15(Path(path), seed=seed)

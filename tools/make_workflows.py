@@ -6,9 +6,10 @@ the tiny test checkpoint -> one of our nodes (with a demo adapter of its method)
 EmptyLatentImage 64×64 -> KSampler (4 steps, euler) -> VAEDecode -> SaveImage, our STRING output shown by core's
 ``PreviewAny`` ("Preview as Text", comfy_extras/nodes_preview_any.py), and a Note saying what to swap in. The
 training template trains a LoKr on a VAE-encoded solid image (EmptyImage → VAEEncode), plots its loss and renders
-with the trained MODEL. ComfyUI
-serves every ``example_workflows/*.json`` of a pack as a template (``GET /api/workflow_templates`` lists them, the
-files are under ``/api/workflow_templates/<pack folder>/<name>.json``). The demo (``scripts/demo.sh``) provides the
+with the trained MODEL. The conversion template loads the demo LoKr as an ADAPTER, turns it into a LoRA (Adapter to
+LoRA, MODEL/CLIP connected), saves that into ``loras`` and renders with it through Apply Adapter. ComfyUI serves
+every ``example_workflows/*.json`` of a pack as a template (``GET /api/workflow_templates`` lists them, the files
+are under ``/api/workflow_templates/<pack folder>/<name>.json``). The demo (``scripts/demo.sh``) provides the
 checkpoint and the ``lyco_demo_*`` adapters, so every template runs as is there and in CI.
 
 Usage::
@@ -87,6 +88,16 @@ NODE_DEFS: dict[str, dict] = {
                       size=[360, 480]),
     "LyCOLossPlot": dict(inputs=[("loss", "LOSS_MAP")], widgets=["smoothing"], outputs=[("image", "IMAGE")],
                          size=[520, 360]),
+    "LyCOAdapterLoad": dict(inputs=[], widgets=["adapter_name"],
+                            outputs=[("adapter", "LYCO_ADAPTER"), ("report", "STRING")], size=[340, 80]),
+    "LyCOAdapterToLoRA": dict(inputs=[("adapter", "LYCO_ADAPTER"), ("model", "MODEL"), ("clip", "CLIP")],
+                              widgets=["rank_mode", "rank", "fraction", "conv_rank", "tucker"],
+                              outputs=[("adapter", "LYCO_ADAPTER"), ("report", "STRING")], size=[340, 250]),
+    "LyCOSaveAdapter": dict(inputs=[("adapter", "LYCO_ADAPTER")], widgets=["name", "layout", "dtype", "overwrite"],
+                            outputs=[("path", "STRING")], size=[340, 180]),
+    "LyCOApplyAdapter": dict(inputs=[("model", "MODEL"), ("clip", "CLIP"), ("adapter", "LYCO_ADAPTER")],
+                             widgets=["strength_model", "strength_clip"],
+                             outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("report", "STRING")], size=[340, 130]),
 }
 
 POSITIVE = "a photo of a cat sitting on a windowsill, soft light"
@@ -126,6 +137,16 @@ TRAIN_WIDGETS = {
                "to_q, to_k, to_v, to_out.0, ff.net.0.proj, ff.net.2", "", "", "", ""],
     "train": [4, 2, 1, 1e-3, 5e-5, "AdamW", "constant", 0, SEED, "fp32", False, 0, "lyco_template"],
 }
+CONVERT_WORKFLOW = ("lyco_convert_lokr_to_lora", DEMO["lokr"], "lyco/lyco_demo_lokr_as_lora",
+                    "Convert in the graph: Load Adapter (for conversion) reads the demo LoKr as an ADAPTER; Adapter "
+                    "to LoRA rebuilds every module as a LoRA by truncated SVD and reports each module's relative "
+                    "error ‖ΔW−ΔW′‖/‖ΔW‖ (rank 32 here: the demo's 8×8 w1 ⊗ rank-4 w2 has rank ≤ 32, so the LoRA is "
+                    "exact up to rounding; a lower rank trades size for error, the energy and ratio modes pick a rank"
+                    " per module); Save Adapter writes loras/lyco/lyco_demo_lokr_as_lora.safetensors (overwrite on, "
+                    "so re-running works), which every LoRA loader lists, ComfyUI's own LoraLoader too; Apply Adapter"
+                    " renders with the converted adapter without touching disk. Resize Adapter changes the rank of "
+                    "any adapter; Convert Adapter Layout rewrites it for PEFT or diffusers.")
+CONVERT_WIDGETS = {"to_lora": ["rank", 32, 0.99, 0, False], "save": ["lycoris", "fp16", True]}
 NOTE_TAIL = ("\n\nRuns as is in the LyCO demo (scripts/demo.sh: tiny random SD1.5 checkpoint, lyco_demo_* "
              "adapters). In your own ComfyUI pick a real checkpoint and adapter, ~20 steps and 512×512.")
 
@@ -133,10 +154,26 @@ NOTE_TAIL = ("\n\nRuns as is in the LyCO demo (scripts/demo.sh: tiny random SD1.
 _X = {"ckpt": 20, "ours": 380, "enc": 770, "ks": 1210, "dec": 1570, "save": 1820}
 
 
-def _txt2img(ours: str, adapter: str, note: str, prefix: str, extra_nodes=(), extra_links=()):
-    """(nodes, links) of checkpoint -> ours -> encode ×2 -> latent -> KSampler -> decode -> save + PreviewAny."""
+# prompts, latent -> KSampler -> VAEDecode (the checkpoint's VAE) -> SaveImage: the tail every workflow shares
+_SAMPLING_LINKS = (
+    ("pos", 0, "ksampler", "positive"),
+    ("neg", 0, "ksampler", "negative"),
+    ("latent", 0, "ksampler", "latent_image"),
+    ("ksampler", 0, "decode", "samples"),
+    ("ckpt", 2, "decode", "vae"),
+    ("decode", 0, "save", "images"),
+)
+
+
+def _loader_widgets(loader: str, adapter: str) -> list:
+    """widgets_values of our loader ``loader`` reading ``adapter`` at strength 1, merged (not bypass)."""
+    return [adapter, 1.0, False] if loader == "LyCOLoadAdapterModelOnly" else [adapter, 1.0, 1.0, False]
+
+
+def _txt2img(ours: str, ours_widgets: list, note: str, prefix: str, extra_nodes=(), extra_links=()):
+    """(nodes, links) of checkpoint -> ours -> encode ×2 -> latent -> KSampler -> decode -> save + PreviewAny of
+    ours' STRING output."""
     model_only = ours == "LyCOLoadAdapterModelOnly"
-    ours_widgets = [adapter, 1.0, False] if model_only else [adapter, 1.0, 1.0, False]
     nodes = [
         ("ckpt", "CheckpointLoaderSimple", (_X["ckpt"], 200), [CKPT], None),
         ("ours", ours, (_X["ours"], 200), ours_widgets, None),
@@ -157,12 +194,7 @@ def _txt2img(ours: str, adapter: str, note: str, prefix: str, extra_nodes=(), ex
         (*clip_src, "pos", "clip"),
         (*clip_src, "neg", "clip"),
         ("ours", 0, "ksampler", "model"),
-        ("pos", 0, "ksampler", "positive"),
-        ("neg", 0, "ksampler", "negative"),
-        ("latent", 0, "ksampler", "latent_image"),
-        ("ksampler", 0, "decode", "samples"),
-        ("ckpt", 2, "decode", "vae"),
-        ("decode", 0, "save", "images"),
+        *_SAMPLING_LINKS,
         ("ours", 1 if model_only else 2, "preview", "source"),
         *extra_links,
     ]
@@ -173,9 +205,10 @@ def descriptions() -> dict[str, tuple[list, list]]:
     """{file stem: (nodes, links)}; nodes (key, type, pos, widgets_values, title), links (src, slot, dst, input)."""
     out = {}
     for stem, ours, adapter, note in LOADER_WORKFLOWS:
-        out[stem] = _txt2img(ours, adapter, note, prefix=stem)
+        out[stem] = _txt2img(ours, _loader_widgets(ours, adapter), note, prefix=stem)
     stem, adapter, note = INFO_WORKFLOW
-    out[stem] = _txt2img("LyCOLoadAdapter", adapter, note, prefix=stem, extra_nodes=[
+    widgets = _loader_widgets("LyCOLoadAdapter", adapter)
+    out[stem] = _txt2img("LyCOLoadAdapter", widgets, note, prefix=stem, extra_nodes=[
         ("info", "LyCOAdapterInfo", (_X["ckpt"], 700), [adapter], None),
         ("info_preview", "PreviewAny", (_X["enc"], 760), [], "Adapter info"),
     ], extra_links=[
@@ -184,7 +217,27 @@ def descriptions() -> dict[str, tuple[list, list]]:
         ("info", 0, "info_preview", "source"),
     ])
     out[TRAIN_WORKFLOW[0]] = _training()
+    out[CONVERT_WORKFLOW[0]] = _conversion()
     return out
+
+
+def _conversion() -> tuple[list, list]:
+    """Load Adapter (for conversion) → Adapter to LoRA (MODEL/CLIP connected) → Save Adapter, and the converted
+    ADAPTER → Apply Adapter → the txt2img chain; the conversion report in its own PreviewAny."""
+    stem, adapter, target, note = CONVERT_WORKFLOW
+    return _txt2img("LyCOApplyAdapter", [1.0, 1.0], note, prefix=stem, extra_nodes=[
+        ("load", "LyCOAdapterLoad", (_X["ckpt"], 60), [adapter], None),
+        ("to_lora", "LyCOAdapterToLoRA", (_X["ours"], 420), CONVERT_WIDGETS["to_lora"], None),
+        ("save_adapter", "LyCOSaveAdapter", (_X["enc"], 720), [target, *CONVERT_WIDGETS["save"]], None),
+        ("report", "PreviewAny", (_X["ks"], 520), [], "Conversion report"),
+    ], extra_links=[
+        ("load", 0, "to_lora", "adapter"),
+        ("ckpt", 0, "to_lora", "model"),
+        ("ckpt", 1, "to_lora", "clip"),
+        ("to_lora", 0, "ours", "adapter"),
+        ("to_lora", 0, "save_adapter", "adapter"),
+        ("to_lora", 1, "report", "source"),
+    ])
 
 
 def _training() -> tuple[list, list]:
@@ -217,12 +270,7 @@ def _training() -> tuple[list, list]:
         ("pos", 0, "train", "positive"),
         ("train", 3, "plot", "loss"),
         ("train", 0, "ksampler", "model"),
-        ("pos", 0, "ksampler", "positive"),
-        ("neg", 0, "ksampler", "negative"),
-        ("latent", 0, "ksampler", "latent_image"),
-        ("ksampler", 0, "decode", "samples"),
-        ("ckpt", 2, "decode", "vae"),
-        ("decode", 0, "save", "images"),
+        *_SAMPLING_LINKS,
     ]
     return nodes, links
 

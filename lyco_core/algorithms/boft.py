@@ -4,17 +4,18 @@
 With ``x = W``, for stage ``i = 0…M−1``: ``R_i ← m·R_i + (1−m)·I``; ``h = 2^i·bs/2``; the row permutation
 ``π = arange(out).reshape(−1, 2, h).transpose(1, 2).flatten()``; ``x[π] ← blockdiag(R_i) · x[π]`` (R, not Rᵀ,
 on blocks of bs consecutive permuted rows). Finally ``W' = rescale ⊙ x`` if rescaled. Bias unchanged.
-In place (``rebuild_``): the interpolated stage rotations are cached per (device, dtype, strength); columns are
+In place (``rebuild_``): the stage rotations are cached per (device, dtype) and interpolated per call; columns are
 independent, so W is processed in column chunks through two reused scratch chunks: stage i gathers
 ``y_{i−1}[π_{i−1}⁻¹[π_i]]`` (the previous stage's output, still in its permuted order) and multiplies it blockwise;
-the last output is scattered once, ``x[π_{M−1}] = y``. No dense permutation or rotation matrix is formed.
+the last output is gathered back into row order once, ``x = y[π_{M−1}⁻¹]``. No dense permutation or rotation matrix
+is formed.
 """
 from __future__ import annotations
 
 import torch
 
 from .base import AdapterModule, check_ndim
-from .inplace import BoundedCache, span_length, spans, view_of
+from .inplace import BoundedCache, scratch, span_length, spans, view_of
 from .oft import constrained_skew
 from .registry import register
 from .rotation import cayley, toward_identity
@@ -26,15 +27,11 @@ def butterfly_order(rows: int, half: int, device) -> torch.Tensor:
 
 
 def stage_gathers(rows: int, bs: int, stages: int, device) -> list[torch.Tensor]:
-    """Row indices that feed each stage from the previous stage's permuted output (stage 0: from W), then π_{M−1}
-    for the final scatter."""
+    """Row indices that feed each stage from the previous stage's permuted output (stage 0: from W), then π_{M−1}⁻¹
+    that puts the last output back in row order."""
     orders = [butterfly_order(rows, (2 ** stage) * bs // 2, device) for stage in range(stages)]
-    gathers = [orders[0]]
-    for previous, current in zip(orders, orders[1:]):
-        inverse = torch.empty_like(previous)
-        inverse[previous] = torch.arange(rows, device=device)
-        gathers.append(inverse[current])
-    return gathers + [orders[-1]]
+    inverses = [torch.argsort(order) for order in orders]
+    return [orders[0]] + [inverse[current] for inverse, current in zip(inverses, orders[1:])] + [inverses[-1]]
 
 
 @register
@@ -99,10 +96,11 @@ class BOFT(AdapterModule):
         stages, n, bs, _ = self.params["oft_blocks"].shape
         rows = work.view(work.shape[0], -1)
         out, cols = rows.shape
-        rotations = self._cache.get((work.device, work.dtype, out, float(strength)), lambda: torch.stack(
-            [toward_identity(r, strength) for r in self.rotation(work)]))
+        rotations = toward_identity(self._cache.get((work.device, work.dtype, out), lambda: self.rotation(work)),
+                                    strength)
         gathers = self._cache.get((work.device, out, "gathers"), lambda: stage_gathers(out, bs, stages, work.device))
-        source, target = (work.new_empty(span_length(cols, out, work.device) * out) for _ in range(2))
+        length = span_length(cols, out, work.device) * out
+        source, target = (scratch(name, length, work.dtype, work.device) for name in ("source", "target"))
         for chunk in spans(cols, out, work.device):
             part = rows[:, chunk]
             x, y = view_of(source, out, part.shape[1]), view_of(target, out, part.shape[1])
@@ -111,6 +109,6 @@ class BOFT(AdapterModule):
                 if stage:
                     torch.index_select(y, 0, gathers[stage], out=x)
                 torch.bmm(rotations[stage], x.view(n, bs, -1), out=y.view(n, bs, -1))
-            part.index_copy_(0, gathers[-1], y)
+            part.copy_(torch.index_select(y, 0, gathers[-1], out=x))
         if "rescale" in self.params:
             work.mul_(self.tensor("rescale", work).reshape(-1, *[1] * (work.ndim - 1)))

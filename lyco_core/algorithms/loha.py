@@ -4,14 +4,15 @@ Plain: ``ΔW = scale · ((w1_a @ w1_b) ⊙ (w2_a @ w2_b))`` reshaped to W (conv:
 Tucker (``hada_t1``/``hada_t2 (r,r,*k)``, ``w?_a (r,out)``, ``w?_b (r,in)``):
 ``T_j[o,i,…] = Σ_{p,q} t_j[p,q,…]·w_j_a[p,o]·w_j_b[q,i]``, ``ΔW = scale · T_1 ⊙ T_2``. Rank r = ``hada_w1_b.shape[0]``.
 In place: each factor is a rank-r product ``L_j @ R_j`` (Tucker: ``L_j = w_j_aᵀ``, ``R_j = t_j ×_q w_j_b``); row chunks
-``flat(W)[c] += (m·scale)·(L_1[c] @ R_1) ⊙ (L_2[c] @ R_2)`` (``addcmul_``) keep temporaries to two small chunks.
+``flat(W)[c] += (m·scale)·(L_1[c] @ R_1) ⊙ (L_2[c] @ R_2)`` (products into two cache-sized scratch chunks, then
+``addcmul_``): W is streamed once and the products never leave the cache.
 """
 from __future__ import annotations
 
 import torch
 
 from .base import AdditiveModule, check_dim, check_fits, flat2, require, reshape_to, tucker_fold, tucker_rebuild
-from .inplace import span_length, spans, view_of
+from .inplace import scratch, span_length, steps, view_of
 from .registry import register
 
 _FACTORS = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
@@ -54,7 +55,7 @@ class LoHa(AdditiveModule):
             return tucker_rebuild(self.params[f"hada_t{j}"].to(device, dtype), flat2(a), flat2(b))
         return flat2(a) @ flat2(b)
 
-    def _factor_pair(self, j, device, dtype):
+    def factor_pair(self, j, device, dtype):
         """``(L_j (out, r), R_j (r, in·∏k))`` with ``L_j @ R_j`` = factor j, flattened."""
         a = flat2(self.params[f"hada_w{j}_a"].to(device, dtype))
         b = flat2(self.params[f"hada_w{j}_b"].to(device, dtype))
@@ -70,16 +71,16 @@ class LoHa(AdditiveModule):
 
     def factors(self, weight_shape, device, dtype):
         """``(L_1, R_1, L_2, R_2)`` and two scratch chunks for the products."""
-        pairs = self._factor_pair(1, device, dtype) + self._factor_pair(2, device, dtype)
+        pairs = self.factor_pair(1, device, dtype) + self.factor_pair(2, device, dtype)
         out, cols = pairs[0].shape[0], pairs[1].shape[1]
         check_fits(self, [out, cols], weight_shape, "hada_w1 ⊙ hada_w2")
-        scratch = tuple(torch.empty(span_length(out, cols, device) * cols, device=device, dtype=dtype) for _ in range(2))
-        return pairs + scratch
+        length = span_length(out, cols, device) * cols
+        return pairs + (scratch("product1", length, dtype, device), scratch("product2", length, dtype, device))
 
     def add_rows_(self, work, rows, factors, scale):
         left1, right1, left2, right2, first, second = factors
         value = scale * self.scale_value()
-        for chunk in spans(*work.shape, work.device):
+        for chunk in steps(work.shape[0], first.numel() // work.shape[1]):  # ``work`` may be a chunk already
             shape = (chunk.stop - chunk.start, work.shape[1])
             within = slice(rows.start + chunk.start, rows.start + chunk.stop)
             product1 = torch.mm(left1[within], right1, out=view_of(first, *shape))

@@ -5,8 +5,9 @@
 strength ``R_m = m·R + (1−m)·I``; ``W'_k = R_mᵀ·W_k`` per block of rows; then ``W' ← rescale ⊙ W'`` if a
 ``rescale (out,1,…)`` is present (not interpolated: LyCORIS rescales at any m). Bias unchanged.
 LyCORIS 2.0.x ``oft_diag`` stores the finished R: only the strength and the rotation apply.
-In place (``apply_``): ``R_m`` is cached per (device, dtype, strength) — one batched solve, not one per forward in
-ComfyUI's low-VRAM path — and row blocks are rotated a few at a time with the rescale fused.
+In place (``apply_``): R is cached per (device, dtype) — one batched solve per adapter, not one per forward in
+ComfyUI's low-VRAM path or per strength change — only ``R_m`` (n·bs² values) is formed per call, and row blocks are
+rotated a few at a time with the rescale fused.
 """
 from __future__ import annotations
 
@@ -88,8 +89,8 @@ class DiagOFT(AdapterModule):
         return new_weight
 
     def apply_(self, weight, strength):
-        key = (weight.device, compute_dtype(weight), weight.shape[0], float(strength))
-        rotation = self._rotations.get(key, lambda: toward_identity(self.rotation(weight), strength))
+        key = (weight.device, compute_dtype(weight), weight.shape[0])
+        rotation = toward_identity(self._rotations.get(key, lambda: self.rotation(weight)), strength)
         rescale = self.tensor("rescale", weight).reshape(-1) if "rescale" in self.params else None
         rotate_rows_(weight, rotation, rescale)
         return weight

@@ -27,9 +27,10 @@ def known_suffixes() -> set[str]:
     return names
 
 
-def detect(params: dict[str, torch.Tensor]) -> type[AdapterModule] | None:
-    """The first registered class that claims this parameter set, or None."""
+def detect(params: dict[str, torch.Tensor], layout: str | None = None) -> type[AdapterModule] | None:
+    """The first registered class that claims this parameter set, or None. A class with ``layouts`` (e.g. PEFT's
+    whole-module copies, a bare ``weight``) claims only in those layouts."""
     for cls in ALGORITHMS:
-        if cls.claims(params):
+        if cls.claims(params) and layout in getattr(cls, "layouts", (layout,)):
             return cls
     return None

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from .inplace import row_chunks, span_length, view_of
+from .inplace import row_chunks, scratch, span_length, view_of
 
 
 def identity_like(blocks: torch.Tensor) -> torch.Tensor:
@@ -42,11 +42,13 @@ def rotate_rows_(weight: torch.Tensor, rotation: torch.Tensor, row_scale: torch.
     and layout: chunks of a few blocks, each rotated into one reused scratch chunk and copied back."""
     n, bs, _ = rotation.shape
     cols = weight[0].numel()
-    scratch = torch.empty(span_length(n, bs * cols, rotation.device) * bs * cols, dtype=rotation.dtype, device=rotation.device)
+    rotated_chunk = scratch("rotated", span_length(n, bs * cols, rotation.device) * bs * cols, rotation.dtype,
+                            rotation.device)
     transposed = rotation.transpose(1, 2)
     for rows, work in row_chunks(weight, bs, split=True):
         blocks = work.view(-1, bs, cols)
-        rotated = torch.bmm(transposed[rows.start // bs: rows.stop // bs], blocks, out=view_of(scratch, *blocks.shape))
+        rotated = torch.bmm(transposed[rows.start // bs: rows.stop // bs], blocks,
+                            out=view_of(rotated_chunk, *blocks.shape))
         if row_scale is not None:
             rotated.mul_(row_scale[rows].view(-1, bs, 1))
         blocks.copy_(rotated)

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from ..algorithms.base import AdapterModule, flat2
 from ..errors import AdapterError
+from ..keymap import WeightSlice
 from ..statedict import shape_of
 
 
@@ -65,31 +66,38 @@ def shape_is_known(module: AdapterModule) -> bool:
 
 @dataclass
 class BaseWeights:
-    """A base model as one adapter's modules see it: ``state`` tensors and ``keys`` {module name: weight key};
-    the bias is ``<key without 'weight'>bias`` when the state has it."""
+    """A base model as one adapter's modules see it: ``state`` tensors, ``keys`` {module name: weight key} and
+    ``slices`` {module name: the view of its weight it applies to} for modules matched to part of a fused weight or
+    to a transposed one (keymap.WeightSlice); the bias is ``<key without 'weight'>bias`` (the same rows) when the
+    state has it."""
     state: Mapping[str, torch.Tensor]
     keys: dict[str, str]
+    slices: dict[str, WeightSlice] = field(default_factory=dict)
 
     def __contains__(self, name: str) -> bool:
         return name in self.keys
 
+    def _target(self, name: str) -> WeightSlice:
+        return self.slices.get(name) or WeightSlice(self.keys[name])
+
     def _bias_key(self, name: str) -> str | None:
-        key = self.keys[name]
-        bias_key = key[: -len("weight")] + "bias" if key.endswith("weight") else None
+        bias_key = self._target(name).bias_key
         return bias_key if bias_key is not None and bias_key in self.state else None
 
     def shape(self, name: str) -> torch.Size:
-        return shape_of(self.state, self.keys[name])
+        target = self._target(name)
+        return target.shape(shape_of(self.state, target.key))
 
     def has_bias(self, name: str) -> bool:
         return self._bias_key(name) is not None
 
     def weight(self, name: str) -> torch.Tensor:
-        return self.state[self.keys[name]]
+        target = self._target(name)
+        return target.of(self.state[target.key])
 
     def bias(self, name: str) -> torch.Tensor | None:
         key = self._bias_key(name)
-        return None if key is None else self.state[key]
+        return None if key is None else self._target(name).of(self.state[key])
 
 
 BaseLike = Mapping[str, torch.Tensor] | Callable[..., BaseWeights]
@@ -102,7 +110,8 @@ def base_for(adapter, base: BaseLike | None) -> BaseWeights | None:
         return None
     if callable(base) and not isinstance(base, Mapping):
         return base(adapter)
-    return BaseWeights(base, adapter.match(base.keys()).matched)
+    report = adapter.match(base.keys())
+    return BaseWeights(base, {name: report.target(name).key for name in report.matched}, report.slices)
 
 
 def refuse_without_base(names: list[str], operation: str, file: str | None = None) -> AdapterError:

@@ -30,8 +30,8 @@ def _biases(adapter: Adapter, model_keys: Iterable[str] | None) -> dict[str, boo
     if model_keys is None:
         return None
     keys = set(model_keys)
-    matched = adapter.match(keys).matched
-    return {name: key[: -len("weight")] + "bias" in keys for name, key in matched.items()}
+    report = adapter.match(keys)
+    return {name: report.target(name).bias_key in keys for name in report.matched}
 
 
 def convert_layout(adapter: Adapter, layout: str, *, model_keys: Iterable[str] | None = None,

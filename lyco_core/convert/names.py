@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import AdapterError
-from ..keymap import WeightIndex, resolve
+from ..keymap import WeightIndex, locate
 
 # LyCORIS/kohya prefix → component, and the prefix written for each component.
 _LYCORIS_IN = {"lora_unet_": "unet", "oft_unet_": "unet", "lora_transformer_": "transformer",
@@ -73,20 +73,30 @@ def _dotted(adapter, names: list[str], model_keys) -> tuple[dict[str, str], dict
     found, failed = {}, {}
     for name in names:
         target = adapter.module_path(name)
-        key, reason = resolve(target, index)
-        if key is None:
+        located, reason = locate(target, index)
+        if located is None:
             failed[name] = reason
             continue
-        path = key[: -len(".weight")]
+        key = str(located)  # a weight key, or the part of a fused one that the module's own name aliases
         mangled = module_id(adapter, name).path
-        tail = path[-len(mangled):] if len(mangled) <= len(path) else ""
-        if tail.replace(".", "_") == mangled and (len(tail) == len(path) or path[-len(mangled) - 1] == "."):
+        # the key's own path, then its aliases (the same layer in another spelling of the network, aliases/)
+        tail = next((t for t in (_tail(p, mangled) for p in index.paths(key)) if t is not None), None)
+        if tail is not None:
             found[name] = tail
-        else:  # only text_model levels differ: the model's own path below the matched component root
+        else:  # only text_model levels differ: the model's own path (or alias) below the matched component root
             stripped = mangled.replace("text_model_", "")
+            path = key[: -len(".weight")] if key in index.keys else index.paths(key)[0]
             cut = path.replace("text_model.", "")
             found[name] = cut[-len(stripped):] if cut[-len(stripped):].replace(".", "_") == stripped else path
     return found, failed
+
+
+def _tail(path: str, mangled: str) -> str | None:
+    """The end of dotted ``path`` that ``mangled`` spells (at a dot boundary), or None."""
+    tail = path[-len(mangled):] if len(mangled) <= len(path) else ""
+    if tail.replace(".", "_") == mangled and (len(tail) == len(path) or path[-len(mangled) - 1] == "."):
+        return tail
+    return None
 
 
 def target_names(adapter, layout: str, model_keys=None, component: str | None = None,

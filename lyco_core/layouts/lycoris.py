@@ -68,6 +68,8 @@ def lycoris_params(module, has_bias: bool | None = None) -> tuple[dict[str, torc
     for key, why in _NOT_HERE.items():
         if key in module.params:
             raise ValueError(why)
+    if module.algo == "saved":
+        raise ValueError("a PEFT modules_to_save copy replaces the whole layer; LyCORIS stores differences only")
     if "ia3_l" in module.params:
         return _ia3_from_peft(module, has_bias), ""
     params = {k: v for k, v in module.params.items() if k not in ("alpha", "magnitude")}

@@ -16,7 +16,11 @@ from typing import Callable
 import torch
 
 from ..adapter import Adapter, adapter_from_tensors
+from ..algorithms.base import AdapterModule, ScaleContext
+from ..algorithms.lora_embedding import EmbeddingLoRA
+from ..algorithms.saved import SavedCopy
 from ..save import save_adapter
+from .methods import DenseTrainable
 from .wrap import AttachedAdapter
 
 PEFT_PREFIX = "base_model.model."
@@ -35,14 +39,52 @@ def lycoris_tensors(adapter: AttachedAdapter, name_of: Callable[[str], str] = ly
 
 
 def as_adapter(adapter: AttachedAdapter, name_of: Callable[[str], str] = lycoris_name,
-               metadata: dict[str, str] | None = None) -> Adapter:
-    """The trained adapter as a lyco_core Adapter (LyCORIS form, or PEFT form for PEFT-variant modules)."""
+               metadata: dict[str, str] | None = None, layout: str = "lycoris") -> Adapter:
+    """The trained adapter as a lyco_core Adapter (LyCORIS form, or PEFT form for PEFT-variant modules). For
+    ``layout="peft"`` modules PEFT spells otherwise take that form (``peft_modules``)."""
     if any(t.saves_as_peft for t in adapter.modules.values()):
-        tensors = {f"{PEFT_PREFIX}{path}.{param}": tensor.detach().to("cpu").contiguous()
+        names = {path: f"{PEFT_PREFIX}{path}" for path in adapter.modules}
+        tensors = {f"{names[path]}.{param}": tensor.detach().to("cpu").contiguous()
                    for path, trainable in adapter.modules.items() for param, tensor in trainable.tensors().items()}
         config = {**adapter.config.peft_dict(), "peft_version": PEFT_VERSION}
-        return adapter_from_tensors(tensors, metadata, config, file="<trained>")
-    return adapter_from_tensors(lycoris_tensors(adapter, name_of), metadata, file="<trained>")
+        result = adapter_from_tensors(tensors, metadata, config, file="<trained>")
+    else:
+        names = {path: name_of(path) for path in adapter.modules}
+        result = adapter_from_tensors(lycoris_tensors(adapter, name_of), metadata, file="<trained>")
+    if layout == "peft":
+        result.modules.update(peft_modules(adapter, names, result))
+    return result
+
+
+@torch.no_grad()
+def peft_modules(adapter: AttachedAdapter, names: dict[str, str], result: Adapter) -> dict[str, AdapterModule]:
+    """The modules PEFT holds in another form than ours: a ``modules_to_save`` layer as the whole trained copy
+    (``W' = W + diff``, ``b'`` alike, in the layer's dtype, from the base weights the tuner keeps), a LoRA on an
+    ``nn.Embedding`` as PEFT's embedding LoRA (``A = upᵀ``, ``B = downᵀ``)."""
+    replaced = {}
+    for path, trainable in adapter.modules.items():
+        name, layer = names[path], adapter.layers[path]
+        ctx = ScaleContext(file="<trained>", peft=True, module_path=path)
+        if isinstance(trainable, DenseTrainable) and trainable.saved:
+            replaced[name] = SavedCopy(name, _trained_copy(trainable, layer), ctx)
+        elif trainable.method == "lora" and trainable.is_embedding:
+            params = result.modules[name].params
+            replaced[name] = EmbeddingLoRA(name, {"lora_embedding_A": params["lora_up.weight"].t(),
+                                                  "lora_embedding_B": params["lora_down.weight"].t(),
+                                                  "alpha": params["alpha"]}, result.modules[name].ctx)
+    return replaced
+
+
+def _trained_copy(trainable: DenseTrainable, layer: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``{"weight": W'[, "bias": b']}`` of a fully trained layer (its weights as they are while merged)."""
+    parts = {"weight": layer.weight, "bias": getattr(layer, "bias", None)}
+    if not trainable.merged:
+        module = trainable.inference()
+        parts["weight"] = module.apply(layer.weight, 1.0)
+        if parts["bias"] is not None and module.changes_bias():
+            parts["bias"] = module.bias_update(parts["bias"], 1.0)
+    return {key: tensor.detach().to("cpu", layer.weight.dtype).contiguous() for key, tensor in parts.items()
+            if tensor is not None}
 
 
 @dataclass
@@ -99,5 +141,5 @@ def save_trained(adapter: AttachedAdapter, path, *, layout: str = "lycoris", rec
     keys = [f"{p}.{part}" for p, layer in adapter.layers.items() for part in ("weight", "bias")
             if getattr(layer, part, None) is not None]
     written = {k: v for k, v in metadata.items() if k != "ss_network_args"}  # merged from the adapter's own
-    return save_adapter(as_adapter(adapter, name_of, metadata), path, layout, metadata=written, overwrite=overwrite,
+    return save_adapter(as_adapter(adapter, name_of, metadata, layout), path, layout, metadata=written, overwrite=overwrite,
                         dtype=dtype, model_keys=keys)

@@ -33,7 +33,6 @@ LYCORIS_TARGETS = {
     "lycoris-glora": {"peft": "GLoRA"},
     "lycoris-ia3": {"peft": "bias"},
     "lycoris-ia3-on-input": {"peft": None},
-    "lycoris-full": {"peft": "full-difference"},
     "lycoris-norm": {"peft": "norm"},
     "lycoris-locon-dora-out": {"peft": None, "diffusers": None},
     "lycoris-locon-dora-in": {"peft": "input axis"},

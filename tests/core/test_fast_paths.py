@@ -14,7 +14,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from lyco_core.algorithms.base import ScaleContext
 from lyco_core.algorithms.boft import BOFT, butterfly_order
-from lyco_core.algorithms.inplace import CHUNK_ELEMENTS
+from lyco_core.algorithms.inplace import chunk_elements, scratch
 from lyco_core.algorithms.loha import LoHa
 from lyco_core.algorithms.lokr import LoKr
 from lyco_core.algorithms.lora import LoRA
@@ -49,6 +49,8 @@ def _cases():
                                  "magnitude": _g(1280).abs() * 20}, PEFT_CTX), lin),
         ("loha", LoHa("m", {"hada_w1_a": _g(1280, 16), "hada_w1_b": _g(16, 1024), "hada_w2_a": _g(1280, 16),
                             "hada_w2_b": _g(16, 1024), "alpha": torch.tensor(4.)}, CTX), lin),
+        ("loha-ranks", LoHa("m", {"hada_w1_a": _g(1280, 16), "hada_w1_b": _g(16, 1024), "hada_w2_a": _g(1280, 4),
+                                  "hada_w2_b": _g(4, 1024), "alpha": torch.tensor(4.)}, CTX), lin),  # unequal ranks
         ("loha-tucker", LoHa("m", {"hada_w1_a": _g(8, 256), "hada_w1_b": _g(8, 128), "hada_t1": _g(8, 8, 3, 3),
                                    "hada_w2_a": _g(8, 256), "hada_w2_b": _g(8, 128), "hada_t2": _g(8, 8, 3, 3)},
                              CTX), conv),
@@ -147,19 +149,28 @@ def test_boft_matches_dense_butterfly_product():
     assert (out - dense).abs().max() / (dense - weight).abs().max() <= 1e-5
 
 
-def test_rotation_is_solved_once_per_strength(monkeypatch):
-    module = DiagOFT("m", {"oft_blocks": _g(40, 32, 32, scale=0.05)}, CTX)
+@pytest.mark.parametrize("module", [DiagOFT("m", {"oft_blocks": _g(40, 32, 32, scale=0.05)}, CTX),
+                                    BOFT("m", {"oft_blocks": _g(4, 64, 20, 20, scale=0.05)}, CTX)], ids=["oft", "boft"])
+def test_rotation_is_solved_once_per_dtype(module, monkeypatch):
     solves = []
     original = module.rotation
-    monkeypatch.setattr(module, "rotation", lambda weight: solves.append(1) or original(weight))
+    monkeypatch.setattr(module, "rotation", lambda weight: solves.append(weight.dtype) or original(weight))
     weight = _g(1280, 64)
-    for strength in (0.3, 0.3, 0.4, 0.3):
+    for strength in (0.3, 0.3, 0.4, -0.2, 1.0):  # a strength change only re-interpolates the cached rotation
         module.apply_(weight.clone(), strength)
-    assert len(solves) == 2
-    for step in range(10):  # the cache is bounded: old strengths are dropped and solved again
-        module.apply_(weight.clone(), 0.05 + step / 10)
-    module.apply_(weight.clone(), 0.3)
-    assert len(solves) == 2 + 10 + 1
+        module.apply_(weight.half(), strength)  # fp16 weights compute in float32 too: same rotation
+    module.apply_(weight.double(), 0.3)
+    assert solves == [torch.float32, torch.float64]
+
+
+def test_cpu_scratch_is_reused_across_calls():
+    cpu = torch.device("cpu")
+    first = scratch("test", 1000, torch.float32, cpu)
+    assert scratch("test", 500, torch.float32, cpu).data_ptr() == first.data_ptr()
+    assert scratch("test", 500, torch.float64, cpu).data_ptr() != first.data_ptr()
+    huge = chunk_elements(cpu) + 1  # never kept: allocated per call
+    one, other = (scratch("test", huge, torch.float32, cpu) for _ in range(2))
+    assert one.data_ptr() != other.data_ptr()
 
 
 class _NewStorages(TorchDispatchMode):
@@ -186,9 +197,10 @@ def test_temporaries_stay_below_one_float32_weight(case):
     weight = _g(*shape)
     with _NewStorages() as fp32:
         module.apply_(weight, 0.7)
-    assert fp32.largest <= min(CHUNK_ELEMENTS * 4, weight.numel())  # scratch chunks, each ≤ ¼ of the weight
+    chunk = chunk_elements(weight.device)
+    assert fp32.largest <= min(chunk * 4, weight.numel())  # scratch chunks, each ≤ ¼ of the weight
     half = weight.half()
     with _NewStorages() as fp16:
         module.apply_(half, 0.7)
     whole_copy = case[0] in ("boft", "dora-in-conv")  # rows not independent: one float32 working copy
-    assert fp16.largest <= (weight.numel() if whole_copy else min(CHUNK_ELEMENTS, weight.numel())) * 4
+    assert fp16.largest <= (weight.numel() if whole_copy else min(chunk, weight.numel())) * 4

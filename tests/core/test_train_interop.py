@@ -1,7 +1,7 @@
 """Trained adapters load elsewhere with the same effect: PEFT layout in ``PeftModel.from_pretrained``, LyCORIS layout
 in ``lycoris.create_lycoris_from_weights`` and in our own loader (``lyco_core.load_adapter(...).patch``); layouts
-that cannot hold a module refuse it (``lyco_core.save_adapter``). The PEFT variants of OFT/BOFT, which
-``save_adapter`` does not write in PEFT layout yet, are checked tensor for tensor inside a real PEFT model."""
+that cannot hold a module refuse it (``lyco_core.save_adapter``). The PEFT variants of OFT/BOFT are also checked
+tensor for tensor inside a real PEFT model built from our config (test_peft_write.py covers the other PEFT forms)."""
 from __future__ import annotations
 
 import logging
@@ -18,7 +18,7 @@ from .train_fixtures import one_thread, CASES, inputs, randomize, tiny_model  # 
 TOL = 1e-5
 # Which layouts each case can be saved in (the others must refuse with a clear message).
 PEFT_OK = {"lora", "lora-dora-rslora", "lora-balanced", "loha", "loha-tucker", "lokr", "lokr-both-tucker",
-           "lokr-full", "ia3-peft"}
+           "lokr-full", "ia3-peft", "oft-peft", "oft-peft-neumann-coft", "boft-peft"}
 PEFT_MATH = {"oft-peft", "oft-peft-neumann-coft", "boft-peft"}
 LYCORIS_OK = {"lora", "lora-dora-rslora", "lora-balanced", "loha", "loha-tucker", "lokr", "lokr-both-tucker",
               "lokr-full", "oft-lycoris", "boft-lycoris", "glora", "ia3-lycoris"}

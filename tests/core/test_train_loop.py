@@ -1,6 +1,7 @@
-"""The training loop: 300 steps fit a synthetic target for every method (loss falls ≥ 15×), resume
-reproduces the uninterrupted run exactly, schedules, checkpoints and cancellation, gradient checkpointing,
-metadata and resuming from a saved file."""
+"""The training loop: 300 steps fit a synthetic target for every method (loss falls ≥ 15×; in float16 autocast
+with the gradient scaler too), resume reproduces the uninterrupted run exactly (float16: scaler state included),
+an overflowing float16 step is skipped and recorded, schedules, checkpoints and cancellation, gradient
+checkpointing, metadata and resuming from a saved file."""
 from __future__ import annotations
 
 import json
@@ -55,32 +56,40 @@ FIT_CASES = [
 ]
 
 
+def overflowing(loss_fn, draws):
+    """``loss_fn`` whose loss is multiplied by 1e35 for the micro-batches ``draws``: finite in float32, but its
+    gradients overflow once the float16 scaler multiplies it by 2¹⁶."""
+    return lambda indices, draw: loss_fn(indices, draw) * (1e35 if draw in draws else 1.0)
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
 @pytest.mark.parametrize("case", FIT_CASES, ids=[c[0] for c in FIT_CASES])
-def test_a_few_hundred_steps_fit_a_synthetic_target(case):
+def test_a_few_hundred_steps_fit_a_synthetic_target(case, dtype):
     _, config, lr = case
     data = dataset()
     target = teacher_outputs(config, data)
     tuner = wrap(mlp(), config)
     state = train(tuner.adapter().parameters(), mse_loss(tuner, data, target), len(data),
-                  TrainSettings(steps=300, learning_rate=lr, batch_size=16, seed=0))
+                  TrainSettings(steps=300, learning_rate=lr, batch_size=16, seed=0, dtype=dtype))
     first, last = state.loss_history[0], sum(state.loss_history[-10:]) / 10
     assert state.step == 300 and len(state.loss_history) == 300
     assert last * FIT_FACTOR < first, (first, last)
+    assert state.skipped_steps == [] and (state.scaler is None) == (dtype == "fp32")
 
 
 class Stop(Exception):
     pass
 
 
-def _resumable_run(stop_at=None, resume=None):
+def _resumable_run(stop_at=None, resume=None, dtype="fp32"):
     """12 steps of LoHa with both dropouts and a cosine schedule; checkpoints (state + weights) every 6 steps; stops
-    after ``stop_at`` steps, or continues from ``resume`` = (state, weights)."""
+    after ``stop_at`` steps, or continues from ``resume`` = (state, weights). In float16, steps 2 and 8 overflow."""
     data = dataset(8)
     target = teacher_outputs(LoHaConfig(r=2, target_modules=TARGETS), data)
     tuner = wrap(mlp(), LoHaConfig(r=2, rank_dropout=0.2, module_dropout=0.1, target_modules=TARGETS))
     modules = tuner.adapter().modules.values()
     settings = TrainSettings(steps=12, learning_rate=1e-2, scheduler="cosine", warmup_steps=3, batch_size=3,
-                             grad_accumulation=2, seed=4, checkpoint_every=6)
+                             grad_accumulation=2, seed=4, checkpoint_every=6, dtype=dtype)
     state = None
     if resume is not None:
         state, weights = resume
@@ -96,22 +105,46 @@ def _resumable_run(stop_at=None, resume=None):
             raise Stop
 
     try:
-        result = train(tuner.adapter().parameters(), mse_loss(tuner, data, target), len(data), settings,
-                       state=state, on_checkpoint=keep, progress=progress)
+        loss_fn = mse_loss(tuner, data, target)
+        if dtype == "fp16":
+            loss_fn = overflowing(loss_fn, {2, 15})  # micro-batch 2 is in step 2, micro-batch 15 in step 8
+        result = train(tuner.adapter().parameters(), loss_fn, len(data), settings, state=state, on_checkpoint=keep,
+                       progress=progress)
     except Stop:
         result = None
     return result, checkpoints
 
 
-def test_resume_continues_exactly(tmp_path):
-    straight, _ = _resumable_run()
-    _, checkpoints = _resumable_run(stop_at=8)  # cancelled after step 8: the step-6 checkpoint is the last one
+@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+def test_resume_continues_exactly(tmp_path, dtype):
+    straight, _ = _resumable_run(dtype=dtype)
+    _, checkpoints = _resumable_run(stop_at=8, dtype=dtype)  # cancelled after step 8: step 6 is the last checkpoint
     state, weights = checkpoints[-1]
     assert state.step == 6
     save_state(state, tmp_path / "state.pt")
-    resumed, _ = _resumable_run(resume=(load_state(tmp_path / "state.pt"), weights))
+    resumed, _ = _resumable_run(resume=(load_state(tmp_path / "state.pt"), weights), dtype=dtype)
     assert resumed.step == 12 and resumed.loss_history[:6] == state.loss_history
     assert resumed.loss_history == straight.loss_history
+    assert resumed.scaler == straight.scaler and resumed.skipped_steps == straight.skipped_steps
+    if dtype == "fp16":  # two halvings of the initial 2¹⁶, one before and one after the checkpoint
+        assert straight.skipped_steps == [2, 8] and straight.scaler["scale"] == 2.0 ** 14
+
+
+def test_fp16_overflowing_step_is_skipped_and_recorded():
+    data = dataset(8)
+    config = LoraConfig(r=2, target_modules=TARGETS)
+    tuner = wrap(mlp(), config)
+    weights = []
+    state = train(tuner.adapter().parameters(),
+                  overflowing(mse_loss(tuner, data, teacher_outputs(config, data)), {2}), len(data),
+                  TrainSettings(steps=5, learning_rate=1e-2, batch_size=4, dtype="fp16"),
+                  progress=lambda step, total, loss: weights.append(torch.cat([p.detach().flatten().clone()
+                                                                               for p in tuner.adapter().parameters()])))
+    assert state.skipped_steps == [3] and state.scaler["scale"] == 2.0 ** 15 and len(state.loss_history) == 5
+    assert torch.equal(weights[2], weights[1])  # step 3 left the weights as they were …
+    assert not torch.equal(weights[3], weights[2]) and not torch.equal(weights[1], weights[0])
+    assert state.optimizer["state"][0]["step"] == 4  # … and AdamW's state: four real optimizer steps
+    assert math.isfinite(state.loss_history[2]) and state.loss_history[2] > 1e30
 
 
 def test_schedules():

@@ -35,6 +35,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lycoris_random import randomise_lycoris
+
 STRENGTHS = (1.0, 0.6, -0.5)
 UNET_PREFIX = "diffusion_model."
 CLIP_PREFIX = "clip_l.transformer."
@@ -216,21 +218,9 @@ def _lycoris_root(layer: Layer) -> str:
     return ("unet." if layer.side == "unet" else "te.") + layer.path
 
 
-@torch.no_grad()
-def _randomise_lycoris(network, algo: str, gen: torch.Generator) -> None:
-    for lora in network.loras:
-        std = _ALGO_STD["norm" if type(lora).__name__ == "NormModule" else algo]
-        for pname, p in lora.named_parameters():
-            leaf = pname.rsplit(".", 1)[-1]
-            noise = torch.randn(p.shape, generator=gen, dtype=torch.float32)
-            if leaf == "dora_scale":
-                p.copy_(p * (1.0 + 0.1 * noise))
-            elif leaf == "rescale":
-                p.copy_(1.0 + 0.1 * noise)
-            elif leaf == "scalar":
-                p.fill_(1.0)
-            else:
-                p.copy_(std * noise)
+def _std_of(algo: str):
+    """std of a module's random tensors: its algorithm's, or the norm one for norm layers any preset wraps."""
+    return lambda lora: _ALGO_STD["norm" if type(lora).__name__ == "NormModule" else algo]
 
 
 def _functional(layer: nn.Module, x, weight, bias):
@@ -311,7 +301,7 @@ def build_lycoris(out_dir: Path, name: str, base: dict[str, torch.Tensor]) -> Fi
         network = create_lycoris(container, preset="full", warn_on_unmatched=False, **spec)
     network.eval()
     assert len(network.loras) == len(layers), f"{name}: wrapped {len(network.loras)} of {len(layers)} layers"
-    _randomise_lycoris(network, spec["algo"], torch.Generator().manual_seed(seed_of(name)))
+    randomise_lycoris(network, torch.Generator().manual_seed(seed_of(name)), _std_of(spec["algo"]), scalar=1.0)
     network.apply_to()
     path = out_dir / f"{name}.safetensors"
     network.save_weights(str(path), save_dtype, {"lyco_parity_fixture": name})

@@ -30,13 +30,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import re
 import socket
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +42,7 @@ from pathlib import Path
 import pytest
 
 import comfy_bootstrap
+import workflow
 from comfy_bootstrap import FIXTURE_CACHE, PACK_DIR_NAME, REPO_ROOT
 
 CKPT_NAME = "tiny_sd15.safetensors"
@@ -239,17 +238,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _server_env() -> dict:
-    env = dict(os.environ)
-    pp = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and not comfy_bootstrap._is_repo_root(p)]
-    if pp:
-        env["PYTHONPATH"] = os.pathsep.join(pp)
-    else:
-        env.pop("PYTHONPATH", None)
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    return env
-
-
 @pytest.fixture(scope="session")
 def comfy_server(comfy_root, comfy_base) -> ComfyServer:
     port = _free_port()
@@ -262,20 +250,14 @@ def comfy_server(comfy_root, comfy_base) -> ComfyServer:
     t0 = time.perf_counter()
     log_fh = open(log_path, "wb")
     proc = subprocess.Popen(cmd, cwd=str(comfy_root), stdout=log_fh, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, env=_server_env())
+                            stdin=subprocess.DEVNULL, env=workflow.server_env(REPO_ROOT))
     srv = ComfyServer(url=url, port=port, proc=proc, log_path=log_path, base=comfy_base)
     try:
         deadline = time.monotonic() + SERVER_BOOT_TIMEOUT
-        while True:
+        while not workflow.server_up(url):
             if proc.poll() is not None:
                 raise RuntimeError(f"ComfyUI server exited with {proc.returncode} during boot:\n"
                                    f"{srv.log()[-6000:]}")
-            try:
-                with urllib.request.urlopen(url + "/system_stats", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-                pass
             if time.monotonic() > deadline:
                 raise TimeoutError(f"ComfyUI server not up after {SERVER_BOOT_TIMEOUT} s:\n{srv.log()[-6000:]}")
             time.sleep(0.25)

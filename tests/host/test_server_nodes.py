@@ -3,8 +3,9 @@
 One server for the session (the ``comfy_server`` fixture); the demo adapters of ``tools/demo_assets.py`` (the files
 ``scripts/demo.sh`` shows) and a few broken files are put in its ``models/loras`` folder. Covered: registration
 (``/object_info``, ``/extensions``, the import log), the example workflows (widgets against ``/object_info``, served
-as templates, each one run), strength 0 == no adapter (bit-identical image) != strength 1, the summary in
-``/history``, and clear node errors for bad files while the server keeps serving.
+as templates, each one run, an adapter a template saves read back by ComfyUI), strength 0 == no adapter
+(bit-identical image) != strength 1, the summary in ``/history``, and clear node errors for bad files while the
+server keeps serving.
 
 Never imports the repository's ``nodes`` or ``lyco_core`` (ComfyUI owns ``nodes``); tools are loaded by file path.
 """
@@ -111,17 +112,9 @@ def demo_adapters(comfy_base, tiny_checkpoint) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def server(demo_adapters, comfy_server):
-    """The running server, once it lists every demo and broken file (listings refresh on directory mtime)."""
-    wanted = set(demo_adapters.values()) | set(BAD.values())
-    deadline = time.monotonic() + 20
-    while True:
-        info = comfy_server.get_json("/object_info/LyCOLoadAdapter")
-        options = set(_combo_options(info["LyCOLoadAdapter"]["input"]["required"]["adapter_name"]))
-        if wanted <= options:
-            return comfy_server
-        if time.monotonic() > deadline:
-            pytest.fail(f"server does not list {sorted(wanted - options)} in adapter_name")
-        time.sleep(0.3)
+    """The running server, once it lists every demo and broken file."""
+    _await_listed(comfy_server, set(demo_adapters.values()) | set(BAD.values()))
+    return comfy_server
 
 
 @pytest.fixture(scope="session")
@@ -136,6 +129,19 @@ def _combo_options(spec) -> list:
     if isinstance(typ, list):
         return typ
     return list(opts.get("options", []))
+
+
+def _await_listed(server, wanted: set[str], timeout: float = 20.0) -> None:
+    """Wait until the server offers every name in ``wanted`` as an adapter (listings refresh on directory mtime)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        info = server.get_json("/object_info/LyCOLoadAdapter")
+        options = set(_combo_options(info["LyCOLoadAdapter"]["input"]["required"]["adapter_name"]))
+        if wanted <= options:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"server does not list {sorted(wanted - options)} in adapter_name")
+        time.sleep(0.3)
 
 
 def _slots(info: dict) -> tuple[list[tuple[str, str]], list[str]]:
@@ -335,6 +341,22 @@ def test_example_workflow_runs(path, server, demo_adapters):
     for nid, node in prompt.items():
         if node["class_type"] == "PreviewAny" and nid in outputs:
             assert outputs[nid]["text"][0].strip(), (nid, outputs[nid])
+        if node["class_type"] == "LyCOSaveAdapter":
+            _assert_saved_adapter_loads(server, node["inputs"]["name"] + ".safetensors", outputs[nid]["text"][0])
+
+
+def _assert_saved_adapter_loads(server, name: str, save_text: str) -> None:
+    """Save Adapter wrote ``name`` into models/loras, and ComfyUI lists it and reads it back (Adapter Info with the
+    checkpoint connected: every module of the demo adapter, as a LoRA, matching the model)."""
+    path = server.base.path / "models" / "loras" / name
+    assert path.is_file() and save_text.endswith(f"/models/loras/{name}"), (path, save_text)
+    _await_listed(server, {name})
+    prompt = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny_sd15.safetensors"}},
+        "2": {"class_type": "LyCOAdapterInfo", "inputs": {"adapter_name": name, "model": ["1", 0], "clip": ["1", 1]}},
+    }
+    text = workflow.run_prompt(server.url, prompt)["2"]["text"][0]
+    assert "methods: lora ×112" in text and "UNet 40" in text and "CLIP 72" in text, text
 
 
 # --------------------------------------------------------------------------- strengths and the summary

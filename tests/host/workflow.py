@@ -1,4 +1,8 @@
-"""Drive a running ComfyUI server over HTTP (stdlib only).
+"""Start and drive a ComfyUI server over HTTP (stdlib only).
+
+``server_env(repo_root)`` is the environment for a child process that imports ComfyUI (the server, a fixture
+generator); ``server_up(base_url)`` says whether a server answers yet (the test harness and ``tools/demo.py`` use
+both).
 
 ``run_prompt(base_url, prompt)`` posts an API-format graph to ``/prompt``, polls
 ``/history/{prompt_id}`` until the run is completed and returns its ``outputs`` (raising
@@ -10,11 +14,42 @@ CLIPTextEncode x2 -> EmptyLatentImage -> KSampler -> VAEDecode -> SaveImage grap
 from __future__ import annotations
 
 import json
+import os
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+from pathlib import Path
+
+
+def _resolves_to(entry: str, path: Path) -> bool:
+    try:
+        return Path(entry).resolve() == Path(path).resolve()
+    except OSError:
+        return False
+
+
+def server_env(repo_root: Path) -> dict:
+    """``os.environ`` without the ``PYTHONPATH`` entries that resolve to ``repo_root`` (the repository's ``nodes/``
+    package would shadow ComfyUI's ``nodes.py``), with unbuffered output unless set otherwise."""
+    env = dict(os.environ)
+    keep = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and not _resolves_to(p, repo_root)]
+    if keep:
+        env["PYTHONPATH"] = os.pathsep.join(keep)
+    else:
+        env.pop("PYTHONPATH", None)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def server_up(base_url: str) -> bool:
+    """Whether a ComfyUI server answers ``GET /system_stats`` at ``base_url`` (False while it boots or is gone)."""
+    try:
+        with urllib.request.urlopen(base_url.rstrip("/") + "/system_stats", timeout=2) as r:
+            return r.status == 200
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+        return False
 
 
 class PromptError(RuntimeError):

@@ -105,14 +105,13 @@ class Trainable(nn.Module):
         return None if self.config_alpha is None else self._scale.scale(None, self.rank)
 
     # --- the weight function ---------------------------------------------------------------------------------
-    # Rebuild again in backward instead of keeping weight-sized intermediates (additive methods: ΔW only, so the
-    # base weight is not kept either).
+    # Rebuild again in backward instead of keeping weight-sized intermediates.
     recompute: ClassVar[bool] = False
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         if self.training and self.module_dropout and float(torch.rand(())) < self.module_dropout:
             return weight
-        if self.recompute and torch.is_grad_enabled() and not isinstance(self, AdditiveTrainable):
+        if self.recompute and torch.is_grad_enabled():
             return torch.utils.checkpoint.checkpoint(self._adapted, weight, use_reentrant=False)
         return self._adapted(weight)
 
@@ -185,8 +184,8 @@ class AdditiveTrainable(Trainable):
 
     The algorithm sees the scaling folded into the first scale carrier (a small factor) and a scale of 1, which
     gives the same ΔW without a weight-sized multiplication. With ``fused`` (no DoRA, no rank dropout at work) ΔW is
-    never formed: a copy of W gets the algorithm's own in-place row update (``add_rows_``: LoRA ``addmm_``, LoKr a
-    broadcast ``addcmul_``, both differentiable in the factors)."""
+    never formed: a copy of W gets the algorithm's own in-place row update (``add_rows_``: LoRA ``addmm_``,
+    differentiable in the factors). LoHa and LoKr build W' as single autograd nodes of their own (``fused.py``)."""
     fused: ClassVar[bool] = False
 
     def inference(self):
@@ -206,12 +205,7 @@ class AdditiveTrainable(Trainable):
             module.add_rows_(work.view(work.shape[0], -1), slice(0, work.shape[0]),
                              module.factors(weight.shape, weight.device, dtype), 1.0)
             return work
-        args = (module, weight.shape, weight.device, dtype)
-        if self.recompute and torch.is_grad_enabled():
-            delta = torch.utils.checkpoint.checkpoint(self._delta, *args, use_reentrant=False)
-        else:
-            delta = self._delta(*args)
-        return module.combine(weight.to(dtype), delta, 1.0)
+        return module.combine(weight.to(dtype), self._delta(module, weight.shape, weight.device, dtype), 1.0)
 
     def layer_forward(self, layer, x):
         """Bypass form where the algorithm has one and nothing needs ΔW itself (no DoRA, no rank dropout at work):

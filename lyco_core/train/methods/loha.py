@@ -4,6 +4,11 @@ with Tucker cores for k×k convs when ``use_effective_conv2d``: ``T_j = t_j ×�
 Shapes and init as PEFT: plain ``w?_a (out,r)``, ``w?_b (r, in·∏k)``; Tucker ``w?_a (r,out)``, ``w?_b (r,in)``,
 ``t? (r,r,*k)`` (Conv1d ``(r,r,k,1)``). ``init_weights`` True: w2_b 0, the rest kaiming; ``"lycoris"``: w1_b,
 w2_b ~ N(0,1), w1_a ~ N(0,0.1), w2_a 0, t ~ N(0,0.1); False: all kaiming. Rank dropout always rescales.
+
+Training runs the weight form ``W' = W + ΔW`` (the bypass form would also build ΔW, then run the layer's op twice),
+each factor as the rank-r product ``L_j @ R_j`` of the algorithm (Tucker: ``L_j = w_j_aᵀ``, ``R_j = t_j ×_q w_j_b``)
+through ``hadamard_update``, whose backward recomputes the two products instead of keeping them; rank dropout
+masks the rows of ``L_1``, which masks the same rows of ΔW.
 """
 from __future__ import annotations
 
@@ -12,15 +17,17 @@ import math
 import torch
 from torch import nn
 
+from ...algorithms.base import compute_dtype
 from ...algorithms.loha import LoHa
-from .base import AdditiveTrainable, kaiming_
+from .base import AdditiveTrainable, Trainable, kaiming_, row_mask
+from .fused import hadamard_update
 
 
 class LoHaTrainable(AdditiveTrainable):
     method = "loha"
     algorithm = LoHa
     scale_carriers = ("hada_w1_a",)
-    recompute = True  # the two factor products are weight-sized; keep only the factors for backward
+    layer_forward = Trainable.layer_forward  # the weight form (see the module docstring)
 
     def __init__(self, name, layer, config, rank, alpha):
         super().__init__(name, layer, config, rank, alpha)
@@ -46,6 +53,17 @@ class LoHaTrainable(AdditiveTrainable):
                 core = torch.empty(shapes["t"])
                 nn.init.normal_(core, std=0.1) if init == "lycoris" else kaiming_(core)
                 self.add(f"hada_t{j}", core)
+
+    def rebuild(self, weight):
+        module = self.inference()  # the scaling folded into hada_w1_a: scale_value() is 1
+        dtype = compute_dtype(weight)
+        left1, right1 = module.factor_pair(1, weight.device, dtype)
+        left2, right2 = module.factor_pair(2, weight.device, dtype)
+        if self.training and self.rank_dropout:
+            left1 = left1 * row_mask(left1.shape[0], self.rank_dropout, self.rank_dropout_rescales, left1)
+        base = weight.to(dtype)
+        return hadamard_update(base.reshape(base.shape[0], -1), left1, right1, left2, right2,
+                               module.scale_value()).reshape(weight.shape)
 
     def lycoris_tensors(self):
         return {**self.tensors(), "alpha": self.lycoris_alpha()}

@@ -8,6 +8,8 @@ W1 ``(a,c)`` is split into ``w1_a (a,r) @ w1_b (r,c)`` iff ``decompose_both`` an
 ``init_weights`` True: W1 (or w1_a) 0, the rest kaiming (PEFT); ``"lycoris"``: W2 (or w2_b) 0, the rest kaiming;
 False: all kaiming. Rank dropout divides by the mask mean iff ``rank_dropout_scale``.
 Saved in LyCORIS layout, a whole/whole module (read there with scale 1) carries its scale folded into ``lokr_w1``.
+Training builds ``W' = W + s·kron(W1, W2)`` through ``kronecker_update`` (one pass, no Kronecker temporary, a
+backward of two matrix-vector products); with rank dropout at work the masked ΔW is formed instead.
 """
 from __future__ import annotations
 
@@ -16,17 +18,16 @@ import math
 import torch
 from torch import nn
 
+from ...algorithms.base import compute_dtype
 from ...algorithms.factorization import factorization
 from ...algorithms.lokr import LoKr
 from .base import AdditiveTrainable, kaiming_
-
-
+from .fused import kronecker_update
 
 
 class LoKrTrainable(AdditiveTrainable):
     method = "lokr"
     algorithm = LoKr
-    fused = True
 
     def __init__(self, name, layer, config, rank, alpha):
         super().__init__(name, layer, config, rank, alpha)
@@ -56,6 +57,14 @@ class LoKrTrainable(AdditiveTrainable):
         else:
             self.add("lokr_w2_a", kaiming_(torch.empty(b, rank)))
             self.add("lokr_w2_b", self._init(torch.empty(rank, d * math.prod(kernel)), zero_2))
+
+    def rebuild(self, weight):
+        if self.training and self.rank_dropout:
+            return super().rebuild(weight)
+        module = self.inference()  # the scaling folded into the first factor
+        dtype = compute_dtype(weight)
+        first, second = module.factors(weight.shape, weight.device, dtype)
+        return kronecker_update(weight.to(dtype), first, second, module.scale_value())
 
     @staticmethod
     def _init(tensor: torch.Tensor, zero: bool) -> torch.Tensor:

@@ -27,6 +27,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from tests.host.lycoris_random import randomise_lycoris
+
 from .common import ParityCase
 
 STRENGTHS = (1.0, 0.6, -0.5)
@@ -267,21 +269,8 @@ def _seed(name: str) -> int:
     return zlib.crc32(name.encode()) & 0x7FFFFFFF
 
 
-@torch.no_grad()
 def _randomise(network, gen: torch.Generator) -> None:
-    for lora in network.loras:
-        std = _STD[_ALGO_OF_CLASS[type(lora).__name__]]
-        for pname, p in lora.named_parameters():
-            leaf = pname.rsplit(".", 1)[-1]
-            noise = torch.randn(p.shape, generator=gen, dtype=torch.float32)
-            if leaf == "dora_scale":
-                p.copy_(p * (1.0 + 0.1 * noise))
-            elif leaf == "rescale":
-                p.copy_(1.0 + 0.1 * noise)
-            elif leaf == "scalar":
-                p.fill_(0.8)
-            else:
-                p.copy_(std * noise)
+    randomise_lycoris(network, gen, lambda lora: _STD[_ALGO_OF_CLASS[type(lora).__name__]], scalar=0.8)
 
 
 def _layer_names(model: nn.Module) -> dict[int, str]:

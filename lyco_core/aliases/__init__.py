@@ -1,0 +1,23 @@
+"""Second names of a model's weights: the paths another spelling of the same network gives them, derived from the
+model's own keys, so an adapter named for one spelling matches a checkpoint written in the other.
+
+* ``unet.py``: SD-style UNets, diffusers (``down_blocks.0.resnets.0.conv1``) ↔ LDM (``input_blocks.1.0.in_layers.2``).
+* ``openclip.py``: OpenCLIP text encoders in LDM checkpoints (SD2, SDXL's second) → Hugging Face CLIP names.
+
+An ``Alias`` is matched like the key's own path (keymap.py). One may name only part of a weight (q, k or v in a fused
+``in_proj_weight``): it then says which block of rows, and a module matched to it patches those rows alone.
+"""
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from .base import Alias
+from .openclip import openclip_aliases
+from .unet import unet_aliases
+
+__all__ = ["Alias", "model_aliases"]
+
+
+def model_aliases(keys: Collection[str]) -> list[Alias]:
+    """Every alias the recognised sub-models among ``keys`` (a set, for membership tests) give their weights."""
+    return unet_aliases(keys) + openclip_aliases(keys)
