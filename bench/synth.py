@@ -4,7 +4,8 @@ Methods and their settings (the issue's): ``lora`` r32 (LoCon on conv), ``locon_
 (conv k>1 only), ``loha`` r16, ``lokr`` factor 8 with w2 decomposed at r16 (Tucker ``lokr_t2`` on conv k>1),
 ``oft`` diag-OFT block 32 with constraint 1e-3, ``boft`` block ≤ 32 by LyCORIS' power-of-two factorisation,
 ``dora`` LoRA r32 with ``dora_scale`` on the output axis. Values are small seeded normals (the math, not the
-values, is what is measured).
+values, is what is measured), stored as ``FILE_DTYPE`` fp16 like the files people share (kohya's and LyCORIS'
+default save precision); scalars (alpha) float32.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import torch
 import host_env
 
 factorization = importlib.import_module(f"{host_env.pack().__name__}.lyco_core.algorithms.factorization").factorization
+FILE_DTYPE = torch.float16
 METHODS = ("lora", "locon_tucker", "loha", "lokr", "oft", "boft", "dora")
 
 
@@ -35,7 +37,7 @@ def module_tensors(method: str, shape: tuple[int, ...], gen: torch.Generator) ->
     spatial = math.prod(kernel)
 
     def normal(*size, std=0.05):
-        return torch.randn(*size, generator=gen) * std
+        return (torch.randn(*size, generator=gen) * std).to(FILE_DTYPE)
 
     if method in ("lora", "dora", "locon_tucker"):
         rank = 32

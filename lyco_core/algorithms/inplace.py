@@ -9,6 +9,8 @@ compute-dtype working copy (``working_tensor``). Scratch space comes in chunks o
 values: on CPU ``THREAD_CHUNK_ELEMENTS`` per torch thread (each thread's share of a chunk and of its two or three
 scratch companions stays in its own L2 cache; 2^17 was the best of 2^15…2^20 measured for LoRA, LoHa and OFT),
 ``DEVICE_CHUNK_ELEMENTS`` elsewhere. CPU scratch buffers are kept and reused across calls (``scratch``).
+A product of fp16/bf16 factors into a weight of their dtype needs no conversion at all where the backend's GEMM
+accumulates in float32 and rounds once (``single_rounding_gemm``): same result, no scratch.
 """
 from __future__ import annotations
 
@@ -112,6 +114,34 @@ def row_chunks(weight: torch.Tensor, unit: int = 1, split: bool = False) -> Iter
         work.view(part.shape).copy_(part)
         yield span, work
         part.copy_(work.view(part.shape))
+
+
+_HALF_GEMM_PROBES: dict[tuple[str, torch.dtype], bool] = {}
+
+
+def single_rounding_gemm(weight: torch.Tensor, *factors: torch.Tensor) -> bool:
+    """Whether ``weight.addmm_(a, b)`` on these fp16/bf16 tensors may stand in for the float32 path: same dtype
+    throughout, contiguous, and a backend that accumulates in float32 and rounds once.
+
+    The backend is probed once per device type and dtype on a fixed random product (K = 256) against float64,
+    with the fast-path bound ``|out − exact| ≤ eps·|exact| + 1e-5·max|ΔW|``: float32 accumulation (CPU BLAS,
+    oneDNN) stays inside it, a half-precision accumulator misses it by orders of magnitude.
+    """
+    dtype = weight.dtype
+    if dtype not in (torch.float16, torch.bfloat16) or not weight.is_contiguous():
+        return False
+    if any(f.dtype != dtype or f.device != weight.device for f in factors):
+        return False
+    key = (weight.device.type, dtype)
+    if key not in _HALF_GEMM_PROBES:
+        gen = torch.Generator().manual_seed(0)
+        base, left, right = (torch.randn(*shape, generator=gen) for shape in ((64, 64), (64, 256), (256, 64)))
+        base, left, right = (t.to(weight.device, dtype) for t in (base, left.mul_(0.1), right.mul_(0.1)))
+        exact = base.double().addmm(left.double(), right.double(), alpha=0.7)
+        out = base.clone().addmm_(left, right, alpha=0.7).double()
+        bound = torch.finfo(dtype).eps * exact.abs() + 1e-5 * (exact - base.double()).abs().max()
+        _HALF_GEMM_PROBES[key] = bool(((out - exact).abs() <= bound).all())
+    return _HALF_GEMM_PROBES[key]
 
 
 class BoundedCache:

@@ -5,13 +5,15 @@ Tucker conv (``lora_mid (r,r,*k)``, down ``(r,in,1,1)``, up ``(out,r,1,1)``):
 Rank r = ``down.shape[0]``; scale per the layout (alpha/r, rsLoRA, PEFT config). PEFT ``lora_B.bias`` adds
 ``scale·bias`` to the layer bias. DoRA (``dora_scale`` / ``magnitude``) is handled by AdditiveModule.
 In place: ``flat(W) += (m·scale)·U @ D'`` as one ``addmm_`` (Tucker folds the core into ``D' = mid ×_q down``,
-``(r, in·∏k)``), with no ΔW temporary. Bypass: ``m·scale·U(D(x))`` as two thin products (see lyco_core/bypass.py).
+``(r, in·∏k)``), with no ΔW temporary; factors stored in an fp16/bf16 weight's own dtype go straight into it
+(``single_rounding_gemm``: float32 accumulation, one rounding, no conversion of W). Bypass: ``m·scale·U(D(x))`` as two thin products (see lyco_core/bypass.py).
 """
 from __future__ import annotations
 
 import torch.nn.functional as F
 
 from .base import AdditiveModule, check_dim, check_fits, flat2, require, reshape_to, tucker_fold, tucker_rebuild
+from .inplace import single_rounding_gemm
 from .registry import register
 
 
@@ -73,6 +75,14 @@ class LoRA(AdditiveModule):
     def add_rows_(self, work, rows, factors, scale):
         up, down = factors
         work.addmm_(up[rows], down, alpha=scale * self.scale_value())
+
+    def apply_(self, weight, strength):
+        up, down = self.params["lora_up.weight"], self.params["lora_down.weight"]
+        if self.tucker or self.dora or weight.ndim < 2 or not single_rounding_gemm(weight, up, down):
+            return super().apply_(weight, strength)
+        up, down = self.factors(weight.shape, weight.device, weight.dtype)
+        weight.view(weight.shape[0], -1).addmm_(up, down, alpha=strength * self.scale_value())
+        return weight
 
     def bypass_weight(self, x, call, strength):
         """``m·scale·U ⋆ (D ⋆ x)``; conv: D carries the kernel (Tucker: 1×1 D, then ``mid`` with the layer's

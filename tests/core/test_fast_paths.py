@@ -14,7 +14,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from lyco_core.algorithms.base import ScaleContext
 from lyco_core.algorithms.boft import BOFT, butterfly_order
-from lyco_core.algorithms.inplace import chunk_elements, scratch
+from lyco_core.algorithms.inplace import chunk_elements, scratch, single_rounding_gemm
 from lyco_core.algorithms.loha import LoHa
 from lyco_core.algorithms.lokr import LoKr
 from lyco_core.algorithms.lora import LoRA
@@ -100,6 +100,35 @@ def test_half_in_place_within_one_rounding(case, dtype):
     eps = torch.finfo(dtype).eps
     bound = eps * exact.abs() + 1e-5 * (exact - weight.float()).abs().max()
     assert bool(((out.float() - exact).abs() <= bound).all())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(1280, 1024), (256, 128, 3, 3)])
+def test_half_factors_go_straight_into_a_half_weight(shape, dtype):
+    """Factors stored in the weight's own fp16/bf16 dtype: one addmm_ into W where the backend rounds once
+    (probed), else the float32 chunk path; either way within one rounding, and on this CPU no new storage."""
+    up, down = _g(shape[0], 16, *[1] * (len(shape) - 2)), _g(16, *shape[1:], scale=0.1)
+    module = LoRA("m", {"lora_up.weight": up.to(dtype), "lora_down.weight": down.to(dtype),
+                        "alpha": torch.tensor(8.)}, CTX)
+    weight = _g(*shape).to(dtype)
+    exact = _reference(module, weight.float(), 0.7)
+    fused = single_rounding_gemm(weight, module.params["lora_up.weight"], module.params["lora_down.weight"])
+    work = weight.clone()
+    with _NewStorages() as new:
+        out = module.apply_(work, 0.7)
+    assert out is work
+    bound = torch.finfo(dtype).eps * exact.abs() + 1e-5 * (exact - weight.float()).abs().max()
+    assert bool(((out.float() - exact).abs() <= bound).all())
+    assert fused  # torch's CPU GEMMs accumulate fp16/bf16 products in float32: the fused path is the one tested
+    assert new.largest == 0
+
+
+def test_half_gemm_needs_matching_dtypes():
+    weight = torch.zeros(8, 8, dtype=torch.float16)
+    assert not single_rounding_gemm(weight, torch.zeros(8, 2), torch.zeros(2, 8, dtype=torch.float16))
+    assert not single_rounding_gemm(weight.float(), torch.zeros(8, 2), torch.zeros(2, 8))
+    assert not single_rounding_gemm(torch.zeros(8, 16, dtype=torch.float16)[:, ::2], torch.zeros(8, 2,
+                                    dtype=torch.float16), torch.zeros(2, 8, dtype=torch.float16))
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c[0] in ("lora", "loha", "lokr-full", "oft", "boft")],
