@@ -4,8 +4,11 @@ Ours is what our loader nodes do (``nodes.host.apply_adapter``: LycoPatch per mo
 ``LoraLoader`` core (``comfy.sd.load_lora_for_models``) on the same file tensors, strength 0.8 for both. Timed:
 ``patch_model`` (full load: every patched weight copied to float32, patched, rounded back) and one low-VRAM sampling
 step (``patch_model(lowvram_model_memory=1)``: every patched layer recomputes its patch in its forward), batch 2
-(cond + uncond). ``overhead`` is the step minus the same step without patches (the casts alone). Layers whose native
-adapter fails (it logs an error and leaves the layer unpatched) are counted. Memory (measured after all timing):
+(cond + uncond), interleaved with the same step without an adapter (``plain``: the casts and the layer math alone,
+so ``lowvram_step_bound`` = plain ÷ native is the best step ratio any patch could reach). The low-VRAM *pass* is
+that step without the layer math: every patched layer's weight cast to the compute dtype and its weight functions
+run, as ``comfy.ops`` does per forward; ``cast_pass_s`` is the casts alone. Layers whose native adapter fails (it
+logs an error and leaves the layer unpatched) are counted. Memory (measured after all timing):
 peak and retained extra bytes of ``patch_model``; ``transient`` = peak − retained (the patched weights ComfyUI keeps
 are the same size on both sides). Bypass: LoRA r32 on every layer, one step bypassed vs merged (full load), and
 the cost of loading each.
@@ -55,6 +58,14 @@ class _Loaded:
         self.unpatch()
         return timings
 
+    def time_lowvram_passes(self, layers: list[str], dtype, repeats, warmup) -> harness.Timings:
+        """Per patcher, what a low-VRAM step does to ``layers`` besides the layer math itself: each weight cast
+        to the compute dtype, then its weight functions (the patch recomputed) — as ``comfy.ops`` does it."""
+        calls = {name: (lambda: _lowvram_pass(self.current.model, layers, dtype)) for name in self.patchers}
+        timings = harness.rounds(calls, repeats, warmup, self.device, lambda name, index: self.patch(name, 1))
+        self.unpatch()
+        return timings
+
     def memory(self, store: dict, prefix: str = "") -> None:
         """``{prefix}{name}_peak_gb`` / ``…_kept_gb`` of one patch_model per patcher."""
         for name in self.patchers:
@@ -62,6 +73,25 @@ class _Loaded:
             peak, kept = harness.measure(lambda n=name: self.patch(n), self.device)
             store[f"{prefix}{name}_peak_gb"], store[f"{prefix}{name}_kept_gb"] = peak / 1e9, kept / 1e9
         self.unpatch()
+
+
+def _lowvram_pass(model, layers: list[str], dtype) -> None:
+    with torch.no_grad():
+        for layer in layers:
+            module = model.get_submodule(layer)
+            weight = module.weight.to(dtype=dtype, copy=True)
+            for function in module.weight_function:
+                weight = function(weight)
+
+
+def _patched_layers(loaded: "_Loaded") -> list[str]:
+    """Layers both adapters patch in a low-VRAM load (weight functions set by ``patch_model``)."""
+    found = []
+    for name in ("ours", "native"):
+        loaded.patch(name, 1)
+        found.append({n for n, m in loaded.current.model.named_modules() if getattr(m, "weight_function", None)})
+    loaded.unpatch()
+    return sorted(found[0] & found[1])
 
 
 def run(env, quick: bool) -> dict:
@@ -75,8 +105,7 @@ def run(env, quick: bool) -> dict:
     results = {"model": f"SD1.5 UNet {params / 1e6:.0f} M params fp16 (float32 compute), {len(shapes)} Linear/Conv "
                         f"weights, step latent {inputs[0].shape[-1]}² batch {inputs[0].shape[0]}",
                "methods": {}}
-    plain = _Loaded(device, {"plain": patcher})
-    results["base_step_s"] = plain.time_steps(inputs, repeats, 1, lowvram=1).median("plain")
+    compute_dtype = inputs[0].dtype
     for method in synth.METHODS:
         tensors = synth.adapter_file_tensors(method, shapes)
         native, _ = comfy.sd.load_lora_for_models(patcher, None, tensors, 0.8, 0.0)
@@ -85,19 +114,26 @@ def run(env, quick: bool) -> dict:
         loaded = _Loaded(device, {"ours": ours, "native": native})
         with harness.logged_errors() as errors:
             patching = loaded.time_patching(repeats, warmup)
-        step = loaded.time_steps(inputs, repeats, 0 if quick else warmup, lowvram=1)
-        overhead = {name: step.median(name) - results["base_step_s"] for name in loaded.patchers}
+        layers = _patched_layers(loaded)
+        stepping = _Loaded(device, {"ours": ours, "native": native, "plain": patcher})
+        step = stepping.time_steps(inputs, repeats, 0 if quick else warmup, lowvram=1)
+        passes = stepping.time_lowvram_passes(layers, compute_dtype, repeats, warmup)
         row = results["methods"][method] = {
             "weights": len(coverage.unet), "native_failed_weights": len(errors) // (repeats + warmup),
             "ours_s": patching.median("ours"), "native_s": patching.median("native"),
             "patch_ratio": patching.ratio("ours", "native"),
             "ours_step_s": step.median("ours"), "native_step_s": step.median("native"),
+            "plain_step_s": step.median("plain"),
             "lowvram_step_ratio": step.ratio("ours", "native"),
-            "lowvram_overhead_ratio": (overhead["ours"] / overhead["native"]
-                                       if min(overhead.values()) > 0 else None),  # None: within noise of the base
+            "lowvram_step_bound": step.ratio("plain", "native"),
+            "lowvram_layers": len(layers),
+            "ours_pass_s": passes.median("ours"), "native_pass_s": passes.median("native"),
+            "cast_pass_s": passes.median("plain"),
+            "lowvram_pass_ratio": passes.ratio("ours", "native"),
         }
         harness.later(lambda loaded=loaded, row=row: loaded.memory(row))
-        print(f"  whole_model {method:13s} patch {row['patch_ratio']:.2f} step {row['lowvram_step_ratio']:.2f}",
+        print(f"  whole_model {method:13s} patch {row['patch_ratio']:.2f} step {row['lowvram_step_ratio']:.2f} "
+              f"(no adapter {row['lowvram_step_bound']:.2f}) low-VRAM pass {row['lowvram_pass_ratio']:.2f}",
               flush=True)
     results["bypass"] = _bypass(env, patcher, shapes, inputs, repeats, warmup)
     return results

@@ -24,12 +24,15 @@ def table(results: dict) -> str:
     if whole:
         lines += ["", f"Whole model: {whole.get('model', '')}",
                   "| method | patch_model ratio | ours s | native s | peak mem ratio | transient mem ratio | "
-                  "low-VRAM step ratio | step overhead ratio | native failed layers |",
+                  "low-VRAM step ratio (no adapter) | low-VRAM pass ratio (ours / native / casts s) | "
+                  "native failed layers |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for method, s in whole.get("methods", {}).items():
             lines.append(f"| {method} | {_f(s.get('patch_ratio'))} | {_f(s.get('ours_s'))} | {_f(s.get('native_s'))} "
                          f"| {_f(s.get('peak_mem_ratio'))} | {_f(s.get('transient_mem_ratio'))} | "
-                         f"{_f(s.get('lowvram_step_ratio'))} | {_f(s.get('lowvram_overhead_ratio'))} | "
+                         f"{_f(s.get('lowvram_step_ratio'))} ({_f(s.get('lowvram_step_bound'))}) | "
+                         f"{_f(s.get('lowvram_pass_ratio'))} ({_f(s.get('ours_pass_s'), 3)} / "
+                         f"{_f(s.get('native_pass_s'), 3)} / {_f(s.get('cast_pass_s'), 3)}) | "
                          f"{s.get('native_failed_weights')}/{s.get('weights')} |")
         bypass = whole.get("bypass")
         if bypass:

@@ -10,7 +10,8 @@ values: on CPU ``THREAD_CHUNK_ELEMENTS`` per torch thread (each thread's share o
 scratch companions stays in its own L2 cache; 2^17 was the best of 2^15…2^20 measured for LoRA, LoHa and OFT),
 ``DEVICE_CHUNK_ELEMENTS`` elsewhere. CPU scratch buffers are kept and reused across calls (``scratch``).
 A product of fp16/bf16 factors into a weight of their dtype needs no conversion at all where the backend's GEMM
-accumulates in float32 and rounds once (``single_rounding_gemm``): same result, no scratch.
+accumulates in float32 and rounds once (``single_rounding_gemm``): same result, no scratch; fp16 factors into a
+bf16 weight go the same way as exact bf16 splits (``half_gemm_factors``).
 """
 from __future__ import annotations
 
@@ -117,6 +118,42 @@ def row_chunks(weight: torch.Tensor, unit: int = 1, split: bool = False) -> Iter
 
 
 _HALF_GEMM_PROBES: dict[tuple[str, torch.dtype], bool] = {}
+
+
+def half_gemm_factors(weight: torch.Tensor, left: torch.Tensor,
+                      right: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(L, R)`` for ``flat(weight).addmm_(L, R)`` with ``L @ R`` = ``left @ right`` exactly in float32
+    accumulation and one rounding into the fp16/bf16 weight, or None where the float32 chunk path must run.
+
+    Factors of the weight's own dtype serve as they are; fp16 factors into a bf16 weight (fp16 files, bf16
+    compute) become their exact bf16 splits (``bf16_split_product``). Either way only where the backend's GEMM
+    rounds once (``single_rounding_gemm``).
+    """
+    if left.dtype == right.dtype == weight.dtype:
+        pair = (left, right)
+    elif weight.dtype == torch.bfloat16 and left.dtype == right.dtype == torch.float16:
+        pair = bf16_split_product(left, right)
+    else:
+        return None
+    return pair if single_rounding_gemm(weight, *pair) else None
+
+
+def bf16_split_product(left: torch.Tensor, right: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """bf16 ``(L', R')`` of rank 4r with ``L' @ R'`` = ``left @ right`` term for term, for fp16 factors.
+
+    Every fp16 value is ``x = hi + lo`` with ``hi = bf16(x)`` and ``lo = x − hi`` (at most 3 significant bits,
+    within bf16's exponent range: exact). ``L' = [L_hi L_hi L_lo L_lo]``, ``R' = [R_hi; R_lo; R_hi; R_lo]``, so
+    ``Σ_k L'[o,k]·R'[k,i] = Σ_j (L_hi + L_lo)[o,j]·(R_hi + R_lo)[j,i]``, and each product of two bf16 values
+    (8 + 8 significant bits) is exact in float32: a float32-accumulating GEMM sees the same products as the
+    float32 GEMM of the fp16 factors.
+    """
+    def split(x):
+        wide = x.float()  # exact; fp16 → bf16 directly is a slow scalar path in torch's CPU kernels
+        hi = wide.to(torch.bfloat16)
+        return hi, wide.sub_(hi.float()).to(torch.bfloat16)
+    (left_hi, left_lo), (right_hi, right_lo) = split(left), split(right)
+    return (torch.cat([left_hi, left_hi, left_lo, left_lo], dim=1),
+            torch.cat([right_hi, right_lo, right_hi, right_lo], dim=0))
 
 
 def single_rounding_gemm(weight: torch.Tensor, *factors: torch.Tensor) -> bool:

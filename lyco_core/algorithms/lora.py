@@ -6,14 +6,15 @@ Rank r = ``down.shape[0]``; scale per the layout (alpha/r, rsLoRA, PEFT config).
 ``scale·bias`` to the layer bias. DoRA (``dora_scale`` / ``magnitude``) is handled by AdditiveModule.
 In place: ``flat(W) += (m·scale)·U @ D'`` as one ``addmm_`` (Tucker folds the core into ``D' = mid ×_q down``,
 ``(r, in·∏k)``), with no ΔW temporary; factors stored in an fp16/bf16 weight's own dtype go straight into it
-(``single_rounding_gemm``: float32 accumulation, one rounding, no conversion of W). Bypass: ``m·scale·U(D(x))`` as two thin products (see lyco_core/bypass.py).
+(``single_rounding_gemm``: float32 accumulation, one rounding, no conversion of W), and fp16 factors into a bf16
+weight as their exact bf16 splits (``half_gemm_factors``). Bypass: ``m·scale·U(D(x))`` as two thin products (see lyco_core/bypass.py).
 """
 from __future__ import annotations
 
 import torch.nn.functional as F
 
 from .base import AdditiveModule, check_dim, check_fits, flat2, require, reshape_to, tucker_fold, tucker_rebuild
-from .inplace import single_rounding_gemm
+from .inplace import half_gemm_factors
 from .registry import register
 
 
@@ -77,11 +78,14 @@ class LoRA(AdditiveModule):
         work.addmm_(up[rows], down, alpha=scale * self.scale_value())
 
     def apply_(self, weight, strength):
-        up, down = self.params["lora_up.weight"], self.params["lora_down.weight"]
-        if self.tucker or self.dora or weight.ndim < 2 or not single_rounding_gemm(weight, up, down):
+        pair = None
+        if not (self.tucker or self.dora or weight.ndim < 2):
+            up, down = (flat2(self.params[k].to(weight.device)) for k in ("lora_up.weight", "lora_down.weight"))
+            pair = half_gemm_factors(weight, up, down)
+        if pair is None:
             return super().apply_(weight, strength)
-        up, down = self.factors(weight.shape, weight.device, weight.dtype)
-        weight.view(weight.shape[0], -1).addmm_(up, down, alpha=strength * self.scale_value())
+        check_fits(self, [up.shape[0], down.shape[1]], weight.shape, "lora_up @ lora_down")
+        weight.view(weight.shape[0], -1).addmm_(*pair, alpha=strength * self.scale_value())
         return weight
 
     def bypass_weight(self, x, call, strength):
