@@ -6,8 +6,8 @@ Ours is what our loader nodes do (``nodes.host.apply_adapter``: LycoPatch per mo
 step (``patch_model(lowvram_model_memory=1)``: every patched layer recomputes its patch in its forward), batch 2
 (cond + uncond), interleaved with the same step without an adapter (``plain``: the casts and the layer math alone,
 so ``lowvram_step_bound`` = plain ÷ native is the best step ratio any patch could reach). The low-VRAM *pass* is
-that step without the layer math: every patched layer's weight cast to the compute dtype and its weight functions
-run, as ``comfy.ops`` does per forward; ``cast_pass_s`` is the casts alone. Layers whose native adapter fails (it
+that step without the layer math: every layer both patch (less those whose native patch fails) cast to the compute
+dtype and its weight functions run, as ``comfy.ops`` does per forward; ``cast_pass_s`` is the casts alone. Layers whose native adapter fails (it
 logs an error and leaves the layer unpatched) are counted. Memory (measured after all timing):
 peak and retained extra bytes of ``patch_model``; ``transient`` = peak − retained (the patched weights ComfyUI keeps
 are the same size on both sides). Bypass: LoRA r32 on every layer, one step bypassed vs merged (full load), and
@@ -84,14 +84,21 @@ def _lowvram_pass(model, layers: list[str], dtype) -> None:
                 weight = function(weight)
 
 
-def _patched_layers(loaded: "_Loaded") -> list[str]:
-    """Layers both adapters patch in a low-VRAM load (weight functions set by ``patch_model``)."""
+def _patched_layers(loaded: "_Loaded", dtype) -> list[str]:
+    """Layers both adapters patch in a low-VRAM load (weight functions set by ``patch_model``), less those whose
+    native patch fails (it logs an error and hands the weight back unpatched: no work to compare)."""
     found = []
     for name in ("ours", "native"):
         loaded.patch(name, 1)
         found.append({n for n, m in loaded.current.model.named_modules() if getattr(m, "weight_function", None)})
+    working = []
+    for layer in sorted(found[0] & found[1]):
+        with harness.logged_errors() as errors:
+            _lowvram_pass(loaded.current.model, [layer], dtype)
+        if not errors:
+            working.append(layer)
     loaded.unpatch()
-    return sorted(found[0] & found[1])
+    return working
 
 
 def run(env, quick: bool) -> dict:
@@ -114,7 +121,7 @@ def run(env, quick: bool) -> dict:
         loaded = _Loaded(device, {"ours": ours, "native": native})
         with harness.logged_errors() as errors:
             patching = loaded.time_patching(repeats, warmup)
-        layers = _patched_layers(loaded)
+        layers = _patched_layers(loaded, compute_dtype)
         stepping = _Loaded(device, {"ours": ours, "native": native, "plain": patcher})
         step = stepping.time_steps(inputs, repeats, 0 if quick else warmup, lowvram=1)
         passes = stepping.time_lowvram_passes(layers, compute_dtype, repeats, warmup)

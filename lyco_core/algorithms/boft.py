@@ -4,8 +4,9 @@
 With ``x = W``, for stage ``i = 0…M−1``: ``R_i ← m·R_i + (1−m)·I``; ``h = 2^i·bs/2``; the row permutation
 ``π = arange(out).reshape(−1, 2, h).transpose(1, 2).flatten()``; ``x[π] ← blockdiag(R_i) · x[π]`` (R, not Rᵀ,
 on blocks of bs consecutive permuted rows). Finally ``W' = rescale ⊙ x`` if rescaled. Bias unchanged.
-In place (``rebuild_``): the stage rotations are cached per (device, dtype) and interpolated per call; columns are
-independent, so W is processed in column chunks through two reused scratch chunks: stage i gathers
+In place (``apply_``): the stage rotations are cached per (device, dtype) and interpolated per call; columns are
+independent, so W (any dtype: fp16/bf16 chunks are converted into the scratch and written back with one rounding,
+the rescale folded in) is processed in column chunks through two reused scratch chunks: stage i gathers
 ``y_{i−1}[π_{i−1}⁻¹[π_i]]`` (the previous stage's output, still in its permuted order) and multiplies it blockwise;
 the last output is gathered back into row order once, ``x = y[π_{M−1}⁻¹]``. No dense permutation or rotation matrix
 is formed.
@@ -15,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from .base import AdapterModule, check_ndim
-from .inplace import BoundedCache, scratch, span_length, spans, view_of
+from .inplace import BoundedCache, compute_dtype, scratch, span_length, spans, view_of
 from .oft import constrained_skew
 from .registry import register
 from .rotation import cayley, toward_identity
@@ -92,23 +93,35 @@ class BOFT(AdapterModule):
             new_weight = new_weight * self.tensor("rescale", weight).reshape(-1, *[1] * (weight.ndim - 1))
         return new_weight
 
+    def apply_(self, weight, strength):
+        """Column chunks straight from any contiguous weight (fp16/bf16 included: each chunk converted into the
+        compute-dtype scratch and written back with one rounding); a strided one goes through one working copy."""
+        if not weight.is_contiguous():
+            return super().apply_(weight, strength)
+        self.rebuild_(weight, strength)
+        return weight
+
     def rebuild_(self, work, strength):
         stages, n, bs, _ = self.params["oft_blocks"].shape
         rows = work.view(work.shape[0], -1)
         out, cols = rows.shape
-        rotations = toward_identity(self._cache.get((work.device, work.dtype, out), lambda: self.rotation(work)),
+        dtype = compute_dtype(work)
+        rotations = toward_identity(self._cache.get((work.device, dtype, out), lambda: self.rotation(work)),
                                     strength)
         gathers = self._cache.get((work.device, out, "gathers"), lambda: stage_gathers(out, bs, stages, work.device))
+        rescale = self.tensor("rescale", work).reshape(out, 1) if "rescale" in self.params else None
         length = span_length(cols, out, work.device) * out
-        source, target = (scratch(name, length, work.dtype, work.device) for name in ("source", "target"))
+        source, target = (scratch(name, length, dtype, work.device) for name in ("source", "target"))
         for chunk in spans(cols, out, work.device):
             part = rows[:, chunk]
             x, y = view_of(source, out, part.shape[1]), view_of(target, out, part.shape[1])
-            torch.index_select(part, 0, gathers[0], out=x)
+            if part.dtype == dtype:
+                torch.index_select(part, 0, gathers[0], out=x)
+            else:
+                torch.index_select(y.copy_(part), 0, gathers[0], out=x)
             for stage in range(stages):
                 if stage:
                     torch.index_select(y, 0, gathers[stage], out=x)
                 torch.bmm(rotations[stage], x.view(n, bs, -1), out=y.view(n, bs, -1))
-            part.copy_(torch.index_select(y, 0, gathers[-1], out=x))
-        if "rescale" in self.params:
-            work.mul_(self.tensor("rescale", work).reshape(-1, *[1] * (work.ndim - 1)))
+            result = torch.index_select(y, 0, gathers[-1], out=x)
+            part.copy_(result if rescale is None else result.mul_(rescale))
