@@ -10,8 +10,8 @@ values: on CPU ``THREAD_CHUNK_ELEMENTS`` per torch thread (each thread's share o
 scratch companions stays in its own L2 cache; 2^17 was the best of 2^15…2^20 measured for LoRA, LoHa and OFT),
 ``DEVICE_CHUNK_ELEMENTS`` elsewhere. CPU scratch buffers are kept and reused across calls (``scratch``).
 A product of fp16/bf16 factors into a weight of their dtype needs no conversion at all where the backend's GEMM
-accumulates in float32 and rounds once (``single_rounding_gemm``): same result, no scratch; fp16 factors into a
-bf16 weight go the same way as exact bf16 splits (``half_gemm_factors``).
+accumulates in float32 and rounds once (``single_rounding_gemm``): same result, no scratch; fp16 or float32
+factors into a bf16 weight go the same way as exact bf16 pieces (``half_gemm_factors``).
 """
 from __future__ import annotations
 
@@ -122,38 +122,64 @@ _HALF_GEMM_PROBES: dict[tuple[str, torch.dtype], bool] = {}
 
 def half_gemm_factors(weight: torch.Tensor, left: torch.Tensor,
                       right: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """``(L, R)`` for ``flat(weight).addmm_(L, R)`` with ``L @ R`` = ``left @ right`` exactly in float32
-    accumulation and one rounding into the fp16/bf16 weight, or None where the float32 chunk path must run.
+    """``(L, R)`` for ``flat(weight).addmm_(L, R)`` with ``L @ R`` = ``left @ right`` in float32 accumulation
+    and one rounding into the fp16/bf16 weight, or None where the float32 chunk path must run.
 
-    Factors of the weight's own dtype serve as they are; fp16 factors into a bf16 weight (fp16 files, bf16
-    compute) become their exact bf16 splits (``bf16_split_product``). Either way only where the backend's GEMM
-    rounds once (``single_rounding_gemm``).
+    Factors of the weight's own dtype serve as they are. Into a bf16 weight, fp16 and float32 factors (fp16
+    files, Tucker-folded factors) become their exact bf16 pieces (``bf16_split_product``) where bf16 GEMMs are
+    fast (``fast_bf16_gemm``). Either way only where the backend's GEMM rounds once (``single_rounding_gemm``).
     """
     if left.dtype == right.dtype == weight.dtype:
         pair = (left, right)
-    elif weight.dtype == torch.bfloat16 and left.dtype == right.dtype == torch.float16:
+    elif (weight.dtype == torch.bfloat16 and left.dtype in _BF16_PIECES and right.dtype in _BF16_PIECES
+          and fast_bf16_gemm(weight.device)):
         pair = bf16_split_product(left, right)
     else:
         return None
     return pair if single_rounding_gemm(weight, *pair) else None
 
 
-def bf16_split_product(left: torch.Tensor, right: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """bf16 ``(L', R')`` of rank 4r with ``L' @ R'`` = ``left @ right`` term for term, for fp16 factors.
+_BF16_PIECES = {torch.bfloat16: 1, torch.float16: 2, torch.float32: 3}
 
-    Every fp16 value is ``x = hi + lo`` with ``hi = bf16(x)`` and ``lo = x − hi`` (at most 3 significant bits,
-    within bf16's exponent range: exact). ``L' = [L_hi L_hi L_lo L_lo]``, ``R' = [R_hi; R_lo; R_hi; R_lo]``, so
-    ``Σ_k L'[o,k]·R'[k,i] = Σ_j (L_hi + L_lo)[o,j]·(R_hi + R_lo)[j,i]``, and each product of two bf16 values
-    (8 + 8 significant bits) is exact in float32: a float32-accumulating GEMM sees the same products as the
-    float32 GEMM of the fp16 factors.
+
+def bf16_pieces(x: torch.Tensor) -> list[torch.Tensor]:
+    """bf16 tensors that sum to ``x`` exactly: 1 for bf16, 2 for fp16, 3 for float32.
+
+    Each piece is the bf16 rounding of what the pieces before it left over (``p_k = bf16(x − Σ_{j<k} p_j)``,
+    every difference exact in float32). The rest is a multiple of x's last bit and at most half a bf16 ulp of
+    the piece before it, so each piece takes 8 more significant bits: fp16 (11 bits) needs two pieces, float32
+    (24 bits) three, and the last piece holds its rest exactly (float32 values from 2⁻¹¹⁰ up; bf16 has float32's
+    exponent range).
     """
-    def split(x):
-        wide = x.float()  # exact; fp16 → bf16 directly is a slow scalar path in torch's CPU kernels
-        hi = wide.to(torch.bfloat16)
-        return hi, wide.sub_(hi.float()).to(torch.bfloat16)
-    (left_hi, left_lo), (right_hi, right_lo) = split(left), split(right)
-    return (torch.cat([left_hi, left_hi, left_lo, left_lo], dim=1),
-            torch.cat([right_hi, right_lo, right_hi, right_lo], dim=0))
+    rest = x.to(torch.float32, copy=True)  # via float32: fp16 → bf16 directly is a slow scalar path on CPU
+    pieces = []
+    for index in range(_BF16_PIECES[x.dtype]):
+        pieces.append(rest.to(torch.bfloat16))
+        if index + 1 < _BF16_PIECES[x.dtype]:
+            rest.sub_(pieces[-1].float())
+    return pieces
+
+
+def bf16_split_product(left: torch.Tensor, right: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """bf16 ``(L', R')`` with ``L' @ R'`` = ``left @ right`` term for term: ``L' = [L_i]`` and ``R' = [R_j]``
+    over every pair of pieces ``(i, j)`` (``bf16_pieces``; rank r·pieces(left)·pieces(right)), so
+    ``Σ_k L'[o,k]·R'[k,c] = Σ_q (Σ_i L_i)[o,q]·(Σ_j R_j)[q,c]``, and each product of two bf16 values (8 + 8
+    significant bits) is exact in float32: a float32-accumulating GEMM sees the products of the float32 GEMM.
+    """
+    lefts, rights = bf16_pieces(left), bf16_pieces(right)
+    return (torch.cat([piece for piece in lefts for _ in rights], dim=1),
+            torch.cat([piece for _ in lefts for piece in rights], dim=0))
+
+
+def fast_bf16_gemm(device: torch.device) -> bool:
+    """Whether bf16 GEMMs run on bf16 units here (CUDA with bf16, CPUs with AMX or AVX512-BF16): only then do
+    several bf16 pieces beat one float32 product."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return any(getattr(torch.cpu, probe, lambda: False)()
+                   for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
+    return False
 
 
 def single_rounding_gemm(weight: torch.Tensor, *factors: torch.Tensor) -> bool:

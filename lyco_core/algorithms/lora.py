@@ -6,11 +6,12 @@ Rank r = ``down.shape[0]``; scale per the layout (alpha/r, rsLoRA, PEFT config).
 ``scale·bias`` to the layer bias. DoRA (``dora_scale`` / ``magnitude``) is handled by AdditiveModule.
 In place: ``flat(W) += (m·scale)·U @ D'`` as one ``addmm_`` (Tucker folds the core into ``D' = mid ×_q down``,
 ``(r, in·∏k)``), with no ΔW temporary; factors stored in an fp16/bf16 weight's own dtype go straight into it
-(``single_rounding_gemm``: float32 accumulation, one rounding, no conversion of W), and fp16 factors into a bf16
-weight as their exact bf16 splits (``half_gemm_factors``). Bypass: ``m·scale·U(D(x))`` as two thin products (see lyco_core/bypass.py).
+(``single_rounding_gemm``: float32 accumulation, one rounding, no conversion of W), and fp16 factors or a folded
+Tucker core into a bf16 weight as their exact bf16 pieces (``half_gemm_factors``). Bypass: ``m·scale·U(D(x))`` as two thin products (see lyco_core/bypass.py).
 """
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 
 from .base import AdditiveModule, check_dim, check_fits, flat2, require, reshape_to, tucker_fold, tucker_rebuild
@@ -78,15 +79,22 @@ class LoRA(AdditiveModule):
         work.addmm_(up[rows], down, alpha=scale * self.scale_value())
 
     def apply_(self, weight, strength):
-        pair = None
-        if not (self.tucker or self.dora or weight.ndim < 2):
-            up, down = (flat2(self.params[k].to(weight.device)) for k in ("lora_up.weight", "lora_down.weight"))
-            pair = half_gemm_factors(weight, up, down)
+        pair = None if self.dora or weight.ndim < 2 else self._half_pair(weight)
         if pair is None:
             return super().apply_(weight, strength)
-        check_fits(self, [up.shape[0], down.shape[1]], weight.shape, "lora_up @ lora_down")
         weight.view(weight.shape[0], -1).addmm_(*pair, alpha=strength * self.scale_value())
         return weight
+
+    def _half_pair(self, weight):
+        """``(U, D')`` ready for one ``addmm_`` into an fp16/bf16 ``weight`` (``half_gemm_factors``), or None."""
+        if weight.dtype not in (torch.float16, torch.bfloat16) or (self.tucker and weight.dtype != torch.bfloat16):
+            return None  # a folded Tucker core is a float32 product: only bf16 pieces carry it exactly
+        up = flat2(self.params["lora_up.weight"].to(weight.device))
+        down = flat2(self.params["lora_down.weight"].to(weight.device))
+        if self.tucker:
+            down = tucker_fold(self.params["lora_mid.weight"].to(weight.device, torch.float32), down.float())
+        check_fits(self, [up.shape[0], down.shape[1]], weight.shape, "lora_up @ lora_down")
+        return half_gemm_factors(weight, up, down)
 
     def bypass_weight(self, x, call, strength):
         """``m·scale·U ⋆ (D ⋆ x)``; conv: D carries the kernel (Tucker: 1×1 D, then ``mid`` with the layer's

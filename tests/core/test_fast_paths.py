@@ -14,7 +14,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from lyco_core.algorithms.base import ScaleContext
 from lyco_core.algorithms.boft import BOFT, butterfly_order
-from lyco_core.algorithms.inplace import bf16_split_product, chunk_elements, half_gemm_factors, scratch, single_rounding_gemm
+from lyco_core.algorithms.inplace import (bf16_pieces, bf16_split_product, chunk_elements, fast_bf16_gemm, scratch,
+                                         single_rounding_gemm)
 from lyco_core.algorithms.loha import LoHa
 from lyco_core.algorithms.lokr import LoKr
 from lyco_core.algorithms.lora import LoRA
@@ -103,42 +104,51 @@ def test_half_in_place_within_one_rounding(case, dtype):
 
 
 @pytest.mark.parametrize("dtype,file_dtype", [(torch.float16, torch.float16), (torch.bfloat16, torch.bfloat16),
-                                              (torch.bfloat16, torch.float16)])
-@pytest.mark.parametrize("shape", [(1280, 1024), (256, 128, 3, 3)])
-def test_half_factors_go_straight_into_a_half_weight(shape, dtype, file_dtype):
-    """fp16/bf16 factors into an fp16/bf16 weight (the weight's own dtype, or fp16 files into bf16 weights as
-    exact bf16 splits): one addmm_ into W where the backend rounds once (probed), else the float32 chunk path;
-    either way within one rounding, and on this CPU nothing but the splits (4 bf16 copies of a factor) is
-    allocated."""
-    up, down = _g(shape[0], 16, *[1] * (len(shape) - 2)), _g(16, *shape[1:], scale=0.1)
-    module = LoRA("m", {"lora_up.weight": up.to(file_dtype), "lora_down.weight": down.to(file_dtype),
-                        "alpha": torch.tensor(8.)}, CTX)
+                                              (torch.bfloat16, torch.float16), (torch.bfloat16, torch.float32)])
+@pytest.mark.parametrize("shape,tucker", [((1280, 1024), False), ((256, 128, 3, 3), False),
+                                          ((256, 128, 3, 3), True)], ids=["linear", "conv", "tucker"])
+def test_half_factors_go_straight_into_a_half_weight(shape, tucker, dtype, file_dtype):
+    """Factors into an fp16/bf16 weight — of its own dtype, or (bf16 weights) fp16/float32 factors and folded
+    Tucker cores as exact bf16 pieces: one addmm_ into W where the backend rounds once (probed), else the float32
+    chunk path; either way within one rounding, and on this CPU nothing but the pieces is allocated."""
+    kernel = shape[2:]
+    up = _g(shape[0], 16, *[1] * len(kernel))
+    down = _g(16, shape[1], *([1] * len(kernel) if tucker else kernel), scale=0.1)
+    params = {"lora_up.weight": up.to(file_dtype), "lora_down.weight": down.to(file_dtype), "alpha": torch.tensor(8.)}
+    if tucker:
+        params["lora_mid.weight"] = _g(16, 16, *kernel).to(file_dtype)
+    module = LoRA("m", params, CTX)
     weight = _g(*shape).to(dtype)
     exact = _reference(module, weight.float(), 0.7)
-    pair = half_gemm_factors(weight, *(module.params[k].flatten(1) for k in ("lora_up.weight", "lora_down.weight")))
     work = weight.clone()
     with _NewStorages() as new:
         out = module.apply_(work, 0.7)
     assert out is work
     bound = torch.finfo(dtype).eps * exact.abs() + 1e-5 * (exact - weight.float()).abs().max()
     assert bool(((out.float() - exact).abs() <= bound).all())
-    assert pair is not None  # torch's CPU GEMMs accumulate fp16/bf16 products in float32: the fused path is tested
-    assert new.largest <= (0 if dtype == file_dtype else 4 * 2 * max(up.numel(), down.numel()))
+    fused = module._half_pair(weight) is not None
+    assert fused == (file_dtype == dtype and not tucker or dtype == torch.bfloat16 and fast_bf16_gemm(weight.device))
+    if fused:  # the pieces: at most 3 × 3 bf16 copies of a rank-16 factor
+        assert new.largest <= 9 * 2 * 16 * max(weight.shape[0], weight[0].numel())
 
 
-def test_bf16_split_reproduces_the_fp16_product_term_for_term():
-    """hi + lo = x exactly for every fp16 value (subnormals and extremes included), so the rank-4r bf16 product
-    equals the fp16 factors' product in float64 up to summation order."""
-    extremes = torch.tensor([65504., -65504., 6e-8, -6e-8, 6.1e-5, 1/3, -2/3, 0.])
-    left = torch.cat([_g(64, 24, scale=3.0), extremes.repeat(8, 1).t().reshape(64, 1)], 1).half()
-    right = torch.cat([_g(24, 48, scale=0.01), extremes.repeat(6).reshape(1, 48)], 0).half()
-    split_left, split_right = bf16_split_product(left, right)
-    assert split_left.dtype == split_right.dtype == torch.bfloat16 and split_left.shape[1] == 4 * left.shape[1]
-    for x, (hi, lo) in ((left, (split_left[:, :25], split_left[:, 50:75])),
-                        (right, (split_right[:25], split_right[25:50]))):
-        assert torch.equal(hi.double() + lo.double(), x.double())
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_bf16_pieces_reproduce_the_product_term_for_term(dtype):
+    """The bf16 pieces sum to every fp16/float32 value exactly (extremes and tiny values included), so the
+    pieced product equals the factors' product in float64 up to summation order."""
+    tiny = 6e-8 if dtype == torch.float16 else 1e-30
+    extremes = torch.tensor([65504., -65504., tiny, -tiny, 6.1e-5, 1 / 3, -2 / 3, 0.])
+    left = torch.cat([_g(64, 24, scale=3.0), extremes.repeat(8, 1).t().reshape(64, 1)], 1).to(dtype)
+    right = torch.cat([_g(24, 48, scale=0.01), extremes.repeat(6).reshape(1, 48)], 0).to(dtype)
+    for x in (left, right):
+        pieces = bf16_pieces(x)
+        assert len(pieces) == (2 if dtype == torch.float16 else 3)
+        assert all(p.dtype == torch.bfloat16 for p in pieces)
+        assert torch.equal(sum(p.double() for p in pieces), x.double())
+    pieced_left, pieced_right = bf16_split_product(left, right)
+    assert pieced_left.shape[1] == pieced_right.shape[0] == len(bf16_pieces(left)) ** 2 * left.shape[1]
     exact = left.double() @ right.double()
-    assert torch.allclose(split_left.double() @ split_right.double(), exact, rtol=1e-12, atol=0)
+    assert torch.allclose(pieced_left.double() @ pieced_right.double(), exact, rtol=1e-12, atol=1e-300)
 
 
 def test_half_gemm_needs_matching_dtypes():
