@@ -83,7 +83,8 @@ class LycoPatch(comfy.weight_adapter.WeightAdapterBase):
 
         Without a key function this is the module's fused in-place path (``apply_``): float32 math whatever
         ``intermediate_dtype`` says (an fp16/bf16 low-VRAM weight goes through float32 row chunks, or takes a
-        float32-accumulating half GEMM where that gives the same result), one rounding at the end. With a key function it is ``weight += function(W' − W)``, ΔW materialised.
+        float32-accumulating half GEMM where that gives the same result), one rounding at the end. With a key
+        function it is ``weight += function(W' − W)``, ΔW materialised.
         """
         if strength == 0:
             return weight

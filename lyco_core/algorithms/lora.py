@@ -6,8 +6,9 @@ Rank r = ``down.shape[0]``; scale per the layout (alpha/r, rsLoRA, PEFT config).
 ``scale·bias`` to the layer bias. DoRA (``dora_scale`` / ``magnitude``) is handled by AdditiveModule.
 In place: ``flat(W) += (m·scale)·U @ D'`` as one ``addmm_`` (Tucker folds the core into ``D' = mid ×_q down``,
 ``(r, in·∏k)``), with no ΔW temporary; factors stored in an fp16/bf16 weight's own dtype go straight into it
-(``single_rounding_gemm``: float32 accumulation, one rounding, no conversion of W), and fp16 factors or a folded
-Tucker core into a bf16 weight as their exact bf16 pieces (``half_gemm_factors``). Bypass: ``m·scale·U(D(x))`` as two thin products (see lyco_core/bypass.py).
+(``single_rounding_gemm``: float32 accumulation, one rounding, no conversion of W), and fp16/float32 factors or a
+folded Tucker core into a bf16 weight as their exact bf16 pieces (``half_gemm_factors``).
+Bypass: ``m·scale·U(D(x))`` as two thin products (see lyco_core/bypass.py).
 """
 from __future__ import annotations
 
