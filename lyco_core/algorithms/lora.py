@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import AdditiveModule, check_dim, check_fits, flat2, require, reshape_to, tucker_fold, tucker_rebuild
-from .inplace import half_gemm_factors
+from .inplace import fast_bf16_gemm, half_gemm_factors
 from .registry import register
 
 
@@ -80,15 +80,17 @@ class LoRA(AdditiveModule):
         work.addmm_(up[rows], down, alpha=scale * self.scale_value())
 
     def apply_(self, weight, strength):
-        pair = None if self.dora or weight.ndim < 2 else self._half_pair(weight)
+        pair = None if self.dora or weight.ndim < 2 else self.half_pair(weight)
         if pair is None:
             return super().apply_(weight, strength)
         weight.view(weight.shape[0], -1).addmm_(*pair, alpha=strength * self.scale_value())
         return weight
 
-    def _half_pair(self, weight):
+    def half_pair(self, weight):
         """``(U, D')`` ready for one ``addmm_`` into an fp16/bf16 ``weight`` (``half_gemm_factors``), or None."""
-        if weight.dtype not in (torch.float16, torch.bfloat16) or (self.tucker and weight.dtype != torch.bfloat16):
+        if weight.dtype not in (torch.float16, torch.bfloat16):
+            return None
+        if self.tucker and not (weight.dtype == torch.bfloat16 and fast_bf16_gemm(weight.device)):
             return None  # a folded Tucker core is a float32 product: only bf16 pieces carry it exactly
         up = flat2(self.params["lora_up.weight"].to(weight.device))
         down = flat2(self.params["lora_down.weight"].to(weight.device))

@@ -126,7 +126,7 @@ def test_half_factors_go_straight_into_a_half_weight(shape, tucker, dtype, file_
     assert out is work
     bound = torch.finfo(dtype).eps * exact.abs() + 1e-5 * (exact - weight.float()).abs().max()
     assert bool(((out.float() - exact).abs() <= bound).all())
-    fused = module._half_pair(weight) is not None
+    fused = module.half_pair(weight) is not None
     assert fused == (file_dtype == dtype and not tucker or dtype == torch.bfloat16 and fast_bf16_gemm(weight.device))
     if fused:  # the pieces: at most 3 × 3 bf16 copies of a rank-16 factor
         assert new.largest <= 9 * 2 * 16 * max(weight.shape[0], weight[0].numel())
