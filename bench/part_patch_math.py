@@ -37,7 +37,7 @@ def _patches(env, method: str, shape, gen):
         return None
     tensors = {f"{MODULE}.{k}": v for k, v in params.items()}
     adapter = env.core.adapter_from_tensors(tensors, file="bench")
-    ours = env.host.LycoPatch(adapter.modules[MODULE])
+    ours = env.host.LycoPatch.of(adapter.modules[MODULE])
     import comfy.lora
     native = comfy.lora.load_lora(tensors, {MODULE: KEY}, log_missing=False)[KEY]
     return ours, native

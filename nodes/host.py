@@ -21,6 +21,7 @@ import comfy.weight_adapter
 import folder_paths
 
 from ..lyco_core import Adapter, AdapterError, load_adapter
+from ..lyco_core.algorithms.inplace import compute_dtype
 from ..lyco_core.keymap import WeightIndex, kohya_aliases, resolve
 
 log = logging.getLogger("ComfyUI-LyCO")
@@ -68,23 +69,47 @@ def _is_identity(function) -> bool:
                                 and code.co_argcount == 1 and not code.co_flags & 0x0C)
 
 
-class LycoPatch(comfy.weight_adapter.WeightAdapterBase):
-    """One adapter module as a ComfyUI weight patch (``part`` "weight" or "bias"); immutable, shared by clones."""
+@dataclass(frozen=True, eq=False)
+class PatchPlan:
+    """The part of a LycoPatch that is not a tensor: the module as read, which part of the layer it patches
+    ("weight" or "bias") and the names of the tensors that follow it in ``LycoPatch.weights``."""
+    module: object
+    part: str
+    keys: tuple
 
-    def __init__(self, module, part: str = "weight"):
-        self.module, self.part = module, part
+
+class LycoPatch(comfy.weight_adapter.WeightAdapterBase):
+    """One adapter module as a ComfyUI weight patch; immutable, shared by clones.
+
+    Built as ComfyUI builds its own adapters, ``LycoPatch(loaded_keys, weights)`` with ``weights = (PatchPlan,
+    *tensors)``: every tensor the math reads is in ``weights``. ComfyUI's dynamic-VRAM path (0.22+) rebuilds each
+    patch as ``type(v)(v.loaded_keys, prefetched(v.weights))`` with the tensors copied into its staging buffer on
+    the compute device and the plan passed through unchanged; the rebuilt patch runs the same module over those
+    copies (``AdapterModule.with_params``). Use ``LycoPatch.of(module, part)`` to make one.
+    """
+
+    def __init__(self, loaded_keys, weights):
+        plan, *tensors = weights
+        self.loaded_keys, self.weights, self.part = loaded_keys, tuple(weights), plan.part
+        module = plan.module
+        if any(tensor is not module.params[key] for key, tensor in zip(plan.keys, tensors, strict=True)):
+            module = module.with_params(dict(zip(plan.keys, tensors)))
+        self.module = module
         self.name = f"lyco_{module.algo}"
-        self.loaded_keys: set[str] = set()
-        self.weights = tuple(module.params.values())
+
+    @classmethod
+    def of(cls, module, part: str = "weight") -> LycoPatch:
+        return cls(set(), (PatchPlan(module, part, tuple(module.params)), *module.params.values()))
 
     def calculate_weight(self, weight, key, strength, strength_model, offset, function,
                          intermediate_dtype=torch.float32, original_weight=None):
         """``weight ← W'`` in place (a narrowed slice stays a view, so fused weights work).
 
-        Without a key function this is the module's fused in-place path (``apply_``): float32 math whatever
-        ``intermediate_dtype`` says (an fp16/bf16 low-VRAM weight goes through float32 row chunks, or takes a
-        float32-accumulating half GEMM where that gives the same result), one rounding at the end. With a key
-        function it is ``weight += function(W' − W)``, ΔW materialised.
+        The math is float32 whatever ``intermediate_dtype`` says (ComfyUI 0.33 hands fp16 intermediates on GPUs),
+        with one rounding into the weight's dtype at the end. Without a key function this is the module's fused
+        in-place path (``apply_``: an fp16/bf16 weight goes through float32 row chunks, or a float32-accumulating
+        half GEMM where that gives the same result). A bias, or a key function, goes through
+        ``W + function(W' − W)`` formed in float32 (ΔW materialised) and copied in once.
         """
         if strength == 0:
             return weight
@@ -97,15 +122,19 @@ class LycoPatch(comfy.weight_adapter.WeightAdapterBase):
             return weight
         if self.part == "bias":
             updated = module.bias_update(weight, float(strength))
-            delta = updated - weight.to(updated.dtype)
         elif module.additive and not module.dora:
-            delta = module.delta(weight.shape, weight.device, intermediate_dtype) * float(strength)
+            updated = None
         else:
             updated = module.apply(weight, float(strength))
-            delta = updated - weight.to(updated.dtype)
-        if function is not None:
-            delta = function(delta)
-        weight += delta.to(weight.dtype)
+        if updated is not None and _is_identity(function):
+            weight.copy_(updated)
+            return weight
+        base = weight.to(compute_dtype(weight))
+        if updated is None:
+            delta = module.delta(weight.shape, weight.device, base.dtype) * float(strength)
+        else:
+            delta = updated - base
+        weight.copy_(base + (delta if function is None else function(delta)))
         return weight
 
 
@@ -218,9 +247,9 @@ def build_patches(adapter: Adapter, model, clip) -> tuple[dict, dict, Coverage]:
             module.check_target(shape, has_bias)
         except AdapterError as exc:
             raise exc.located(file=adapter.path, module=name) from None
-        patches[side.label][target] = LycoPatch(module)
+        patches[side.label][target] = LycoPatch.of(module)
         if has_bias and module.changes_bias() and not isinstance(target, tuple):
-            patches[side.label][bias_key] = LycoPatch(module, "bias")
+            patches[side.label][bias_key] = LycoPatch.of(module, "bias")
         getattr(coverage, side.label)[name] = key_name(target)
     return patches["unet"], patches["clip"], coverage
 

@@ -8,6 +8,7 @@ float32 tensor and, for the fast paths, only scratch chunks (see inplace.py).
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -62,6 +63,13 @@ class AdapterModule:
 
     def __init__(self, name: str, params: dict[str, torch.Tensor], ctx: ScaleContext):
         self.name, self.params, self.ctx = name, params, ctx
+
+    def with_params(self, params: dict[str, torch.Tensor]) -> AdapterModule:
+        """This module over other tensors of the same values (e.g. a host's copies on the compute device).
+        Derived caches (rotations per device and dtype) depend on the values only, so the twin shares them."""
+        twin = copy.copy(self)
+        twin.params = params
+        return twin
 
     # --- description -------------------------------------------------------------------------------------------
     @property
@@ -189,7 +197,8 @@ class AdditiveModule(AdapterModule):
             if work is not weight:
                 weight.copy_(work)
             return weight
-        magnitude = self.tensor("magnitude", weight) if "magnitude" in self.params else None
+        # PEFT stores a conv magnitude as (1, out, 1, …): flattened so that row chunks can index it
+        magnitude = self.tensor("magnitude", weight).reshape(-1) if "magnitude" in self.params else None
         dora_scale = self.tensor("dora_scale", weight) if "dora_scale" in self.params else None
         for rows, work in row_chunks(weight, self.row_group()):
             if magnitude is not None:

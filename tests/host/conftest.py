@@ -1,5 +1,6 @@
-"""Session fixtures that run our pack inside a real ComfyUI (0.3.75 from PyPI, see
-``tools/comfyui_env.py`` and ``/work/shared/spec``-style notes in ``comfy_bootstrap``).
+"""Session fixtures that run our pack inside a real ComfyUI: ``$COMFYUI_PATH`` (``scripts/test.sh`` sets it per
+host: 0.3.75 from PyPI, 0.33.0, your own tree; see ``tools/comfyui_env.py``), else the cached 0.3.75 tree.
+``$LYCO_FRONTEND_ROOT`` serves another frontend build (``main.py --front-end-root``).
 
 Run these tests in their own pytest process::
 
@@ -28,8 +29,10 @@ Fixtures (all session-scoped):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import os
 import re
 import socket
 import subprocess
@@ -40,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import torch
 
 import comfy_bootstrap
 import workflow
@@ -48,6 +52,7 @@ from comfy_bootstrap import FIXTURE_CACHE, PACK_DIR_NAME, REPO_ROOT
 CKPT_NAME = "tiny_sd15.safetensors"
 LORA_NAME = "tiny_sd15_lora.safetensors"
 SERVER_BOOT_TIMEOUT = 120.0
+PARITY_DIR = "lyco_parity"
 
 TIMINGS: dict[str, float] = {}
 
@@ -62,7 +67,21 @@ def _timed(label: str):
     return _T()
 
 
+def host_label() -> str:
+    """The ComfyUI this process tests on: version, tree and frontend, for headers and summaries."""
+    env = comfy_bootstrap.load_comfyui_env()
+    root = env.ensure_comfyui()
+    frontend = os.environ.get("LYCO_FRONTEND_ROOT")
+    return (f"ComfyUI {env.read_version(root) or 'unknown'} at {root}"
+            + (f", frontend from {frontend}" if frontend else ", its own frontend package"))
+
+
+def pytest_report_header(config):
+    return f"host: {host_label()}"
+
+
 def pytest_terminal_summary(terminalreporter):
+    terminalreporter.write_sep("-", f"ran on {host_label()}")
     if TIMINGS:
         terminalreporter.write_sep("-", "ComfyUI host fixture timings")
         for k, v in TIMINGS.items():
@@ -246,6 +265,8 @@ def comfy_server(comfy_root, comfy_base) -> ComfyServer:
     cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
            "--base-directory", str(base), "--database-url", f"sqlite:///{base}/user/comfyui.db",
            "--disable-auto-launch", "--log-stdout"]
+    if os.environ.get("LYCO_FRONTEND_ROOT"):
+        cmd += ["--front-end-root", os.environ["LYCO_FRONTEND_ROOT"]]
     url = f"http://127.0.0.1:{port}"
     t0 = time.perf_counter()
     log_fh = open(log_path, "wb")
@@ -272,3 +293,61 @@ def comfy_server(comfy_root, comfy_base) -> ComfyServer:
                 proc.kill()
                 proc.wait(timeout=15)
         log_fh.close()
+
+
+# --------------------------------------------------------------------------- parity fixtures
+@contextlib.contextmanager
+def one_thread():
+    """Many small tensor ops: on a busy 2-core machine one intra-op thread is several times faster than two that
+    wait for each other. The previous setting is restored."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@dataclass
+class ParityFiles:
+    """The tiny checkpoint loaded in-process and one adapter file per method and layout made by the reference
+    libraries for some of its real layers (``adapter_fixtures``), listed in the loras folder."""
+    model: object
+    clip: object
+    fixtures: dict      # name -> adapter_fixtures.Fixture (lora_name set)
+    originals: dict     # key -> original tensor (model dtype)
+    base: dict          # key -> fp32 copy
+    timings: dict
+
+
+@pytest.fixture(scope="session")
+def parity_files(comfy) -> ParityFiles:
+    import adapter_fixtures as af
+    import folder_paths
+
+    with one_thread():
+        timings = {}
+        t0 = time.perf_counter()
+        model, clip, _ = comfy.nodes.CheckpointLoaderSimple().load_checkpoint(comfy.base.ckpt_name)
+        unet_sd, clip_sd = model.model_state_dict(), clip.cond_stage_model.state_dict()
+        originals = {}
+        for layer in af.LAYERS:
+            sd = unet_sd if layer.side == "unet" else clip_sd
+            for key in (layer.key, layer.bias_key):
+                if key in sd:
+                    originals[key] = sd[key].detach().clone()
+        base = {k: v.float() for k, v in originals.items()}
+        timings["checkpoint"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        loras_dir = comfy.base.path / "models" / "loras"
+        fixtures = af.build_all(loras_dir / PARITY_DIR, base)
+        timings["fixtures (lycoris + peft)"] = time.perf_counter() - t0
+    # folder_paths caches listings by folder mtime; drop the cached "loras" listing so the new files show up.
+    folder_paths.filename_list_cache.pop("loras", None)
+    listed = set(folder_paths.get_filename_list("loras"))
+    for fx in fixtures:
+        fx.lora_name = fx.path.relative_to(loras_dir).as_posix()
+        assert fx.lora_name in listed, f"{fx.lora_name} not listed by ComfyUI ({sorted(listed)[:5]}…)"
+    return ParityFiles(model=model, clip=clip, fixtures={f.name: f for f in fixtures}, originals=originals,
+                       base=base, timings=timings)

@@ -30,7 +30,6 @@ the claim "ours is exact where core is not" stays checked.
 """
 from __future__ import annotations
 
-import contextlib
 import importlib
 import logging
 import math
@@ -42,10 +41,10 @@ import torch
 
 import adapter_fixtures as af
 from comfy_bootstrap import REPO_ROOT
+from conftest import one_thread
 
 TOL = 1e-4
 NATIVE_EXACT = 1e-3          # "core is right here" (spec: ≤ 5e-4 for LoHa in fp32)
-PARITY_DIR = "lyco_parity"
 ARTIFACT = REPO_ROOT / "test-artifacts" / "native_vs_ours.md"
 FIXTURE_NAMES = (*af.LYCORIS_SPECS, *af.PEFT_NAMES)
 CPU = torch.device("cpu")
@@ -219,59 +218,18 @@ def evaluate(env, parity_model, parity_clip, fixture: af.Fixture, s: float, orig
 
 
 # --------------------------------------------------------------------------------------------------- fixture
-@contextlib.contextmanager
-def one_thread():
-    """This file runs many small tensor ops: on a busy 2-core machine one intra-op thread is several times faster
-    than two that wait for each other. The previous setting is restored."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="session")
-def parity(comfy) -> Parity:
+def parity(comfy, parity_files) -> Parity:
     with one_thread():
-        return _build_parity(comfy)
-
-
-def _build_parity(comfy) -> Parity:
-    folder_paths = importlib.import_module("folder_paths")
-    timings = {}
-    t0 = time.perf_counter()
-    model, clip, _ = comfy.nodes.CheckpointLoaderSimple().load_checkpoint(comfy.base.ckpt_name)
-    unet_sd = model.model_state_dict()
-    clip_sd = clip.cond_stage_model.state_dict()
-    originals = {}
-    for layer in af.LAYERS:
-        sd = unet_sd if layer.side == "unet" else clip_sd
-        for key in (layer.key, layer.bias_key):
-            if key in sd:
-                originals[key] = sd[key].detach().clone()
-    base = {k: v.float() for k, v in originals.items()}
-    timings["checkpoint"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    loras_dir = comfy.base.path / "models" / "loras"
-    fixtures = af.build_all(loras_dir / PARITY_DIR, base)
-    timings["fixtures (lycoris + peft)"] = time.perf_counter() - t0
-    # folder_paths caches listings by folder mtime; drop the cached "loras" listing so the new files show up.
-    folder_paths.filename_list_cache.pop("loras", None)
-    listed = set(folder_paths.get_filename_list("loras"))
-    for fx in fixtures:
-        fx.lora_name = fx.path.relative_to(loras_dir).as_posix()
-        assert fx.lora_name in listed, f"{fx.lora_name} not listed by ComfyUI ({sorted(listed)[:5]}…)"
-
-    t0 = time.perf_counter()
-    outcomes = {}
-    for fx in fixtures:
-        for s in af.STRENGTHS:
-            outcomes[(fx.name, s)] = evaluate(comfy, model, clip, fx, s, originals, base)
-    timings["ours + native, all strengths"] = time.perf_counter() - t0
-    return Parity(model=model, clip=clip, fixtures={f.name: f for f in fixtures}, originals=originals, base=base,
-                  outcomes=outcomes, timings=timings)
+        t0 = time.perf_counter()
+        outcomes = {}
+        for fx in parity_files.fixtures.values():
+            for s in af.STRENGTHS:
+                outcomes[(fx.name, s)] = evaluate(comfy, parity_files.model, parity_files.clip, fx, s,
+                                                  parity_files.originals, parity_files.base)
+        timings = {**parity_files.timings, "ours + native, all strengths": time.perf_counter() - t0}
+    return Parity(model=parity_files.model, clip=parity_files.clip, fixtures=parity_files.fixtures,
+                  originals=parity_files.originals, base=parity_files.base, outcomes=outcomes, timings=timings)
 
 
 # --------------------------------------------------------------------------------------------------- files
