@@ -20,6 +20,16 @@ def table(results: dict) -> str:
             lines.append(f"| {method} | {_f(s['ratio'])} | {_f(s['worst_ratio'])} | {_f(s['floor_ratio'])} / "
                          f"{_f(s['floor_ratio_full'])} | {_f(s['peak_mem_ratio'])} | {_f(s['ours_peak_w_max'])} / "
                          f"{_f(s['ours_peak_w_max_full'])} | {s['native_failed_cases']}/{s['cases']} |")
+    prefetch = results.get("prefetch")
+    if prefetch:
+        lines += ["", "Dynamic VRAM per-forward patch (stage + rebuild + copy + math; ours ÷ native; fp16 and bf16)"]
+        if "skipped" in prefetch:
+            lines.append(f"skipped: {prefetch['skipped']}")
+        else:
+            lines += ["| method | time ratio | worst case | native failed |", "|---|---|---|---|"]
+            for method, s in prefetch["methods"].items():
+                lines.append(f"| {method} | {_f(s['ratio'])} | {_f(s['worst_ratio'])} | "
+                             f"{s['native_failed_cases']}/{s['cases']} |")
     whole = results.get("whole_model")
     if whole:
         lines += ["", f"Whole model: {whole.get('model', '')}",

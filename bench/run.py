@@ -1,7 +1,7 @@
 """Run the bench: ``python bench/run.py [--quick] [--json PATH] [--parts a,b] [--gpu]``.
 
-Parts (each a ``part_*.py`` with ``run(env, quick) -> dict``): patch_math, whole_model, inspect, conversion,
-training. Every figure is a ratio ours ÷ reference measured in this process (medians of interleaved rounds after
+Parts (each a ``part_*.py`` with ``run(env, quick) -> dict``): patch_math, prefetch (dynamic VRAM, 0.33+),
+whole_model, inspect, conversion, training. Every figure is a ratio ours ÷ reference measured in this process (medians of interleaved rounds after
 warm-up, see harness.py); memory is measured after all timing. Prints a table and writes all figures as JSON
 (default ``bench/results/bench.json``).
 ComfyUI is found as the host tests find it (``$COMFYUI_PATH`` or the cached 0.3.75 tree, fetched on first use).
@@ -19,8 +19,8 @@ import harness
 import host_env
 import report
 
-PARTS = ("patch_math", "whole_model", "inspect", "conversion", "training")
-NEEDS_COMFY = {"patch_math", "whole_model", "conversion", "training"}
+PARTS = ("patch_math", "prefetch", "whole_model", "inspect", "conversion", "training")
+NEEDS_COMFY = {"patch_math", "prefetch", "whole_model", "conversion", "training"}
 
 
 def main(argv=None) -> int:

@@ -59,6 +59,14 @@ def _config(node, fields: dict):
     return node.execute(**values)[0]
 
 
+def _native_defaults(native) -> dict:
+    """The defaults of TrainLoraNode's inputs that this bench leaves alone: newer hosts add required ones
+    (0.33: ``checkpoint_depth``, ``offloading``, ``bucket_mode``, ``bypass_mode``, all off or 1 by default, i.e.
+    the path 0.3.75 always took)."""
+    inputs = native.define_schema().inputs if hasattr(native, "define_schema") else []
+    return {i.id: i.default for i in inputs if getattr(i, "default", None) is not None}
+
+
 def measure(steps: int = 6, rounds: int = 3, rank: int = 8, dtype: str = "fp32", gpu: bool = False) -> dict:
     """{method: {ours/native steps per second, ratio, peak MiB each}} (see the module docstring)."""
     env, model, latents, positive, ours, config_nodes, native = _setup(gpu)
@@ -72,8 +80,9 @@ def measure(steps: int = 6, rounds: int = 3, rank: int = 8, dtype: str = "fp32",
                      positive=positive, **{k: [v] for k, v in options.items()})
 
     def run_native(method, n):
-        options = dict(shared, steps=n, grad_accumulation_steps=1, rank=rank, loss_function="MSE",
-                       training_dtype=dtype, lora_dtype="fp32", algorithm=method, existing_lora="[None]")
+        options = dict(_native_defaults(native), **shared, steps=n, grad_accumulation_steps=1, rank=rank,
+                       loss_function="MSE", training_dtype=dtype, lora_dtype="fp32", algorithm=method,
+                       existing_lora="[None]")
         native.execute(model=[model], latents=latents, positive=positive, **{k: [v] for k, v in options.items()})
 
     trainers = {"ours": run_ours, "native": run_native}

@@ -5,6 +5,11 @@ adapted layer's ``forward`` on a clone (``ModelPatcher.add_object_patch(f"{layer
 ComfyUI on unpatch) with ``y = layer(x) + Σ m·(ΔW ⋆ x + Δb)`` (lyco_core/bypass.py). The layer's own forward still
 runs — casts, low-VRAM offload, quantised kernels and merged patches of other loaders included. Chained bypass
 loaders on one layer extend the same wrapper; a wrapper of another pack is kept and called first.
+
+ComfyUI 0.33's own bypass (``comfy.weight_adapter.bypass``: its bypass LoRA loaders) installs ``ModelPatcher``
+injections, which ComfyUI applies after object patches and removes before them: its hook wraps our wrapper
+whichever loader came first in the chain, so a layer patched by both runs both branches. Our patches handed to
+that bypass run through ``LycoPatch.h`` (nodes/host.py), the same branch as here.
 """
 from __future__ import annotations
 

@@ -137,6 +137,23 @@ class LycoPatch(comfy.weight_adapter.WeightAdapterBase):
         weight.copy_(base + (delta if function is None else function(delta)))
         return weight
 
+    def h(self, x, base_out):
+        """ComfyUI's own bypass (0.33+, ``comfy.weight_adapter.bypass``: its bypass LoRA loader,
+        ``BypassInjectionManager``) runs ``g(f(x) + h(x, f(x)))``. Here ``h`` is the exact branch our loaders'
+        bypass option runs, ``m·(ΔW ⋆ x + Δb)`` (lyco_core/bypass.py), with the layer geometry and strength ``m``
+        (``multiplier``) that the host's hook set on this patch; ``g`` stays the identity. Methods whose result
+        depends on W (OFT, BOFT, DoRA, GLoRA, IA3) raise AdapterError instead of silently adding nothing. A bias
+        patch adds nothing: the weight patch's branch carries Δb."""
+        from ..lyco_core.bypass import hook_call
+        if self.part != "weight":
+            return torch.zeros_like(base_out)
+        call = hook_call(self.module, x, base_out, conv_dims=getattr(self, "conv_dim", 0),
+                         kw=getattr(self, "kw_dict", None), kernel=tuple(getattr(self, "kernel_size", None) or ()),
+                         in_channels=getattr(self, "in_channels", None),
+                         out_channels=getattr(self, "out_channels", None))
+        strength = float(getattr(self, "multiplier", 1.0))
+        return self.module.bypass_delta(x.to(base_out.dtype), call, strength).to(base_out.dtype)
+
 
 # --- key mapping and coverage ----------------------------------------------------------------------------------
 @dataclass

@@ -23,7 +23,8 @@ from ..lyco_core.train import (SCHEDULERS, AttachedAdapter, TrainingRecord, Trai
                                optimizer_names, resume_state, save_state, save_trained, state_path, train)
 from .host import apply_adapter, log
 from .train_configs import CONFIG_TYPE
-from .train_host import DenoiseLoss, Progress, build_on, checkpoint_units, file_names, install, text_encoder
+from .train_host import (DenoiseLoss, Progress, build_on, checkpoint_units, file_names, install, text_encoder,
+                         training_clone)
 
 ADAPTER_TYPE = io.Custom("LYCO_ADAPTER")
 LOSS_TYPE = io.Custom("LOSS_MAP")
@@ -134,7 +135,7 @@ class TrainAdapter(io.ComfyNode):
     @classmethod
     def _run(cls, model, clip, config, samples, conds, captions, o):
         started = time.time()
-        unet_patcher = model.clone()
+        unet_patcher = training_clone(model)
         if o["training_dtype"] == "fp16" and unet_patcher.load_device.type == "cpu":
             log.warning("[LyCO train] fp16 on CPU works but is slow: torch's float16 convolution backward has no "
                         "fast CPU kernel (about 30× slower steps than fp32 on an SD1.5 UNet); bf16 or fp32 are the "
@@ -146,7 +147,7 @@ class TrainAdapter(io.ComfyNode):
             torch.manual_seed(o["seed"])
             unet = build_on(unet_patcher, config, torch.float32, unet_only=True)
             if captions is not None:
-                te_clip = clip.clone()
+                te_clip = training_clone(clip)
                 te_clip.patcher.model.requires_grad_(False)
                 te = build_on(te_clip.patcher, config, torch.float32, unet_only=False)
         install(unet_patcher, unet)

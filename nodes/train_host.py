@@ -29,6 +29,18 @@ log = logging.getLogger("ComfyUI-LyCO")
 UNET = "diffusion_model."
 
 
+def training_clone(model_or_clip):
+    """A clone of a MODEL (ModelPatcher) or CLIP to train on. Under dynamic VRAM (ComfyUI 0.22+ on NVIDIA GPUs,
+    ``ModelPatcherDynamic``) weights stream through staging buffers on every forward; training needs them resident
+    for autograd through the weight wrappers, so, as ComfyUI's own trainer does, a dynamic patcher is cloned into
+    a plain one over the same weights (``clone(disable_dynamic=True)``). Elsewhere (CPU, older hosts) it is the
+    ordinary clone."""
+    patcher = getattr(model_or_clip, "patcher", model_or_clip)
+    if getattr(patcher, "is_dynamic", lambda: False)():
+        return model_or_clip.clone(disable_dynamic=True)
+    return model_or_clip.clone()
+
+
 class BiasWrapper:
     """The bias function of a trainable that changes the bias (ComfyUI's bias wrapper contract)."""
 

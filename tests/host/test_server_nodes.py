@@ -309,7 +309,12 @@ def test_example_workflow_matches_object_info(path, object_info, demo_adapters):
         for slot in node["inputs"]:
             assert slot["name"] in link_names, (typ, slot)
             assert slot["link"] is None or slot["link"] in link_ids
-        assert [(o["name"], o["type"]) for o in node["outputs"]] == list(zip(info["output_name"], info["output"]))
+        # the host's outputs may extend the template's (0.33's SaveImage passes its IMAGE on; the frontend adds the
+        # slot when it loads the template), never differ from them
+        outputs = [(o["name"], o["type"]) for o in node["outputs"]]
+        assert outputs == list(zip(info["output_name"], info["output"]))[:len(outputs)], (typ, outputs)
+        if typ.startswith("LyCO"):
+            assert len(outputs) == len(info["output"]), (typ, outputs)
         for name, value in zip(widgets, node["widgets_values"]):
             if name == mw.CONTROL:
                 assert value in ("fixed", "increment", "decrement", "randomize"), value
