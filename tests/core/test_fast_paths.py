@@ -48,6 +48,8 @@ def _cases():
                                     "dora_scale": _g(1, 128, 1, 1).abs() * 20}, CTX), conv),
         ("peft-dora", LoRA("m", {"lora_up.weight": _g(1280, 8), "lora_down.weight": _g(8, 1024),
                                  "magnitude": _g(1280).abs() * 20}, PEFT_CTX), lin),
+        ("peft-dora-conv", LoRA("m", {"lora_up.weight": _g(256, 8, 1, 1), "lora_down.weight": _g(8, 128, 3, 3),
+                                      "magnitude": _g(1, 256, 1, 1).abs() * 20}, PEFT_CTX), conv),  # PEFT's shape
         ("loha", LoHa("m", {"hada_w1_a": _g(1280, 16), "hada_w1_b": _g(16, 1024), "hada_w2_a": _g(1280, 16),
                             "hada_w2_b": _g(16, 1024), "alpha": torch.tensor(4.)}, CTX), lin),
         ("loha-ranks", LoHa("m", {"hada_w1_a": _g(1280, 16), "hada_w1_b": _g(16, 1024), "hada_w2_a": _g(1280, 4),

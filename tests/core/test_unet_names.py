@@ -21,7 +21,7 @@ from lyco_core.keymap import WeightIndex, WeightSlice, locate, resolve
 from lyco_core.layouts.base import ModulePath
 from lyco_core.layouts.lycoris import PREFIX_HINTS
 
-from .convert_fixtures import relative
+from .convert_fixtures import float32_agreement, relative
 
 LDM_ROOT = "model.diffusion_model."
 SD1 = dict(block_out_channels=(16, 16, 32, 32), layers_per_block=2, cross_attention_dim=16, attention_head_dim=8,
@@ -395,7 +395,8 @@ def test_bake_qkv_modules_into_fused_in_proj(openclip, openclip_files, tmp_path,
         assert len(expected) == len(modules) - 4 + 3 * (method == "full")
         baked = load_file(str(on_ldm))
         assert set(_changed(openclip.ldm, baked)) == set(expected)
-        assert relative(baked, expected, openclip.ldm) <= 1e-6
+        # the two paths compute the same float32 values in other orders (fused q/k/v rows, width-12 products)
+        assert relative(baked, expected, openclip.ldm) <= float32_agreement(expected, openclip.ldm, depth=12)
 
 
 @pytest.mark.parametrize("method", ["dora", "oft"])
