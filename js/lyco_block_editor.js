@@ -4,13 +4,14 @@
  * the comma-separated vector into the node's block_weights text; picking a preset writes its name; editing the
  * text by hand (or loading a workflow) reads it back into the sliders. Unreadable text is flagged, never rewritten.
  */
-import { addPanel, el, fit, getJSON, registerEditor, WidgetEditor } from "./lyco_common.js";
+import { addPanel, el, fit, getJSON, registerEditor, widen, WidgetEditor } from "./lyco_common.js";
 
 const NODE_ID = "LyCOLoadAdapterBlockWeight";
 const SET_LABELS = { sd15_17: "SD1.x ×17", sd15_26: "SD1.x ×26", sdxl_12: "SDXL ×12", sdxl_20: "SDXL ×20" };
 const ROW_HEIGHT = 21;
 const HEADER_HEIGHT = 52;
 const MIN_WIDTH = 430;
+const DEFAULT_BLOCKS = 26; // sd15_26, the set shown until the text says otherwise
 let presetsPromise = null;
 
 function loadPresets() {
@@ -43,13 +44,13 @@ function parse(text, data, currentSet) {
 }
 
 class BlockEditor extends WidgetEditor {
-  constructor(node, data) {
+  /** The panel is added (and the node sized) at once; the sliders follow when /lyco/block_presets answers. */
+  constructor(node) {
     super(node, "block_weights");
-    this.data = data;
+    this.data = null;
     this.set = "sd15_26";
-    this.values = data.block_sets[this.set].map(() => 1);
-    this.setPicker = el("select", { className: "lyco-select lyco-set" },
-      Object.keys(data.block_sets).map((s) => el("option", { value: s, textContent: SET_LABELS[s] ?? s })));
+    this.values = [];
+    this.setPicker = el("select", { className: "lyco-select lyco-set" });
     this.presetPicker = el("select", { className: "lyco-select lyco-preset" });
     this.status = el("span", { className: "lyco-muted lyco-status" });
     this.grid = el("div", { className: "lyco-grid" });
@@ -57,14 +58,30 @@ class BlockEditor extends WidgetEditor {
       el("div", { className: "lyco-row" }, [this.setPicker, this.presetPicker, this.status]),
       this.grid,
     ]);
+    this.root.dataset.state = "loading";
     this.setPicker.addEventListener("change", () => this.changeSet(this.setPicker.value));
     this.presetPicker.addEventListener("change", () => this.pickPreset(this.presetPicker.value));
     addPanel(node, "lyco_blocks", this.root, () => this.height());
-    this.readBack();
+    widen(node, MIN_WIDTH);
+    this.ready = loadPresets().then(
+      (data) => {
+        this.data = data;
+        this.setPicker.replaceChildren(...Object.keys(data.block_sets).map(
+          (s) => el("option", { value: s, textContent: SET_LABELS[s] ?? s })));
+        this.values = data.block_sets[this.set].map(() => 1);
+        this.readBack();
+      },
+      (error) => {
+        this.root.dataset.state = "error";
+        this.status.textContent = `block presets unavailable: ${error.message ?? error}`;
+        console.warn("[LyCO] block editor:", error);
+      },
+    );
   }
 
   height() {
-    return HEADER_HEIGHT + Math.ceil(this.data.block_sets[this.set].length / 2) * ROW_HEIGHT;
+    const blocks = this.data?.block_sets[this.set]?.length ?? DEFAULT_BLOCKS;
+    return HEADER_HEIGHT + Math.ceil(blocks / 2) * ROW_HEIGHT;
   }
 
   /** Rebuild the preset list and the slider rows for the current set. */
@@ -105,6 +122,7 @@ class BlockEditor extends WidgetEditor {
 
   /** The text → sliders (after a hand edit or a workflow load); unreadable text is only flagged. */
   read(text) {
+    if (!this.data) return; // read again once the presets are here
     const parsed = parse(text, this.data, this.set);
     if (parsed.error) {
       this.root.dataset.state = "invalid";
@@ -138,4 +156,4 @@ class BlockEditor extends WidgetEditor {
   }
 }
 
-registerEditor("lyco.blockEditor", NODE_ID, async (node) => new BlockEditor(node, await loadPresets()));
+registerEditor("lyco.blockEditor", NODE_ID, (node) => new BlockEditor(node));

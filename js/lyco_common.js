@@ -63,8 +63,22 @@ export function setWidgetValue(node, widget, value) {
 }
 
 /**
+ * A widget that stays in the node (its value is still saved and sent) but is never shown: the classic canvas
+ * reads `widget.hidden` and our zero layout size; the Vue renderer ("Nodes 2.0") reads `widget.options.hidden`
+ * (frontends 1.32 to 1.58). Call it while the node is created, before the Vue renderer copies the widget list.
+ */
+export function hideWidget(widget) {
+  widget.hidden = true;
+  widget.options ??= {};
+  widget.options.hidden = true;
+  widget.computeLayoutSize = () => ({ minHeight: 0, maxHeight: 0, minWidth: 0 });
+}
+
+/**
  * A DOM widget that never goes into the prompt or the saved widget values; `height()` gives its wanted height.
- * The node grows to fit whenever `fit(node)` is called after the content changed.
+ * The node grows to fit whenever `fit(node)` is called after the content changed. Classic canvas: the frontend
+ * gives the element `height()` (less its margins). Vue renderer: the element sits in the node's DOM and is as tall
+ * as its content (lyco.css keeps panels from collapsing or growing without bound there).
  */
 export function addPanel(node, name, element, height) {
   const widget = node.addDOMWidget(name, "lyco-panel", element, {
@@ -74,7 +88,30 @@ export function addPanel(node, name, element, height) {
     getMaxHeight: height,
   });
   widget.serialize = false;
+  keepPanelOrder(node, widget);
   return widget;
+}
+
+/** Our panels, top to bottom, whichever extension added its panel first. */
+const PANEL_ORDER = ["lyco_info", "lyco_blocks", "lyco_stack", "lyco_summary"];
+
+function keepPanelOrder(node, widget) {
+  const rank = (w) => PANEL_ORDER.indexOf(w.name);
+  const widgets = node.widgets;
+  const index = widgets.indexOf(widget);
+  const first = widgets.findIndex((w) => rank(w) > rank(widget));
+  if (rank(widget) < 0 || first < 0 || first > index) return;
+  widgets.splice(index, 1);
+  widgets.splice(first, 0, widget);
+}
+
+/**
+ * Make the node at least `minWidth` wide, its height unchanged. Frontend 1.32's Vue renderer takes a node's size
+ * only when the node is added to the graph (later setSize calls do not reach it; its height follows the content
+ * anyway), so editors call this synchronously while the node is created.
+ */
+export function widen(node, minWidth) {
+  if (node.size[0] < minWidth) node.setSize([minWidth, node.size[1]]);
 }
 
 /** Resize the node's height to fit its widgets, at least `minWidth` wide (a wider user width stays), and redraw. */
@@ -120,8 +157,9 @@ export class WidgetEditor {
 }
 
 /**
- * Register extension `name` giving every `nodeId` node the editor `create(node)` returns (or resolves to); the
- * editor reads the widget again when a workflow restores the node's values (no widget callback fires then).
+ * Register extension `name` giving every `nodeId` node the editor `create(node)` returns, made synchronously while
+ * the node is created (so its panel and size are there before the Vue renderer builds the node); the editor reads
+ * the widget again when a workflow restores the node's values (no widget callback fires then).
  */
 export function registerEditor(name, nodeId, create) {
   app.registerExtension({
@@ -129,9 +167,11 @@ export function registerEditor(name, nodeId, create) {
     beforeRegisterNodeDef(nodeType, nodeData) {
       if (nodeData.name !== nodeId) return;
       chain(nodeType.prototype, "onNodeCreated", function () {
-        Promise.resolve(create(this))
-          .then((editor) => (this.lycoEditor = editor))
-          .catch((error) => console.warn(`[LyCO] ${name} unavailable:`, error));
+        try {
+          this.lycoEditor = create(this);
+        } catch (error) {
+          console.warn(`[LyCO] ${name} unavailable:`, error);
+        }
       });
       chain(nodeType.prototype, "onConfigure", function () {
         this.lycoEditor?.readBack();

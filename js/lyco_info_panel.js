@@ -92,7 +92,7 @@ async function refresh(node, panel) {
   }
   panel.dataset.state = "loading";
   panel.dataset.name = name;
-  panel.dataset.nodeId = String(node.id);
+  panel.dataset.lycoNode = String(node.id); // not data-node-id: the Vue renderer marks its node elements with that
   let answer;
   try {
     answer = await getJSON(`/lyco/info?name=${encodeURIComponent(name)}`);

@@ -2,13 +2,13 @@
  * Row editor on "Adapter Stack": one row per adapter (on/off, adapter, model and clip strength, move up/down,
  * remove), "add adapter" and "toggle all". The rows live in the node's `stack` input as JSON
  * ([{name, on, strength_model, strength_clip}], validated again by the server); the text widget itself is hidden
- * and rewritten on every edit, and read back when a workflow is loaded.
+ * (in both renderers: hideWidget) and rewritten on every edit, and read back when a workflow is loaded.
  */
-import { addPanel, el, fit, getJSON, registerEditor, WidgetEditor } from "./lyco_common.js";
+import { addPanel, el, fit, getJSON, hideWidget, registerEditor, WidgetEditor } from "./lyco_common.js";
 
 const NODE_ID = "LyCOAdapterStack";
-const ROW_HEIGHT = 26;
-const CHROME_HEIGHT = 62;
+const ROW_HEIGHT = 24; // a row's min-height (lyco.css)
+const CHROME_HEIGHT = 74; // header row, button row, padding and the DOM widget's margins
 const MIN_WIDTH = 460;
 
 async function adapterNames() {
@@ -26,8 +26,7 @@ function strengthInput(value, onChange) {
 class StackEditor extends WidgetEditor {
   constructor(node) {
     super(node, "stack");
-    this.widget.hidden = true; // not drawn; and no room kept for it in the node's widget layout:
-    this.widget.computeLayoutSize = () => ({ minHeight: 0, maxHeight: 0, minWidth: 0 });
+    hideWidget(this.widget);
     this.rows = [];
     this.names = [];
     this.list = el("div", { className: "lyco-stack-rows" });
