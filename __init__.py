@@ -3,9 +3,11 @@
 Only the V3 entry point is exposed (no NODE_CLASS_MAPPINGS, which would make ComfyUI skip it). The frontend
 extension is served from js/ (WEB_DIRECTORY), registered this one way only.
 """
+
 WEB_DIRECTORY = "./js"
 
 
 async def comfy_entrypoint():
     from .nodes import LycoExtension
+
     return LycoExtension()

@@ -12,6 +12,7 @@ faulted in; the kernel's high-water mark is reset (``/proc/self/clear_refs`` ←
 the call is its peak extra memory. Faulting pages in costs time, so memory is measured in calls of its own, after
 all timing (``later`` / ``run_later``), never in a timed call.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -24,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+
 
 def _trim_malloc() -> None:
     """Return every free heap page to the system (glibc ``malloc_trim(0)``; a no-op elsewhere)."""
@@ -69,8 +71,10 @@ class MemoryProbe:
         """(peak, retained) extra bytes since ``start``; retained is measured after freeing what malloc holds."""
         if self.device.type == "cuda":
             sync(self.device)
-            return (torch.cuda.max_memory_allocated(self.device) - self.before,
-                    torch.cuda.memory_allocated(self.device) - self.before)
+            return (
+                torch.cuda.max_memory_allocated(self.device) - self.before,
+                torch.cuda.memory_allocated(self.device) - self.before,
+            )
         peak = max(0, _status_kib("VmHWM") * 1024 - self.before)
         gc.collect()
         _trim_malloc()
@@ -80,6 +84,7 @@ class MemoryProbe:
 @dataclass
 class Timings:
     """Seconds per candidate and round (rounds aligned across candidates)."""
+
     seconds: dict[str, list[float]] = field(default_factory=dict)
 
     def median(self, name: str) -> float:
@@ -96,8 +101,13 @@ def clock(device: torch.device):
     return time.thread_time if device.type == "cpu" and torch.get_num_threads() == 1 else time.perf_counter
 
 
-def rounds(candidates: dict[str, Callable[[], object]], repeats: int, warmup: int, device: torch.device,
-           before_each: Callable[[str, int], None] | None = None) -> Timings:
+def rounds(
+    candidates: dict[str, Callable[[], object]],
+    repeats: int,
+    warmup: int,
+    device: torch.device,
+    before_each: Callable[[str, int], None] | None = None,
+) -> Timings:
     """Time every candidate once per round, ``warmup`` + ``repeats`` rounds, order rotating each round;
     ``before_each(name, round)`` runs untimed before each call (e.g. to restore the weight)."""
     names = list(candidates)

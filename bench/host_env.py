@@ -6,6 +6,7 @@ ComfyUI owns top-level names (``nodes``, ``utils``, ``server``, …) and our ``n
 and the pack is imported as a package under a name of its own, so its relative imports resolve as they do when
 ComfyUI loads it from ``custom_nodes/``.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -22,10 +23,10 @@ PACKAGE = "comfyui_lyco_bench"
 
 @dataclass
 class Host:
-    root: Path            # the ComfyUI tree
-    core: ModuleType      # our lyco_core
-    host: ModuleType      # our nodes.host (LycoPatch, apply_adapter)
-    device: object        # torch.device the bench patches on
+    root: Path  # the ComfyUI tree
+    core: ModuleType  # our lyco_core
+    host: ModuleType  # our nodes.host (LycoPatch, apply_adapter)
+    device: object  # torch.device the bench patches on
 
 
 def _by_path(name: str, path: Path) -> ModuleType:
@@ -39,8 +40,9 @@ def _by_path(name: str, path: Path) -> ModuleType:
 def pack() -> ModuleType:
     """The repository imported as package ``PACKAGE`` (no sys.path entry)."""
     if PACKAGE not in sys.modules:
-        spec = importlib.util.spec_from_file_location(PACKAGE, REPO / "__init__.py",
-                                                      submodule_search_locations=[str(REPO)])
+        spec = importlib.util.spec_from_file_location(
+            PACKAGE, REPO / "__init__.py", submodule_search_locations=[str(REPO)]
+        )
         module = importlib.util.module_from_spec(spec)
         sys.modules[PACKAGE] = module
         spec.loader.exec_module(module)
@@ -66,11 +68,14 @@ def comfy(gpu: bool = False) -> Host:
     base = bootstrap.make_base_dir(Path(tempfile.mkdtemp(prefix="lyco-bench-base-")))
     bootstrap.prepare_import(root, base)
     from comfy.cli_args import args
+
     args.cpu = not gpu
     import torch
     import comfy.model_management as mm
+
     device = mm.get_torch_device()
     pack()
-    _HOST.append(Host(root=root, core=core(), host=importlib.import_module(f"{PACKAGE}.nodes.host"),
-                      device=torch.device(device)))
+    _HOST.append(
+        Host(root=root, core=core(), host=importlib.import_module(f"{PACKAGE}.nodes.host"), device=torch.device(device))
+    )
     return _HOST[0]

@@ -7,6 +7,7 @@ weight shape is converted; totals weight each shape by how many SDXL weights hav
 common shapes, covering most of the model). Quality: the relative Frobenius error of ours may exceed the optimal
 (full-SVD) error by at most 1 % (``error_excess``).
 """
+
 from __future__ import annotations
 
 import statistics
@@ -41,6 +42,7 @@ def run(env, quick: bool) -> dict:
         def call(name):
             def convert_once():
                 reports[name] = convert.to_lora(adapter, policies[name])[1]
+
             return convert_once
 
         timings = harness.rounds({name: call(name) for name in policies}, repeats, 1, torch.device("cpu"))
@@ -48,14 +50,30 @@ def run(env, quick: bool) -> dict:
         excess = errors["ours"] / errors["full_svd"] - 1 if errors["full_svd"] > 0 else 0.0
         for name in policies:
             totals[name] += counts[shape] * timings.median(name)
-        rows.append({"shape": list(shape), "count": counts[shape], "ours_s": timings.median("ours"),
-                     "full_svd_s": timings.median("full_svd"), "speedup": timings.ratio("full_svd", "ours"),
-                     "error": errors["ours"], "optimal_error": errors["full_svd"], "error_excess": excess})
-        print(f"  conversion {str(shape):20s} ×{counts[shape]:3d} speedup {rows[-1]['speedup']:.1f} "
-              f"excess {excess:.2e}", flush=True)
+        rows.append(
+            {
+                "shape": list(shape),
+                "count": counts[shape],
+                "ours_s": timings.median("ours"),
+                "full_svd_s": timings.median("full_svd"),
+                "speedup": timings.ratio("full_svd", "ours"),
+                "error": errors["ours"],
+                "optimal_error": errors["full_svd"],
+                "error_excess": excess,
+            }
+        )
+        print(
+            f"  conversion {str(shape):20s} ×{counts[shape]:3d} speedup {rows[-1]['speedup']:.1f} excess {excess:.2e}",
+            flush=True,
+        )
     covered = sum(counts[s] for s in shapes)
-    return {"rank": RANK, "shapes": rows, "weights_covered": f"{covered}/{sum(counts.values())}",
-            "sdxl_ours_s": totals["ours"], "sdxl_full_svd_s": totals["full_svd"],
-            "speedup": totals["full_svd"] / totals["ours"],
-            "median_speedup": statistics.median(r["speedup"] for r in rows),
-            "max_error_excess": max(r["error_excess"] for r in rows)}
+    return {
+        "rank": RANK,
+        "shapes": rows,
+        "weights_covered": f"{covered}/{sum(counts.values())}",
+        "sdxl_ours_s": totals["ours"],
+        "sdxl_full_svd_s": totals["full_svd"],
+        "speedup": totals["full_svd"] / totals["ours"],
+        "median_speedup": statistics.median(r["speedup"] for r in rows),
+        "max_error_excess": max(r["error_excess"] for r in rows),
+    }

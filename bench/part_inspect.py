@@ -4,6 +4,7 @@ Ours: ``load_adapter(path, header_only=True).summary()`` (names, shapes, dtypes 
 header). Reference: reading the whole file (``safetensors.torch.load_file``, what any tensor-reading inspection —
 ComfyUI's ``load_torch_file`` included — has to do first). Target: ≤ 0.2 s.
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -42,10 +43,17 @@ def run(env, quick: bool) -> dict:
         def ours():
             summary["value"] = core.load_adapter(path, header_only=True).summary()
 
-        timings = harness.rounds({"ours": ours, "full_read": lambda: load_file(str(path))}, 3 if quick else 7, 1,
-                                 torch.device("cpu"))
+        timings = harness.rounds(
+            {"ours": ours, "full_read": lambda: load_file(str(path))}, 3 if quick else 7, 1, torch.device("cpu")
+        )
         size = path.stat().st_size
     assert summary["value"]["modules"] == MODULES
-    return {"modules": MODULES, "tensors": keys, "file_mb": size / 1e6, "header_only_s": timings.median("ours"),
-            "full_read_s": timings.median("full_read"), "ratio": timings.ratio("ours", "full_read"),
-            "target_met": timings.median("ours") <= 0.2}
+    return {
+        "modules": MODULES,
+        "tensors": keys,
+        "file_mb": size / 1e6,
+        "header_only_s": timings.median("ours"),
+        "full_read_s": timings.median("full_read"),
+        "ratio": timings.ratio("ours", "full_read"),
+        "target_met": timings.median("ours") <= 0.2,
+    }

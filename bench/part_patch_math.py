@@ -13,6 +13,7 @@ sides alike), so nothing is served from a cache (a cold patch); in the low-VRAM 
 the forwards of a sampling run (our OFT/BOFT rotation cache is warm; ComfyUI's adapters cache nothing). Peak
 memory: extra bytes during one call, in units of the float32 weight size.
 """
+
 from __future__ import annotations
 
 import logging
@@ -39,6 +40,7 @@ def _patches(env, method: str, shape, gen):
     adapter = env.core.adapter_from_tensors(tensors, file="bench")
     ours = env.host.LycoPatch.of(adapter.modules[MODULE])
     import comfy.lora
+
     native = comfy.lora.load_lora(tensors, {MODULE: KEY}, log_missing=False)[KEY]
     return ours, native
 
@@ -53,16 +55,21 @@ def _setup(env, shape, mode):
 
 def _call(patch, weight, mode, strength):
     import comfy.lora
-    return lambda: comfy.lora.calculate_weight([(strength[0], patch, 1.0, None, None)], weight, KEY,
-                                               intermediate_dtype=MODES[mode])
+
+    return lambda: comfy.lora.calculate_weight(
+        [(strength[0], patch, 1.0, None, None)], weight, KEY, intermediate_dtype=MODES[mode]
+    )
 
 
 def _case(env, method, shape, mode, ours, native, repeats, warmup):
     device = env.device
     pristine, weight, delta = _setup(env, shape, mode)
     strength = [0.8]
-    candidates = {"ours": _call(ours, weight, mode, strength), "native": _call(native, weight, mode, strength),
-                  "floor": lambda: weight.add_(delta)}
+    candidates = {
+        "ours": _call(ours, weight, mode, strength),
+        "native": _call(native, weight, mode, strength),
+        "floor": lambda: weight.add_(delta),
+    }
 
     def reset(name, index):
         weight.copy_(pristine)
@@ -77,12 +84,18 @@ def _case(env, method, shape, mode, ours, native, repeats, warmup):
     candidates["ours"]()
     native_failed = bool(errors)
     changed = (weight.float() - pristine.float()).abs().max().item()
-    row = {"method": method, "shape": list(shape), "mode": mode,
-           "ours_ms": timings.median("ours") * 1e3, "native_ms": timings.median("native") * 1e3,
-           "floor_ms": timings.median("floor") * 1e3, "floor_ratio": timings.ratio("ours", "floor"),
-           "native_failed": native_failed,
-           "vs_native_maxdiff_rel": (weight.float() - native_out).abs().max().item() / max(changed, 1e-30),
-           "ratio": None if native_failed else timings.ratio("ours", "native")}
+    row = {
+        "method": method,
+        "shape": list(shape),
+        "mode": mode,
+        "ours_ms": timings.median("ours") * 1e3,
+        "native_ms": timings.median("native") * 1e3,
+        "floor_ms": timings.median("floor") * 1e3,
+        "floor_ratio": timings.ratio("ours", "floor"),
+        "native_failed": native_failed,
+        "vs_native_maxdiff_rel": (weight.float() - native_out).abs().max().item() / max(changed, 1e-30),
+        "ratio": None if native_failed else timings.ratio("ours", "native"),
+    }
     harness.later(lambda: _memory(env, row, ours, native))
     return row
 
@@ -94,8 +107,9 @@ def _memory(env, row, ours, native):
         with harness.logged_errors():
             peak, _ = harness.measure(_call(patch, weight, row["mode"], [0.8]), env.device)
         row[f"{name}_peak_w"] = peak / (weight.numel() * 4)
-    row["peak_mem_ratio"] = (None if row["native_failed"] or not row["native_peak_w"]
-                             else row["ours_peak_w"] / row["native_peak_w"])
+    row["peak_mem_ratio"] = (
+        None if row["native_failed"] or not row["native_peak_w"] else row["ours_peak_w"] / row["native_peak_w"]
+    )
 
 
 def run(env, quick: bool) -> dict:
@@ -111,8 +125,11 @@ def run(env, quick: bool) -> dict:
                 continue
             for mode in MODES:
                 cases.append(_case(env, method, shape, mode, *patches, repeats, warmup))
-                print(f"  patch_math {method:13s} {str(shape):22s} {mode:13s} ratio "
-                      f"{_fmt(cases[-1]['ratio'])} floor {cases[-1]['floor_ratio']:.2f}", flush=True)
+                print(
+                    f"  patch_math {method:13s} {str(shape):22s} {mode:13s} ratio "
+                    f"{_fmt(cases[-1]['ratio'])} floor {cases[-1]['floor_ratio']:.2f}",
+                    flush=True,
+                )
     return {"cases": cases}
 
 

@@ -8,6 +8,7 @@ times that whole sequence per call for the same file tensors as ``part_patch_mat
 compute dtypes, strength 0.8 as over a sampling run), so the rebuild, the staging copy and the math all count.
 Hosts without the prefetch (0.3.75) report the part as skipped.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -30,6 +31,7 @@ def _sequence(lowvram_patch, pristine, device):
         lowvram_patch.prepare(buffer, None, copy=True, commit=False)
         lowvram_patch(pristine.clone())
         lowvram_patch.clear_prepared()
+
     return call
 
 
@@ -48,8 +50,7 @@ def run(env, quick: bool) -> dict:
             if patches is None:
                 continue
             for mode, dtype in MODES.items():
-                pristine = (torch.randn(shape, generator=torch.Generator().manual_seed(1)) * 0.05).to(env.device,
-                                                                                                        dtype)
+                pristine = (torch.randn(shape, generator=torch.Generator().manual_seed(1)) * 0.05).to(env.device, dtype)
                 calls = {}
                 for name, patch in zip(("ours", "native"), patches):
                     table = {math_part.KEY: [(0.8, patch, 1.0, None, None)]}
@@ -58,16 +59,28 @@ def run(env, quick: bool) -> dict:
                     calls["native"]()
                 timings = harness.rounds(calls, repeats, warmup, env.device)
                 failed = bool(errors)
-                cases.append({"method": method, "shape": list(shape), "mode": mode, "native_failed": failed,
-                              "ours_ms": timings.median("ours") * 1e3, "native_ms": timings.median("native") * 1e3,
-                              "ratio": None if failed else timings.ratio("ours", "native")})
-                print(f"  prefetch {method:13s} {str(shape):22s} {mode}  ratio "
-                      f"{math_part._fmt(cases[-1]['ratio'])}", flush=True)
+                cases.append(
+                    {
+                        "method": method,
+                        "shape": list(shape),
+                        "mode": mode,
+                        "native_failed": failed,
+                        "ours_ms": timings.median("ours") * 1e3,
+                        "native_ms": timings.median("native") * 1e3,
+                        "ratio": None if failed else timings.ratio("ours", "native"),
+                    }
+                )
+                print(
+                    f"  prefetch {method:13s} {str(shape):22s} {mode}  ratio {math_part._fmt(cases[-1]['ratio'])}",
+                    flush=True,
+                )
     summary = {}
     for method in synth.METHODS:
         measured = [c["ratio"] for c in cases if c["method"] == method and c["ratio"] is not None]
-        summary[method] = {"ratio": statistics.median(measured) if measured else None,
-                           "worst_ratio": max(measured) if measured else None,
-                           "native_failed_cases": sum(c["native_failed"] for c in cases if c["method"] == method),
-                           "cases": sum(c["method"] == method for c in cases)}
+        summary[method] = {
+            "ratio": statistics.median(measured) if measured else None,
+            "worst_ratio": max(measured) if measured else None,
+            "native_failed_cases": sum(c["native_failed"] for c in cases if c["method"] == method),
+            "cases": sum(c["method"] == method for c in cases),
+        }
     return {"cases": cases, "methods": summary}

@@ -2,6 +2,7 @@
 LoHa, LoKr and OFT at rank 8 on the tiny SD1.5 checkpoint. ``speed_ratio`` is ours ÷ native steps/s (≥ 1 is
 faster), ``peak_mem_ratio`` ours ÷ native peak memory; both also per method.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -14,7 +15,10 @@ def run(env, quick: bool) -> dict:
     methods = {m: results[m] for m in train_bench.METHODS}
     for row in methods.values():
         row["peak_mem_ratio"] = row["ours_peak_mib"] / max(row["native_peak_mib"], 1e-6)
-    return {"speed_ratio": statistics.median(r["ratio"] for r in methods.values()),
-            "worst_speed_ratio": min(r["ratio"] for r in methods.values()),
-            "peak_mem_ratio": statistics.median(r["peak_mem_ratio"] for r in methods.values()),
-            "methods": methods, "setup": results["environment"]}
+    return {
+        "speed_ratio": statistics.median(r["ratio"] for r in methods.values()),
+        "worst_speed_ratio": min(r["ratio"] for r in methods.values()),
+        "peak_mem_ratio": statistics.median(r["peak_mem_ratio"] for r in methods.values()),
+        "methods": methods,
+        "setup": results["environment"],
+    }

@@ -7,12 +7,14 @@ step (``patch_model(lowvram_model_memory=1)``: every patched layer recomputes it
 (cond + uncond), interleaved with the same step without an adapter (``plain``: the casts and the layer math alone,
 so ``lowvram_step_bound`` = plain ÷ native is the best step ratio any patch could reach). The low-VRAM *pass* is
 that step without the layer math: every layer both patch (less those whose native patch fails) cast to the compute
-dtype and its weight functions run, as ``comfy.ops`` does per forward; ``cast_pass_s`` is the casts alone. Layers whose native adapter fails (it
-logs an error and leaves the layer unpatched) are counted. Memory (measured after all timing):
+dtype and its weight functions run, as ``comfy.ops`` does per forward; ``cast_pass_s`` is the casts alone. Layers
+whose native adapter fails (it logs an error and leaves the layer unpatched) are counted. Memory (measured after all
+timing):
 peak and retained extra bytes of ``patch_model``; ``transient`` = peak − retained (the patched weights ComfyUI keeps
 are the same size on both sides). Bypass: LoRA r32 on every layer, one step bypassed vs merged (full load), and
 the cost of loading each.
 """
+
 from __future__ import annotations
 
 import logging
@@ -103,15 +105,18 @@ def _patched_layers(loaded: "_Loaded", dtype) -> list[str]:
 
 def run(env, quick: bool) -> dict:
     import comfy.sd
+
     logging.getLogger().setLevel(logging.CRITICAL)  # native adapters log (and swallow) failures per layer
     device = env.device
     repeats, warmup = (1, 1) if quick else (3, 1)  # a warm-up round always: the first patch pays page faults
     patcher, shapes = unets.build_sd15(device)
     params = sum(p.numel() for p in patcher.model.diffusion_model.parameters())
     inputs = unets.step_inputs(device, 8 if quick else 32)
-    results = {"model": f"SD1.5 UNet {params / 1e6:.0f} M params fp16 (float32 compute), {len(shapes)} Linear/Conv "
-                        f"weights, step latent {inputs[0].shape[-1]}² batch {inputs[0].shape[0]}",
-               "methods": {}}
+    results = {
+        "model": f"SD1.5 UNet {params / 1e6:.0f} M params fp16 (float32 compute), {len(shapes)} Linear/Conv "
+        f"weights, step latent {inputs[0].shape[-1]}² batch {inputs[0].shape[0]}",
+        "methods": {},
+    }
     compute_dtype = inputs[0].dtype
     for method in synth.METHODS:
         tensors = synth.adapter_file_tensors(method, shapes)
@@ -126,22 +131,28 @@ def run(env, quick: bool) -> dict:
         step = stepping.time_steps(inputs, repeats, 0 if quick else warmup, lowvram=1)
         passes = stepping.time_lowvram_passes(layers, compute_dtype, repeats, warmup)
         row = results["methods"][method] = {
-            "weights": len(coverage.unet), "native_failed_weights": len(errors) // (repeats + warmup),
-            "ours_s": patching.median("ours"), "native_s": patching.median("native"),
+            "weights": len(coverage.unet),
+            "native_failed_weights": len(errors) // (repeats + warmup),
+            "ours_s": patching.median("ours"),
+            "native_s": patching.median("native"),
             "patch_ratio": patching.ratio("ours", "native"),
-            "ours_step_s": step.median("ours"), "native_step_s": step.median("native"),
+            "ours_step_s": step.median("ours"),
+            "native_step_s": step.median("native"),
             "plain_step_s": step.median("plain"),
             "lowvram_step_ratio": step.ratio("ours", "native"),
             "lowvram_step_bound": step.ratio("plain", "native"),
             "lowvram_layers": len(layers),
-            "ours_pass_s": passes.median("ours"), "native_pass_s": passes.median("native"),
+            "ours_pass_s": passes.median("ours"),
+            "native_pass_s": passes.median("native"),
             "cast_pass_s": passes.median("plain"),
             "lowvram_pass_ratio": passes.ratio("ours", "native"),
         }
         harness.later(lambda loaded=loaded, row=row: loaded.memory(row))
-        print(f"  whole_model {method:13s} patch {row['patch_ratio']:.2f} step {row['lowvram_step_ratio']:.2f} "
-              f"(no adapter {row['lowvram_step_bound']:.2f}) low-VRAM pass {row['lowvram_pass_ratio']:.2f}",
-              flush=True)
+        print(
+            f"  whole_model {method:13s} patch {row['patch_ratio']:.2f} step {row['lowvram_step_ratio']:.2f} "
+            f"(no adapter {row['lowvram_step_bound']:.2f}) low-VRAM pass {row['lowvram_pass_ratio']:.2f}",
+            flush=True,
+        )
     results["bypass"] = _bypass(env, patcher, shapes, inputs, repeats, warmup)
     return results
 
@@ -150,9 +161,14 @@ def _bypass(env, patcher, shapes, inputs, repeats, warmup) -> dict:
     """LoRA r32 on every layer: a step with the adapter bypassed vs merged (full load), and loading each."""
     bypass = __import__(f"{env.host.__name__.rsplit('.', 1)[0]}.bypass", fromlist=["apply_bypass"])
     adapter = env.core.adapter_from_tensors(synth.adapter_file_tensors("lora", shapes), file="bench-bypass")
-    loaded = _Loaded(env.device, {"bypass": bypass.apply_bypass(adapter, patcher, None, 0.8, 0.0)[0],
-                                  "merged": env.host.apply_adapter(adapter, patcher, None, 0.8, 0.0)[0],
-                                  "plain": patcher})
+    loaded = _Loaded(
+        env.device,
+        {
+            "bypass": bypass.apply_bypass(adapter, patcher, None, 0.8, 0.0)[0],
+            "merged": env.host.apply_adapter(adapter, patcher, None, 0.8, 0.0)[0],
+            "plain": patcher,
+        },
+    )
     loading = loaded.time_patching(repeats, warmup)
     forward = loaded.time_steps(inputs, repeats, warmup)
     outputs = {}
@@ -161,11 +177,17 @@ def _bypass(env, patcher, shapes, inputs, repeats, warmup) -> dict:
         outputs[name] = _step(loaded.patchers[name], inputs)
     loaded.unpatch()
     diff = (outputs["bypass"] - outputs["merged"]).abs().max() / outputs["merged"].abs().max()
-    row = {"forward_ratio": forward.ratio("bypass", "merged"), "vs_plain_forward_ratio": forward.ratio("bypass", "plain"),
-           "bypass_step_s": forward.median("bypass"), "merged_step_s": forward.median("merged"),
-           "load_ratio": loading.ratio("bypass", "merged"), "bypass_load_s": loading.median("bypass"),
-           "merged_load_s": loading.median("merged"), "max_rel_diff": float(diff),
-           "note": "weights stored fp16: merging rounds W' to fp16, bypass does not (fp32 exactness: tests)"}
+    row = {
+        "forward_ratio": forward.ratio("bypass", "merged"),
+        "vs_plain_forward_ratio": forward.ratio("bypass", "plain"),
+        "bypass_step_s": forward.median("bypass"),
+        "merged_step_s": forward.median("merged"),
+        "load_ratio": loading.ratio("bypass", "merged"),
+        "bypass_load_s": loading.median("bypass"),
+        "merged_load_s": loading.median("merged"),
+        "max_rel_diff": float(diff),
+        "note": "weights stored fp16: merging rounds W' to fp16, bypass does not (fp32 exactness: tests)",
+    }
     harness.later(lambda: loaded.memory(row, "load_"))
     return row
 

@@ -1,11 +1,13 @@
 """Run the bench: ``python bench/run.py [--quick] [--json PATH] [--parts a,b] [--gpu]``.
 
 Parts (each a ``part_*.py`` with ``run(env, quick) -> dict``): patch_math, prefetch (dynamic VRAM, 0.33+),
-whole_model, inspect, conversion, training. Every figure is a ratio ours ÷ reference measured in this process (medians of interleaved rounds after
-warm-up, see harness.py); memory is measured after all timing. Prints a table and writes all figures as JSON
+whole_model, inspect, conversion, training. Every figure is a ratio ours ÷ reference measured in this process
+(medians of interleaved rounds after warm-up, see harness.py); memory is measured after all timing. Prints a table
+and writes all figures as JSON
 (default ``bench/results/bench.json``).
 ComfyUI is found as the host tests find it (``$COMFYUI_PATH`` or the cached 0.3.75 tree, fetched on first use).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,22 +31,33 @@ def main(argv=None) -> int:
     parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "bench.json")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {', '.join(PARTS)}")
     parser.add_argument("--gpu", action="store_true", help="let ComfyUI use its GPU (default: CPU)")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch CPU threads (1 = time by thread CPU time, robust on a shared machine)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch CPU threads (1 = time by thread CPU time, robust on a shared machine)",
+    )
     args = parser.parse_args(argv)
     parts = [p for p in args.parts.split(",") if p]
     unknown = set(parts) - set(PARTS)
     if unknown:
         parser.error(f"unknown parts: {', '.join(sorted(unknown))}")
     import torch
+
     if args.threads:
         torch.set_num_threads(args.threads)
     env = host_env.comfy(args.gpu) if NEEDS_COMFY & set(parts) else None
-    results = {"environment": {"python": platform.python_version(), "torch": torch.__version__,
-                               "threads": torch.get_num_threads(), "quick": args.quick,
-                               "clock": harness.clock(torch.device("cpu")).__name__ if not args.gpu else "wall",
-                               "device": str(env.device) if env else "cpu",
-                               "comfyui": str(env.root.name) if env else None}}
+    results = {
+        "environment": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "quick": args.quick,
+            "clock": harness.clock(torch.device("cpu")).__name__ if not args.gpu else "wall",
+            "device": str(env.device) if env else "cpu",
+            "comfyui": str(env.root.name) if env else None,
+        }
+    }
     for part in PARTS:
         if part not in parts:
             continue

@@ -7,6 +7,7 @@ Methods and their settings (the issue's): ``lora`` r32 (LoCon on conv), ``locon_
 values, is what is measured), stored as ``FILE_DTYPE`` fp16 like the files people share (kohya's and LyCORIS'
 default save precision); scalars (alpha) float32.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -45,9 +46,11 @@ def module_tensors(method: str, shape: tuple[int, ...], gen: torch.Generator) ->
         if tucker and spatial == 1:
             return None
         ones = (1,) * len(kernel)
-        tensors = {"lora_up.weight": normal(out, rank, *ones),
-                   "lora_down.weight": normal(rank, inp, *(ones if tucker else kernel)),
-                   "alpha": torch.tensor(16.0)}
+        tensors = {
+            "lora_up.weight": normal(out, rank, *ones),
+            "lora_down.weight": normal(rank, inp, *(ones if tucker else kernel)),
+            "alpha": torch.tensor(16.0),
+        }
         if tucker:
             tensors["lora_mid.weight"] = normal(rank, rank, *kernel)
         if method == "dora":
@@ -55,8 +58,13 @@ def module_tensors(method: str, shape: tuple[int, ...], gen: torch.Generator) ->
         return tensors
     if method == "loha":
         rank = 16
-        return {"hada_w1_a": normal(out, rank), "hada_w1_b": normal(rank, inp * spatial),
-                "hada_w2_a": normal(out, rank), "hada_w2_b": normal(rank, inp * spatial), "alpha": torch.tensor(8.0)}
+        return {
+            "hada_w1_a": normal(out, rank),
+            "hada_w1_b": normal(rank, inp * spatial),
+            "hada_w2_a": normal(out, rank),
+            "hada_w2_b": normal(rank, inp * spatial),
+            "alpha": torch.tensor(8.0),
+        }
     if method == "lokr":
         rank = 16
         (a, b), (c, d) = factorization(out, 8), factorization(inp, 8)

@@ -12,6 +12,7 @@ loading and setup cancel out; rounds alternate the two trainers and the median i
 extra resident (CPU) or allocated (CUDA) memory of the ``--steps`` run over what was live before it (harness.py).
 ``measure()`` returns the figures for ``bench/run.py``'s training part.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -74,15 +75,38 @@ def measure(steps: int = 6, rounds: int = 3, rank: int = 8, dtype: str = "fp32",
 
     def run_ours(method, n):
         node_id, fields = METHODS[method]
-        options = dict(shared, steps=n, grad_accumulation=1, text_encoder_lr=0.0, scheduler="constant",
-                       warmup_steps=0, training_dtype=dtype, checkpoint_every=0, name=f"bench_{method}")
-        ours.execute(model=[model], config=[_config(config_nodes[node_id], fields(rank))], latents=latents,
-                     positive=positive, **{k: [v] for k, v in options.items()})
+        options = dict(
+            shared,
+            steps=n,
+            grad_accumulation=1,
+            text_encoder_lr=0.0,
+            scheduler="constant",
+            warmup_steps=0,
+            training_dtype=dtype,
+            checkpoint_every=0,
+            name=f"bench_{method}",
+        )
+        ours.execute(
+            model=[model],
+            config=[_config(config_nodes[node_id], fields(rank))],
+            latents=latents,
+            positive=positive,
+            **{k: [v] for k, v in options.items()},
+        )
 
     def run_native(method, n):
-        options = dict(_native_defaults(native), **shared, steps=n, grad_accumulation_steps=1, rank=rank,
-                       loss_function="MSE", training_dtype=dtype, lora_dtype="fp32", algorithm=method,
-                       existing_lora="[None]")
+        options = dict(
+            _native_defaults(native),
+            **shared,
+            steps=n,
+            grad_accumulation_steps=1,
+            rank=rank,
+            loss_function="MSE",
+            training_dtype=dtype,
+            lora_dtype="fp32",
+            algorithm=method,
+            existing_lora="[None]",
+        )
         native.execute(model=[model], latents=latents, positive=positive, **{k: [v] for k, v in options.items()})
 
     trainers = {"ours": run_ours, "native": run_native}
@@ -104,23 +128,37 @@ def measure(steps: int = 6, rounds: int = 3, rank: int = 8, dtype: str = "fp32",
                 peaks[name].append(probe.stop()[0])
                 rates[name].append((steps - 1) / max(many - one, 1e-9))
         ours_rate, native_rate = statistics.median(rates["ours"]), statistics.median(rates["native"])
-        results[method] = {"ours_steps_per_s": ours_rate, "native_steps_per_s": native_rate,
-                           "ratio": ours_rate / native_rate,
-                           "ours_peak_mib": statistics.median(peaks["ours"]) / 2 ** 20,
-                           "native_peak_mib": statistics.median(peaks["native"]) / 2 ** 20}
+        results[method] = {
+            "ours_steps_per_s": ours_rate,
+            "native_steps_per_s": native_rate,
+            "ratio": ours_rate / native_rate,
+            "ours_peak_mib": statistics.median(peaks["ours"]) / 2**20,
+            "native_peak_mib": statistics.median(peaks["native"]) / 2**20,
+        }
     import torch
-    results["environment"] = {"device": str(env.device), "threads": torch.get_num_threads(), "dtype": dtype,
-                              "rank": rank, "steps": steps, "rounds": rounds}
+
+    results["environment"] = {
+        "device": str(env.device),
+        "threads": torch.get_num_threads(),
+        "dtype": dtype,
+        "rank": rank,
+        "steps": steps,
+        "rounds": rounds,
+    }
     return results
 
 
 def table(results: dict) -> str:
-    lines = ["| method | LyCOTrain steps/s | TrainLoraNode steps/s | ratio | LyCOTrain peak MiB | native peak MiB |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| method | LyCOTrain steps/s | TrainLoraNode steps/s | ratio | LyCOTrain peak MiB | native peak MiB |",
+        "|---|---|---|---|---|---|",
+    ]
     for method in METHODS:
         r = results[method]
-        lines.append(f"| {method} | {r['ours_steps_per_s']:.2f} | {r['native_steps_per_s']:.2f} | {r['ratio']:.2f}× "
-                     f"| {r['ours_peak_mib']:.0f} | {r['native_peak_mib']:.0f} |")
+        lines.append(
+            f"| {method} | {r['ours_steps_per_s']:.2f} | {r['native_steps_per_s']:.2f} | {r['ratio']:.2f}× "
+            f"| {r['ours_peak_mib']:.0f} | {r['native_peak_mib']:.0f} |"
+        )
     return "\n".join(lines)
 
 
@@ -135,6 +173,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     import torch
+
     if args.threads:
         torch.set_num_threads(args.threads)
     results = measure(args.steps, args.rounds, args.rank, args.dtype, args.gpu)

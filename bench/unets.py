@@ -4,22 +4,42 @@ SD1.5: ``supported_models.SD15`` with the standard SD1.5 UNet config (~860 M par
 in float32 (ComfyUI's manual cast, as on a CPU), wrapped in a ``ModelPatcher`` whose load and offload device is the
 bench device. SDXL: ``supported_models.SDXL`` built on the meta device, only to count its Linear/Conv weight shapes.
 """
+
 from __future__ import annotations
 
 import torch
 
 UNET_CONFIG = {
-    "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True, "legacy": False,
-    "adm_in_channels": None, "in_channels": 4, "model_channels": 320, "num_res_blocks": [2, 2, 2, 2],
-    "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0], "channel_mult": [1, 2, 4, 4], "transformer_depth_middle": 1,
-    "use_linear_in_transformer": False, "context_dim": 768, "num_heads": 8,
+    "use_checkpoint": False,
+    "image_size": 32,
+    "out_channels": 4,
+    "use_spatial_transformer": True,
+    "legacy": False,
+    "adm_in_channels": None,
+    "in_channels": 4,
+    "model_channels": 320,
+    "num_res_blocks": [2, 2, 2, 2],
+    "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
+    "channel_mult": [1, 2, 4, 4],
+    "transformer_depth_middle": 1,
+    "use_linear_in_transformer": False,
+    "context_dim": 768,
+    "num_heads": 8,
     "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
-    "use_temporal_attention": False, "use_temporal_resblock": False,
+    "use_temporal_attention": False,
+    "use_temporal_resblock": False,
 }
 SDXL_CONFIG = {
-    **UNET_CONFIG, "num_classes": "sequential", "adm_in_channels": 2816, "num_res_blocks": [2, 2, 2],
-    "transformer_depth": [0, 0, 2, 2, 10, 10], "channel_mult": [1, 2, 4], "transformer_depth_middle": 10,
-    "use_linear_in_transformer": True, "context_dim": 2048, "num_head_channels": 64,
+    **UNET_CONFIG,
+    "num_classes": "sequential",
+    "adm_in_channels": 2816,
+    "num_res_blocks": [2, 2, 2],
+    "transformer_depth": [0, 0, 2, 2, 10, 10],
+    "channel_mult": [1, 2, 4],
+    "transformer_depth_middle": 10,
+    "use_linear_in_transformer": True,
+    "context_dim": 2048,
+    "num_head_channels": 64,
     "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10],
 }
 del SDXL_CONFIG["num_heads"]
@@ -52,7 +72,7 @@ def build_sd15(device: torch.device, seed: int = 0):
     with torch.no_grad():
         for key, param in model.diffusion_model.named_parameters():
             fan_in = param[0].numel() if param.ndim > 1 else 1
-            param.normal_(0.0, fan_in ** -0.5 if param.ndim > 1 else 0.02, generator=gen)
+            param.normal_(0.0, fan_in**-0.5 if param.ndim > 1 else 0.02, generator=gen)
             if param.ndim in (2, 4) and key.endswith(".weight"):
                 shapes["lora_unet_" + key[: -len(".weight")].replace(".", "_")] = tuple(param.shape)
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=device)

@@ -4,6 +4,7 @@ Flow: io reads tensors and metadata → layouts.split_key names module and param
 the naming convention and each module's scale context → the algorithm registry claims each module → ``patch``
 matches modules to weight keys (keymap) and applies each module's own law at the given strength.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,13 +38,17 @@ def _resolve_paths(path: Path) -> tuple[Path, Path | None]:
             if (path / name).is_file():
                 config = path / CONFIG_NAME
                 return path / name, config if config.is_file() else None
-        raise AdapterError("folder holds no adapter_model.safetensors", file=str(path),
-                           expected="a PEFT adapter folder (adapter_model.safetensors + adapter_config.json)")
+        raise AdapterError(
+            "folder holds no adapter_model.safetensors",
+            file=str(path),
+            expected="a PEFT adapter folder (adapter_model.safetensors + adapter_config.json)",
+        )
     if not path.is_file():
         raise AdapterError("no such file", file=str(path))
     if path.suffix.lower() not in SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES:
-        raise AdapterError(f"unsupported file type '{path.suffix}'", file=str(path),
-                           expected="a .safetensors file or a PEFT folder")
+        raise AdapterError(
+            f"unsupported file type '{path.suffix}'", file=str(path), expected="a .safetensors file or a PEFT folder"
+        )
     config = path.parent / CONFIG_NAME
     return path, config if config.is_file() else None
 
@@ -72,8 +77,16 @@ class Adapter:
     the file's tensors under canonical parameter names)}, ``metadata``, ``config`` (PEFT), ``unknown_keys`` (tensor
     keys no algorithm reads — reported, never silently dropped)."""
 
-    def __init__(self, path: str, layout: str, modules: dict[str, AdapterModule], metadata: dict[str, str],
-                 unknown_keys: list[str], layout_obj, config: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        path: str,
+        layout: str,
+        modules: dict[str, AdapterModule],
+        metadata: dict[str, str],
+        unknown_keys: list[str],
+        layout_obj,
+        config: dict[str, Any] | None = None,
+    ):
         self.path, self.layout, self.modules, self.metadata = path, layout, modules, metadata
         self.unknown_keys = unknown_keys
         self.config = config  # the PEFT adapter_config.json, when the file came with one
@@ -114,8 +127,13 @@ class Adapter:
         return report
 
     # --- applying ------------------------------------------------------------------------------------------------
-    def patch(self, weights: dict[str, torch.Tensor], strength: float = 1.0,
-              key_map: dict[str, str] | None = None, progress=None) -> dict[str, torch.Tensor]:
+    def patch(
+        self,
+        weights: dict[str, torch.Tensor],
+        strength: float = 1.0,
+        key_map: dict[str, str] | None = None,
+        progress=None,
+    ) -> dict[str, torch.Tensor]:
         """New tensors (same shape and dtype) for every weight/bias key the adapter changes; inputs untouched.
 
         Each module applies its own strength law (see the algorithm files). A module matched to part of a weight
@@ -126,13 +144,17 @@ class Adapter:
         ``progress(done, total)`` is called after each module and may raise to stop.
         """
         if any(p.is_meta for m in self.modules.values() for p in m.params.values()):
-            raise AdapterError("this Adapter was read header-only; load it again with header_only=False to patch",
-                               file=self.path)
+            raise AdapterError(
+                "this Adapter was read header-only; load it again with header_only=False to patch", file=self.path
+            )
         report = self.match(weights.keys(), key_map)
         if not report.matched:
             reasons = "; ".join(f"{n}: {r}" for n, r in list(report.unmatched.items())[:3])
-            raise AdapterError(f"no module matches any weight of the model ({reasons})", file=self.path,
-                               expected="weights of the model this adapter was made for")
+            raise AdapterError(
+                f"no module matches any weight of the model ({reasons})",
+                file=self.path,
+                expected="weights of the model this adapter was made for",
+            )
         if report.unmatched:
             log.warning("%s: %s; unmatched: %s", self.path, report.line(), ", ".join(list(report.unmatched)[:10]))
         if strength == 0:
@@ -165,12 +187,16 @@ class Adapter:
         ranks = [m["rank"] for m in modules.values() if m["rank"] is not None]
         alphas = [m["alpha"] for m in modules.values() if m["alpha"] is not None]
         return {
-            "file": self.path, "layout": self.layout, "modules": len(self.modules),
+            "file": self.path,
+            "layout": self.layout,
+            "modules": len(self.modules),
             "methods": self.method_counts(),
             "rank_range": [min(ranks), max(ranks)] if ranks else None,
             "alpha_range": [min(alphas), max(alphas)] if alphas else None,
-            "dora": sum(m["dora"] for m in modules.values()), "tucker": sum(m["tucker"] for m in modules.values()),
-            "unknown_keys": list(self.unknown_keys), "metadata": highlights(self.metadata),
+            "dora": sum(m["dora"] for m in modules.values()),
+            "tucker": sum(m["tucker"] for m in modules.values()),
+            "unknown_keys": list(self.unknown_keys),
+            "metadata": highlights(self.metadata),
             "per_module": modules,
         }
 
@@ -190,8 +216,12 @@ def load_adapter(path: str | os.PathLike, *, header_only: bool = False) -> Adapt
     return adapter_from_tensors(tensors, metadata, config, str(tensor_path))
 
 
-def adapter_from_tensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None,
-                         config: dict[str, Any] | None = None, file: str = "<memory>") -> Adapter:
+def adapter_from_tensors(
+    tensors: dict[str, torch.Tensor],
+    metadata: dict[str, str] | None = None,
+    config: dict[str, Any] | None = None,
+    file: str = "<memory>",
+) -> Adapter:
     """An Adapter from in-memory tensors (file keys), metadata and an optional PEFT config — what converters and
     the trainer produce before anything is written. ``file`` names it in errors and reports."""
     metadata = dict(metadata or {})
@@ -223,13 +253,19 @@ def adapter_from_tensors(tensors: dict[str, torch.Tensor], metadata: dict[str, s
         except AdapterError as exc:
             raise exc.located(file=file, module=name) from None
     if not modules:
-        raise AdapterError(f"no adapter module recognised among {len(tensors)} tensors "
-                           f"(e.g. {', '.join(sorted(tensors)[:3])})", file=file,
-                           expected="LoRA/LoHa/LoKr/OFT/BOFT/GLoRA/IA3/full/norm tensor names")
+        raise AdapterError(
+            f"no adapter module recognised among {len(tensors)} tensors (e.g. {', '.join(sorted(tensors)[:3])})",
+            file=file,
+            expected="LoRA/LoHa/LoKr/OFT/BOFT/GLoRA/IA3/full/norm tensor names",
+        )
     full_metadata = dict(metadata)
     if config is not None:
         full_metadata.update({f"peft.{k}": json.dumps(v) if not isinstance(v, str) else v for k, v in config.items()})
     if unknown:
-        log.warning("%s: %d tensor keys belong to no known adapter method: %s", file, len(unknown),
-                    ", ".join(sorted(unknown)[:5]))
+        log.warning(
+            "%s: %d tensor keys belong to no known adapter method: %s",
+            file,
+            len(unknown),
+            ", ".join(sorted(unknown)[:5]),
+        )
     return Adapter(file, layout_cls.name, modules, full_metadata, sorted(unknown), layout, config)

@@ -13,6 +13,7 @@ W-dependent methods (OFT, BOFT, DoRA, GLoRA, IA3) need the merged weight and are
 LayerCall from the geometry a host's own bypass hook describes (ComfyUI 0.33's ``BypassForwardHook`` sets it on the
 patch and hands only ``x`` and the base output), with the same refusals.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -26,8 +27,9 @@ _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 @dataclass(frozen=True)
 class LayerCall:
     """How a layer applies its weight: ``linear``, or an N-d convolution with its geometry."""
+
     weight_shape: tuple[int, ...]
-    conv_dims: int = 0                      # 0 = linear
+    conv_dims: int = 0  # 0 = linear
     stride: tuple[int, ...] = ()
     padding: tuple[int, ...] | str = ()
     dilation: tuple[int, ...] = ()
@@ -66,9 +68,10 @@ def layer_call(layer: torch.nn.Module, weight_shape: tuple[int, ...] | None = No
 def _require_bypassable(module) -> None:
     if not module.bypassable():
         what = module.algo + ("+DoRA" if module.dora else "")
-        raise module.fail(f"{what} cannot run in bypass mode: its result depends on the base weight, which bypass "
-                          "never reads", expected="LoRA/LoCon, LoHa, LoKr or full diffs for bypass; turn bypass "
-                                                  "off to merge this adapter")
+        raise module.fail(
+            f"{what} cannot run in bypass mode: its result depends on the base weight, which bypass never reads",
+            expected="LoRA/LoCon, LoHa, LoKr or full diffs for bypass; turn bypass off to merge this adapter",
+        )
 
 
 def check(module, layer: torch.nn.Module, weight_shape: tuple[int, ...] | None = None) -> LayerCall:
@@ -76,14 +79,23 @@ def check(module, layer: torch.nn.Module, weight_shape: tuple[int, ...] | None =
     _require_bypassable(module)
     call = layer_call(layer, weight_shape)
     if call is None:
-        raise module.fail(f"bypass runs on Linear and Conv layers (groups 1, zero padding), not on "
-                          f"{type(layer).__name__}", expected="turn bypass off for this adapter")
+        raise module.fail(
+            f"bypass runs on Linear and Conv layers (groups 1, zero padding), not on {type(layer).__name__}",
+            expected="turn bypass off for this adapter",
+        )
     return call
 
 
-def hook_call(module, x: torch.Tensor, out: torch.Tensor, conv_dims: int = 0, kw: dict | None = None,
-              kernel: tuple[int, ...] = (), in_channels: int | None = None,
-              out_channels: int | None = None) -> LayerCall:
+def hook_call(
+    module,
+    x: torch.Tensor,
+    out: torch.Tensor,
+    conv_dims: int = 0,
+    kw: dict | None = None,
+    kernel: tuple[int, ...] = (),
+    in_channels: int | None = None,
+    out_channels: int | None = None,
+) -> LayerCall:
     """The LayerCall for a host bypass hook that describes its layer by geometry only, never handing the layer or
     its weight: ``conv_dims`` (0 = linear), the convolution's ``kw`` (stride, padding, dilation, groups),
     ``kernel`` and channel counts; ``x`` and the base output ``out`` give the linear sizes (and any missing
@@ -96,12 +108,19 @@ def hook_call(module, x: torch.Tensor, out: torch.Tensor, conv_dims: int = 0, kw
         call = LayerCall(shape)
     else:
         if kw.get("groups", 1) != 1:
-            raise module.fail(f"bypass runs on convolutions with groups 1, not {kw.get('groups')}",
-                              expected="a merging loader for this adapter")
+            raise module.fail(
+                f"bypass runs on convolutions with groups 1, not {kw.get('groups')}",
+                expected="a merging loader for this adapter",
+            )
         ones = (1,) * conv_dims
         shape = (out_channels or out.shape[1], in_channels or x.shape[1], *(tuple(kernel) or ones))
         padding = kw.get("padding", (0,) * conv_dims)
-        call = LayerCall(shape, conv_dims, tuple(kw.get("stride", ones)),
-                         padding if isinstance(padding, str) else tuple(padding), tuple(kw.get("dilation", ones)))
+        call = LayerCall(
+            shape,
+            conv_dims,
+            tuple(kw.get("stride", ones)),
+            padding if isinstance(padding, str) else tuple(padding),
+            tuple(kw.get("dilation", ones)),
+        )
     module.check_target(torch.Size(shape), True)
     return call

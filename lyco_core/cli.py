@@ -4,6 +4,7 @@
 Exit status 0 on success, 2 with the reason on stderr when a file is invalid or an operation is refused,
 130 when interrupted (nothing is written then).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,8 +17,11 @@ from .errors import AdapterError
 
 
 def _format_inspect(summary: dict) -> str:
-    lines = [f"file:    {summary['file']}", f"layout:  {summary['layout']}",
-             f"modules: {summary['modules']}  ({', '.join(f'{k} {v}' for k, v in sorted(summary['methods'].items()))})"]
+    lines = [
+        f"file:    {summary['file']}",
+        f"layout:  {summary['layout']}",
+        f"modules: {summary['modules']}  ({', '.join(f'{k} {v}' for k, v in sorted(summary['methods'].items()))})",
+    ]
     if summary["rank_range"]:
         lines.append(f"rank:    {summary['rank_range'][0]}–{summary['rank_range'][1]}")
     if summary["alpha_range"]:
@@ -50,9 +54,11 @@ def _inspect(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m lyco_core",
-                                     description="Inspect, convert, resize, merge, extract and bake LyCORIS-family "
-                                                 "adapters (LyCORIS/kohya, PEFT, diffusers, ComfyUI).")
+    parser = argparse.ArgumentParser(
+        prog="python -m lyco_core",
+        description="Inspect, convert, resize, merge, extract and bake LyCORIS-family "
+        "adapters (LyCORIS/kohya, PEFT, diffusers, ComfyUI).",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     inspect = commands.add_parser("inspect", help="layout, methods, ranks, alphas, DoRA, metadata of an adapter")
     inspect.add_argument("path", help="a .safetensors file or a PEFT adapter folder")

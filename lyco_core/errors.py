@@ -1,4 +1,6 @@
-"""Errors raised by lyco_core. Every message names the file, and where known the module, the key and what was expected."""
+"""Errors raised by lyco_core. Every message names the file, and where known the module, the key and what was
+expected."""
+
 from __future__ import annotations
 
 
@@ -9,8 +11,15 @@ class AdapterError(ValueError):
     known; the same parts are kept as attributes for programs.
     """
 
-    def __init__(self, problem: str, *, file: str | None = None, module: str | None = None,
-                 key: str | None = None, expected: str | None = None):
+    def __init__(
+        self,
+        problem: str,
+        *,
+        file: str | None = None,
+        module: str | None = None,
+        key: str | None = None,
+        expected: str | None = None,
+    ):
         self.problem, self.file, self.module, self.key, self.expected = problem, file, module, key, expected
         super().__init__(self._compose())
 
@@ -29,5 +38,6 @@ class AdapterError(ValueError):
 
     def located(self, *, file: str | None = None, module: str | None = None) -> "AdapterError":
         """The same error with the file (and module) filled in where they were not known yet."""
-        return AdapterError(self.problem, file=self.file or file, module=self.module or module,
-                            key=self.key, expected=self.expected)
+        return AdapterError(
+            self.problem, file=self.file or file, module=self.module or module, key=self.key, expected=self.expected
+        )

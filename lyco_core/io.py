@@ -4,6 +4,7 @@ safetensors layout: 8-byte little-endian header length N, N bytes of JSON ``{key
 plus ``__metadata__``, then the data. The header alone gives every key, dtype and shape, so inspecting a file never
 reads its tensors. Pickle-based files are read only through ``torch.load(weights_only=True)``.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,13 +21,29 @@ from .errors import AdapterError
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pt2")
 _MAX_HEADER = 100 * 1024 * 1024
-_DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
-                "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8}
+_DTYPE_SIZES = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "U16": 2,
+    "U32": 4,
+    "U64": 8,
+}
 
 
 @dataclass(frozen=True)
 class TensorInfo:
     """What the header says of one tensor."""
+
     dtype: str
     shape: tuple[int, ...]
 
@@ -39,18 +56,23 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, Tens
         with open(path, "rb") as handle:
             raw_len = handle.read(8)
             if len(raw_len) < 8:
-                raise AdapterError("file is too short to be safetensors", file=str(path),
-                                   expected="an 8-byte header length followed by a JSON header")
+                raise AdapterError(
+                    "file is too short to be safetensors",
+                    file=str(path),
+                    expected="an 8-byte header length followed by a JSON header",
+                )
             (header_len,) = struct.unpack("<Q", raw_len)
             if header_len > min(_MAX_HEADER, size - 8):
-                raise AdapterError(f"header length {header_len} exceeds the file size {size}", file=str(path),
-                                   expected="a complete safetensors file (truncated or not safetensors?)")
+                raise AdapterError(
+                    f"header length {header_len} exceeds the file size {size}",
+                    file=str(path),
+                    expected="a complete safetensors file (truncated or not safetensors?)",
+                )
             header = json.loads(handle.read(header_len))
     except OSError as exc:
         raise AdapterError(f"cannot read file: {exc.strerror or exc}", file=str(path)) from exc
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise AdapterError(f"header is not valid JSON ({exc})", file=str(path),
-                           expected="a safetensors file") from exc
+        raise AdapterError(f"header is not valid JSON ({exc})", file=str(path), expected="a safetensors file") from exc
     if not isinstance(header, dict):
         raise AdapterError("header is not a JSON object", file=str(path), expected="a safetensors file")
     metadata = header.pop("__metadata__", None) or {}
@@ -60,24 +82,44 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, Tens
         try:
             dtype, shape, (start, end) = entry["dtype"], tuple(int(s) for s in entry["shape"]), entry["data_offsets"]
         except (KeyError, TypeError, ValueError) as exc:
-            raise AdapterError("malformed header entry", file=str(path), key=key,
-                               expected="dtype, shape and data_offsets") from exc
+            raise AdapterError(
+                "malformed header entry", file=str(path), key=key, expected="dtype, shape and data_offsets"
+            ) from exc
         if end > data_len or start > end:
-            raise AdapterError(f"data ends at byte {end} but the file holds {data_len} data bytes", file=str(path),
-                               key=key, expected="a complete file (it looks truncated)")
+            raise AdapterError(
+                f"data ends at byte {end} but the file holds {data_len} data bytes",
+                file=str(path),
+                key=key,
+                expected="a complete file (it looks truncated)",
+            )
         numel = 1
         for dim in shape:
             numel *= dim
         if dtype in _DTYPE_SIZES and numel * _DTYPE_SIZES[dtype] != end - start:
-            raise AdapterError(f"{end - start} bytes for {dtype} of shape {list(shape)}", file=str(path), key=key,
-                               expected=f"{numel * _DTYPE_SIZES[dtype]} bytes")
+            raise AdapterError(
+                f"{end - start} bytes for {dtype} of shape {list(shape)}",
+                file=str(path),
+                key=key,
+                expected=f"{numel * _DTYPE_SIZES[dtype]} bytes",
+            )
         infos[key] = TensorInfo(dtype, shape)
     return {str(k): str(v) for k, v in metadata.items()}, infos
 
 
-_TORCH_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-                 "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-                 "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
+_TORCH_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+}
 
 
 def load_shapes(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -86,7 +128,9 @@ def load_shapes(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[
     path = Path(path)
     metadata, infos = read_header(path)
     tensors: dict[str, torch.Tensor] = {}
-    scalars = [key for key, info in infos.items() if len(info.shape) == 0 or (len(info.shape) == 1 and info.shape[0] == 1)]
+    scalars = [
+        key for key, info in infos.items() if len(info.shape) == 0 or (len(info.shape) == 1 and info.shape[0] == 1)
+    ]
     for key, info in infos.items():
         dtype = _TORCH_DTYPES.get(info.dtype)
         if dtype is None:
@@ -94,6 +138,7 @@ def load_shapes(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[
         tensors[key] = torch.empty(info.shape, dtype=dtype, device="meta")
     if scalars:
         from safetensors import safe_open
+
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             for key in scalars:
                 tensors[key] = handle.get_tensor(key)
@@ -108,10 +153,13 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
     metadata, _ = read_header(path)  # validates completeness with a clear message first
     from safetensors import SafetensorError
     from safetensors.torch import load_file
+
     try:
         tensors = load_file(str(path), device="cpu")
     except (SafetensorError, RuntimeError, ValueError) as exc:
-        raise AdapterError(f"cannot decode tensors ({exc})", file=str(path), expected="a valid safetensors file") from exc
+        raise AdapterError(
+            f"cannot decode tensors ({exc})", file=str(path), expected="a valid safetensors file"
+        ) from exc
     return tensors, metadata
 
 
@@ -119,13 +167,17 @@ def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
     try:
         data = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError … for unsafe or broken files
-        raise AdapterError(f"refused pickle file: it does not load with weights_only=True ({type(exc).__name__})",
-                           file=str(path), expected="a .safetensors file, or a pickle holding only tensors") from exc
+        raise AdapterError(
+            f"refused pickle file: it does not load with weights_only=True ({type(exc).__name__})",
+            file=str(path),
+            expected="a .safetensors file, or a pickle holding only tensors",
+        ) from exc
     if isinstance(data, dict) and "state_dict" in data and isinstance(data["state_dict"], dict):
         data = data["state_dict"]
     if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
-        raise AdapterError("pickle file does not hold a flat {name: tensor} dict", file=str(path),
-                           expected="a state dict of tensors")
+        raise AdapterError(
+            "pickle file does not hold a flat {name: tensor} dict", file=str(path), expected="a state dict of tensors"
+        )
     return {str(k): v for k, v in data.items()}
 
 
@@ -133,8 +185,9 @@ def atomic_write_bytes(path: str | os.PathLike, writer, *, overwrite: bool = Fal
     """Run ``writer(tmp_path)`` then rename onto ``path``; never leaves a partial file; refuses to overwrite unasked."""
     path = Path(path)
     if path.exists() and not overwrite:
-        raise AdapterError("refusing to overwrite an existing file", file=str(path),
-                           expected="a new file name, or overwrite=True")
+        raise AdapterError(
+            "refusing to overwrite an existing file", file=str(path), expected="a new file name, or overwrite=True"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -147,10 +200,16 @@ def atomic_write_bytes(path: str | os.PathLike, writer, *, overwrite: bool = Fal
     return path
 
 
-def save_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None,
-                     *, overwrite: bool = False) -> Path:
+def save_safetensors(
+    path: str | os.PathLike,
+    tensors: dict[str, torch.Tensor],
+    metadata: dict[str, str] | None = None,
+    *,
+    overwrite: bool = False,
+) -> Path:
     """Atomically write ``tensors`` (made contiguous, on CPU) with string ``metadata``."""
     from safetensors.torch import save_file
+
     clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     meta = {str(k): str(v) for k, v in (metadata or {}).items()}
     return atomic_write_bytes(path, lambda tmp: save_file(clean, tmp, metadata=meta), overwrite=overwrite)

@@ -15,6 +15,7 @@ Rules (``match_modules``), for a module whose layout says it points at ``path``:
    ``key[part i of n]`` / ``key (transposed)``; patching applies the module's law to that view (and the bias's
    rows) alone, as if it were the whole weight.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -37,6 +38,7 @@ class WeightSlice:
     and the same rows of its bias; with ``transposed``, the module's weight is ``key``'s transpose (OpenCLIP keeps
     its text projection as ``P`` used as ``x·P``, HF as the Linear weight ``Pᵀ``) and rows are counted in it. The
     row count comes from the tensor, so a model's keys alone (a header) say where a module goes."""
+
     key: str
     part: int = 0
     parts: int = 1
@@ -59,8 +61,11 @@ class WeightSlice:
     def rows(self, total: int) -> tuple[int, int]:
         """(start, length) of the part's rows among ``total``."""
         if total % self.parts:
-            raise AdapterError(f"has {total} rows, which do not split into {self.parts} equal parts", key=self.key,
-                               expected=f"a fused weight of {self.parts} stacked blocks")
+            raise AdapterError(
+                f"has {total} rows, which do not split into {self.parts} equal parts",
+                key=self.key,
+                expected=f"a fused weight of {self.parts} stacked blocks",
+            )
         length = total // self.parts
         return self.part * length, length
 
@@ -81,6 +86,7 @@ class MatchReport:
     """Which modules found a target, which did not (with the reason), and file keys no algorithm reads.
     ``matched`` {module: its target as text: the key, or ``key[part i of n]`` / ``key (transposed)``}; ``slices``
     {module: its WeightSlice} for the modules whose target is not a whole stored weight."""
+
     matched: dict[str, str] = field(default_factory=dict)
     unmatched: dict[str, str] = field(default_factory=dict)
     unknown_keys: list[str] = field(default_factory=list)
@@ -102,8 +108,11 @@ class MatchReport:
         return text
 
     def as_dict(self) -> dict:
-        return {"matched": dict(self.matched), "unmatched": dict(self.unmatched),
-                "unknown_keys": list(self.unknown_keys)}
+        return {
+            "matched": dict(self.matched),
+            "unmatched": dict(self.unmatched),
+            "unknown_keys": list(self.unknown_keys),
+        }
 
 
 class WeightIndex:
@@ -160,8 +169,11 @@ def _pick(target: ModulePath, own: list[str], found: list[str], index: WeightInd
     exact = [key for key in found if key[: -len(".weight")] in (target.path, target.path.replace("_", "."))]
     if len(exact) == 1:
         return exact[0]
-    hinted = [key for key in found
-              if any(hint in name for hint in target.hints for name in [key, *index.aliases.get(key, ())])]
+    hinted = [
+        key
+        for key in found
+        if any(hint in name for hint in target.hints for name in [key, *index.aliases.get(key, ())])
+    ]
     if len(hinted) == 1:
         return hinted[0]
     return own[0] if len(own) == 1 else None
@@ -184,8 +196,10 @@ def resolve(target: ModulePath, index: WeightIndex) -> tuple[str | None, str]:
     whole weights only (a host's own key maps)."""
     found, reason = locate(target, index)
     if found is not None and not found.whole:
-        return None, (f"its weight is {found}, not the whole stored (fused or transposed) '{found.key}'; only "
-                      f"lyco_core's own patching applies a module to such a view")
+        return None, (
+            f"its weight is {found}, not the whole stored (fused or transposed) '{found.key}'; only "
+            f"lyco_core's own patching applies a module to such a view"
+        )
     return None if found is None else found.key, reason
 
 
@@ -231,7 +245,7 @@ def kohya_aliases(module_name: str, target: ModulePath) -> list[str]:
             names.append("text_encoders." + target.path)
     for name in list(names):
         for prefix in ("lora_te_", "lora_te1_", "lora_te2_"):
-            rest = name[len(prefix):]
+            rest = name[len(prefix) :]
             if name.startswith(prefix) and rest.startswith(_TE_ROOTS):
                 names.append(prefix + "text_model_" + rest)
     return list(dict.fromkeys(names))

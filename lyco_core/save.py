@@ -12,6 +12,7 @@ kept; ``ss_network_module`` (``networks.lora`` for plain LoRA/LoCon, else ``lyco
 ``sshs_legacy_hash`` computed as kohya does (hashes.py). Caller metadata overrides all but the hashes.
 Alpha tensors stay float32 whatever ``dtype`` the factors are saved in.
 """
+
 from __future__ import annotations
 
 import json
@@ -69,16 +70,20 @@ def network_metadata(adapter: Adapter) -> dict[str, str]:
         merged = {**(json.loads(old_args) if old_args else {}), **args}
     except (json.JSONDecodeError, TypeError):
         merged = args
-    return {"ss_network_module": "networks.lora" if plain_lora else "lycoris.kohya",
-            "ss_network_args": json.dumps(merged),
-            "ss_network_dim": _uniform([m.rank() for m in linear]),
-            "ss_network_alpha": _uniform([m.scale_value() * m.rank() for m in linear])}
+    return {
+        "ss_network_module": "networks.lora" if plain_lora else "lycoris.kohya",
+        "ss_network_args": json.dumps(merged),
+        "ss_network_dim": _uniform([m.rank() for m in linear]),
+        "ss_network_alpha": _uniform([m.scale_value() * m.rank() for m in linear]),
+    }
 
 
 def _modelspec(metadata: dict[str, str], title: str) -> dict[str, str]:
-    spec = {"modelspec.sai_model_spec": metadata.get("modelspec.sai_model_spec", "1.0.1"),
-            "modelspec.title": metadata.get("modelspec.title", title),
-            "modelspec.date": metadata.get("modelspec.date", datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"))}
+    spec = {
+        "modelspec.sai_model_spec": metadata.get("modelspec.sai_model_spec", "1.0.1"),
+        "modelspec.title": metadata.get("modelspec.title", title),
+        "modelspec.date": metadata.get("modelspec.date", datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")),
+    }
     architecture = metadata.get("modelspec.architecture")
     if architecture and "/" not in architecture:
         spec["modelspec.architecture"] = architecture + "/lora"
@@ -105,19 +110,25 @@ def _check_target(path: Path, layout: str, overwrite: bool) -> None:
             raise AdapterError("a PEFT adapter is a folder", file=str(path), expected="a folder name")
         taken = [f for f in (path / PEFT_WEIGHTS, path / PEFT_CONFIG) if f.exists()]
         if taken and not overwrite:
-            raise AdapterError("refusing to overwrite an existing PEFT adapter", file=str(taken[0]),
-                               expected="a new folder name, or overwrite=True")
+            raise AdapterError(
+                "refusing to overwrite an existing PEFT adapter",
+                file=str(taken[0]),
+                expected="a new folder name, or overwrite=True",
+            )
     elif path.suffix.lower() not in SAFETENSORS_SUFFIXES:
-        raise AdapterError(f"'{path.suffix}' is not a safetensors name", file=str(path),
-                           expected="a .safetensors file name")
+        raise AdapterError(
+            f"'{path.suffix}' is not a safetensors name", file=str(path), expected="a .safetensors file name"
+        )
     elif path.exists() and not overwrite:
-        raise AdapterError("refusing to overwrite an existing file", file=str(path),
-                           expected="a new file name, or overwrite=True")
+        raise AdapterError(
+            "refusing to overwrite an existing file", file=str(path), expected="a new file name, or overwrite=True"
+        )
 
 
 def _write_peft(folder: Path, tensors, metadata, config) -> None:
     """Both files into ``folder``: a new folder appears whole (built aside, then renamed); an existing one gets each
     file replaced atomically."""
+
     def fill(target: Path) -> None:
         save_safetensors(target / PEFT_WEIGHTS, tensors, metadata, overwrite=True)
         text = json.dumps(config, indent=2, sort_keys=True).encode("utf-8")
@@ -136,9 +147,17 @@ def _write_peft(folder: Path, tensors, metadata, config) -> None:
             shutil.rmtree(staging)
 
 
-def save_adapter(adapter_or_tensors: Adapter | dict[str, torch.Tensor], path: str | os.PathLike,
-                 layout: str = "lycoris", *, metadata: dict[str, str] | None = None, overwrite: bool = False,
-                 dtype: str | torch.dtype | None = None, model_keys=None, component: str | None = None) -> Path:
+def save_adapter(
+    adapter_or_tensors: Adapter | dict[str, torch.Tensor],
+    path: str | os.PathLike,
+    layout: str = "lycoris",
+    *,
+    metadata: dict[str, str] | None = None,
+    overwrite: bool = False,
+    dtype: str | torch.dtype | None = None,
+    model_keys=None,
+    component: str | None = None,
+) -> Path:
     """Write an adapter in ``layout`` at ``path`` (a folder for PEFT) and return that path.
 
     ``adapter_or_tensors``: an Adapter, or adapter tensors (any readable layout; ``metadata`` then also describes
@@ -149,16 +168,25 @@ def save_adapter(adapter_or_tensors: Adapter | dict[str, torch.Tensor], path: st
     """
     if layout not in LAYOUTS:
         raise AdapterError(f"unknown layout '{layout}'", expected=", ".join(LAYOUTS))
-    adapter = adapter_or_tensors if isinstance(adapter_or_tensors, Adapter) else \
-        adapter_from_tensors(adapter_or_tensors, metadata)
+    adapter = (
+        adapter_or_tensors
+        if isinstance(adapter_or_tensors, Adapter)
+        else adapter_from_tensors(adapter_or_tensors, metadata)
+    )
     target = Path(path)
     _check_target(target, layout, overwrite)
     written = convert_layout(adapter, layout, model_keys=model_keys, component=component)
     tensors = _cast(written.tensors, _dtype(dtype))
     title = target.name if layout == "peft" else target.stem
     source = file_metadata(adapter.metadata)
-    meta = {**source, **network_metadata(adapter), **_modelspec(source, title), "ss_output_name": title,
-            **written.metadata, **(metadata or {})}
+    meta = {
+        **source,
+        **network_metadata(adapter),
+        **_modelspec(source, title),
+        "ss_output_name": title,
+        **written.metadata,
+        **(metadata or {}),
+    }
     meta["sshs_model_hash"], meta["sshs_legacy_hash"] = kohya_hashes(tensors, meta)
     if layout == "peft":
         _write_peft(target, tensors, {"format": "pt", **meta}, written.config)

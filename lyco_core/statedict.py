@@ -1,6 +1,7 @@
 """A model's state dict read lazily: keys, shapes and metadata from the safetensors header, each tensor on first use,
 so matching and converting against a large checkpoint never holds all of it. Pickle checkpoints are read whole
 (``torch.load(weights_only=True)``)."""
+
 from __future__ import annotations
 
 import os
@@ -25,6 +26,7 @@ class LazyStateDict(Mapping):
             raise KeyError(key)
         if self._handle is None:
             from safetensors import safe_open
+
             self._handle = safe_open(self.path, framework="pt", device="cpu")
         return self._handle.get_tensor(key)
 

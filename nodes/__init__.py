@@ -1,4 +1,5 @@
 """The ComfyUI face of ComfyUI-LyCO (V3 nodes). Imported only through the pack's comfy_entrypoint."""
+
 from comfy_api.latest import ComfyExtension
 
 from . import routes  # noqa: F401  (registers /lyco/* on ComfyUI's server at import)
@@ -14,5 +15,13 @@ from .train_configs import CONFIG_NODES
 
 class LycoExtension(ComfyExtension):
     async def get_node_list(self):
-        return [*LOADERS, AdapterInfo, LoadAdapterBlockWeight, AdapterStack, *CONFIG_NODES, TrainAdapter, LossPlot,
-                *CONVERT_NODES]
+        return [
+            *LOADERS,
+            AdapterInfo,
+            LoadAdapterBlockWeight,
+            AdapterStack,
+            *CONFIG_NODES,
+            TrainAdapter,
+            LossPlot,
+            *CONVERT_NODES,
+        ]

@@ -15,6 +15,7 @@
 Answers are cached by the file's and its sidecars' (path, mtime, size): a rewritten file gets a new answer.
 Blocking work (header read, hashing) is meant to run off the event loop (routes.py uses ``asyncio.to_thread``).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -50,21 +51,36 @@ def _describe(name: str, path: str) -> dict:
     words = list(meta["trigger_words"])
     words += [w for w in found["trigger_words"] if w not in words]
     return {
-        "name": name, "file": os.path.basename(path), "size": os.path.getsize(path), "sha256": short_hash(path),
-        "layout": summary["layout"], "modules": summary["modules"], "methods": summary["methods"],
-        "rank_range": summary["rank_range"], "alpha_range": summary["alpha_range"],
-        "dora": summary["dora"], "tucker": summary["tucker"],
-        "base_model": meta["base_model"] or found["base_model"], "trigger_words": words,
+        "name": name,
+        "file": os.path.basename(path),
+        "size": os.path.getsize(path),
+        "sha256": short_hash(path),
+        "layout": summary["layout"],
+        "modules": summary["modules"],
+        "methods": summary["methods"],
+        "rank_range": summary["rank_range"],
+        "alpha_range": summary["alpha_range"],
+        "dora": summary["dora"],
+        "tucker": summary["tucker"],
+        "base_model": meta["base_model"] or found["base_model"],
+        "trigger_words": words,
         "title": adapter.metadata.get("modelspec.title") or adapter.metadata.get("ss_output_name"),
-        "network": meta["network"], "unknown_keys": len(summary["unknown_keys"]),
-        "sidecars": found["files"], "sidecar_errors": found["errors"],
+        "network": meta["network"],
+        "unknown_keys": len(summary["unknown_keys"]),
+        "sidecars": found["files"],
+        "sidecar_errors": found["errors"],
     }
 
 
 def _failure(name: str, path: str, exc: AdapterError) -> dict:
     message = str(AdapterError(exc.problem, file=name, module=exc.module, key=exc.key, expected=exc.expected))
-    return {"name": name, "file": os.path.basename(path), "size": os.path.getsize(path),
-            "sha256": short_hash(path), "error": message}
+    return {
+        "name": name,
+        "file": os.path.basename(path),
+        "size": os.path.getsize(path),
+        "sha256": short_hash(path),
+        "error": message,
+    }
 
 
 def info_for(name: str) -> tuple[int, dict]:

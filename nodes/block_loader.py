@@ -6,6 +6,7 @@ identity and DoRA follows its law — nothing here does math. Patches are groupe
 with one ``add_patches`` per distinct value (ComfyUI's ``strength_patch``); modules at weight 0 are not patched at
 all, so their weights stay bit-identical.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -47,11 +48,18 @@ def _report(coverage, weights: BlockWeights, family: str, strength_model: float,
     for side, strength in (("unet", strength_model), ("clip", strength_clip)):
         for module, key in getattr(coverage, side).items():
             by_block[block_of(key, side)].append(module)
-    lines = [coverage.details(),
-             f"block weights: {weights.source} ({weights.block_set}, {family} presets) · "
-             f"strength_model {strength_model:g} · strength_clip {strength_clip:g}"]
-    order = ["BASE", *sorted((b for b in by_block if b not in ("BASE", OTHER)),
-                             key=lambda b: ({"IN": 0, "M0": 1, "OU": 2}[b[:2]], b)), OTHER]
+    lines = [
+        coverage.details(),
+        f"block weights: {weights.source} ({weights.block_set}, {family} presets) · "
+        f"strength_model {strength_model:g} · strength_clip {strength_clip:g}",
+    ]
+    order = [
+        "BASE",
+        *sorted(
+            (b for b in by_block if b not in ("BASE", OTHER)), key=lambda b: ({"IN": 0, "M0": 1, "OU": 2}[b[:2]], b)
+        ),
+        OTHER,
+    ]
     for block in (b for b in order if b in by_block):
         factor = weights.weight(block)
         effective = factor * (strength_clip if block == "BASE" else strength_model)
@@ -69,8 +77,10 @@ def apply_block_weights(adapter, model, clip, strength_model: float, strength_cl
     family = model_family(model.model_state_dict().keys())
     weights = parse_block_weights(text, family)
     if unet_patches and all(block_of(key_name(k), "unet") == OTHER for k in unet_patches):
-        raise ValueError("block weights need an SD1.x/SD2/SDXL UNet (input_blocks / middle_block / output_blocks); "
-                         "this model has none of its patched layers in such blocks — use 'Load LyCORIS Adapter'")
+        raise ValueError(
+            "block weights need an SD1.x/SD2/SDXL UNet (input_blocks / middle_block / output_blocks); "
+            "this model has none of its patched layers in such blocks — use 'Load LyCORIS Adapter'"
+        )
     new_model = _patch_side(model, unet_patches, strength_model, weights, "unet", coverage)
     new_clip = _patch_side(clip, clip_patches, strength_clip, weights, "clip", coverage)
     return new_model, new_clip, _report(coverage, weights, family, strength_model, strength_clip)
@@ -83,17 +93,27 @@ class LoadAdapterBlockWeight(io.ComfyNode):
     def define_schema(cls):
         presets = ", ".join(PRESETS["sd15"])
         return io.Schema(
-            node_id="LyCOLoadAdapterBlockWeight", display_name="Load Adapter (block weights)", category=CATEGORY,
+            node_id="LyCOLoadAdapterBlockWeight",
+            display_name="Load Adapter (block weights)",
+            category=CATEGORY,
             description="Any LyCORIS-family adapter with a weight per UNet block (LBW order) and BASE for the text "
-                        "encoder; each module is applied at strength × its block weight with its method's own law "
-                        "(OFT/BOFT interpolate the rotation, never scale a delta).",
-            inputs=[io.Model.Input("model"), io.Clip.Input("clip"), adapter_input(),
-                    strength_input("strength_model", "Strength on the diffusion model, times each block's weight."),
-                    strength_input("strength_clip", "Strength on the text encoder, times BASE."),
-                    io.String.Input("block_weights", default="ALL",
-                                    tooltip=f"A preset ({presets}) or comma-separated weights: SD1.x 17 or 26 "
-                                            "values, SDXL 12 or 20 (BASE first). Unnamed blocks get 0.")],
-            outputs=[io.Model.Output(), io.Clip.Output(), io.String.Output(display_name="summary")])
+            "encoder; each module is applied at strength × its block weight with its method's own law "
+            "(OFT/BOFT interpolate the rotation, never scale a delta).",
+            inputs=[
+                io.Model.Input("model"),
+                io.Clip.Input("clip"),
+                adapter_input(),
+                strength_input("strength_model", "Strength on the diffusion model, times each block's weight."),
+                strength_input("strength_clip", "Strength on the text encoder, times BASE."),
+                io.String.Input(
+                    "block_weights",
+                    default="ALL",
+                    tooltip=f"A preset ({presets}) or comma-separated weights: SD1.x 17 or 26 "
+                    "values, SDXL 12 or 20 (BASE first). Unnamed blocks get 0.",
+                ),
+            ],
+            outputs=[io.Model.Output(), io.Clip.Output(), io.String.Output(display_name="summary")],
+        )
 
     @classmethod
     def validate_inputs(cls, block_weights):
@@ -112,6 +132,7 @@ class LoadAdapterBlockWeight(io.ComfyNode):
     @classmethod
     def execute(cls, model, clip, adapter_name, strength_model, strength_clip, block_weights):
         adapter = load_cached(adapter_name)
-        new_model, new_clip, text = apply_block_weights(adapter, model, clip, strength_model, strength_clip,
-                                                        block_weights)
+        new_model, new_clip, text = apply_block_weights(
+            adapter, model, clip, strength_model, strength_clip, block_weights
+        )
         return io.NodeOutput(new_model, new_clip, text, ui=ui.PreviewText(text))

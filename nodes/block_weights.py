@@ -8,6 +8,7 @@ Block ids: ``BASE`` (the text encoders), ``INnn`` / ``M00`` / ``OUTnn`` = the LD
 modules outside the numbered blocks (time embedding, ``out``) are not block-weighted: they keep weight 1.
 Presets are looked up for the model's family. No ComfyUI import here.
 """
+
 from __future__ import annotations
 
 import json
@@ -48,6 +49,7 @@ def model_family(unet_keys) -> str:
 @dataclass(frozen=True)
 class BlockWeights:
     """Weights by block id, as parsed: ``source`` is the preset name or "vector", ``block_set`` the id set used."""
+
     weights: dict
     source: str
     block_set: str
@@ -64,8 +66,9 @@ def parse_block_weights(text: str, family: str = "sd15") -> BlockWeights:
     accepted forms otherwise."""
     stripped = (text or "").strip()
     if not stripped:
-        raise ValueError("block_weights is empty: give a preset name (" + ", ".join(PRESETS[family]) +
-                         ") or comma-separated weights")
+        raise ValueError(
+            "block_weights is empty: give a preset name (" + ", ".join(PRESETS[family]) + ") or comma-separated weights"
+        )
     presets = {name.upper(): name for name in PRESETS[family]}
     source = "vector"
     if stripped.upper() in presets:
@@ -77,8 +80,10 @@ def parse_block_weights(text: str, family: str = "sd15") -> BlockWeights:
         try:
             values.append(float(token))
         except ValueError:
-            raise ValueError(f"block_weights value {position} ('{token}') is not a number and '{text.strip()}' is "
-                             f"no preset of {family} ({', '.join(PRESETS[family])})") from None
+            raise ValueError(
+                f"block_weights value {position} ('{token}') is not a number and '{text.strip()}' is "
+                f"no preset of {family} ({', '.join(PRESETS[family])})"
+            ) from None
     block_set = _SET_BY_LENGTH.get(len(values))
     if block_set is None:
         counts = ", ".join(f"{len(ids)} ({name})" for name, ids in BLOCK_SETS.items())

@@ -11,6 +11,7 @@ injections, which ComfyUI applies after object patches and removes before them: 
 whichever loader came first in the chain, so a layer patched by both runs both branches. Our patches handed to
 that bypass run through ``LycoPatch.h`` (nodes/host.py), the same branch as here.
 """
+
 from __future__ import annotations
 
 import comfy.utils
@@ -57,8 +58,10 @@ def _branches(patcher, label: str, patches: dict, strength: float, coverage) -> 
         if isinstance(target, tuple):
             dim, start, length = target[1]
             if dim != 0:
-                raise patch.module.fail(f"bypass cannot apply to a slice along dimension {dim} of {key}",
-                                        expected="turn bypass off for this adapter")
+                raise patch.module.fail(
+                    f"bypass cannot apply to a slice along dimension {dim} of {key}",
+                    expected="turn bypass off for this adapter",
+                )
             rows, shape = (start, length), (length, *shape[1:])
         try:
             call = check(patch.module, layer, shape)

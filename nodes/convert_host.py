@@ -5,6 +5,7 @@ Base weights are the model's own tensors (``model_state_dict()``), as the checkp
 earlier loaders are not part of them. Modules that patch a slice of a fused weight (Flux q/k/v) are left out of
 weight-dependent conversions and reported.
 """
+
 from __future__ import annotations
 
 import copy
@@ -37,8 +38,9 @@ class NodeProgress:
 def _placed(adapter: Adapter, model, clip) -> tuple[dict[str, tuple[str, str]], list[str]]:
     """({module: (side, weight key)}, modules on fused slices) through ComfyUI's key maps."""
     unet, te, coverage = build_patches(adapter, model, clip)
-    fused = sorted({patch.module.name for patches in (unet, te) for key, patch in patches.items()
-                    if isinstance(key, tuple)})
+    fused = sorted(
+        {patch.module.name for patches in (unet, te) for key, patch in patches.items() if isinstance(key, tuple)}
+    )
     placed = {name: ("unet", key) for name, key in coverage.unet.items()}
     placed.update({name: ("clip", key) for name, key in coverage.clip.items()})
     return {n: v for n, v in placed.items() if n not in fused}, fused
@@ -62,12 +64,19 @@ def base_source(model, clip, notes: list[str]):
     def weights(adapter: Adapter) -> BaseWeights:
         placed, fused = _placed(adapter, model, clip)
         if fused:
-            notes.append(f"{len(fused)} modules patch a slice of a fused weight and got no base weight "
-                         f"(e.g. {fused[0]})")
+            notes.append(
+                f"{len(fused)} modules patch a slice of a fused weight and got no base weight (e.g. {fused[0]})"
+            )
         state = {f"{side}:{key}": states[side][key] for side, key in placed.values()}
-        state.update({f"{side}:{key[:-len('weight')]}bias": states[side][key[:-len("weight")] + "bias"]
-                      for side, key in placed.values() if key[:-len("weight")] + "bias" in states[side]})
+        state.update(
+            {
+                f"{side}:{key[: -len('weight')]}bias": states[side][key[: -len("weight")] + "bias"]
+                for side, key in placed.values()
+                if key[: -len("weight")] + "bias" in states[side]
+            }
+        )
         return BaseWeights(state, {name: f"{side}:{key}" for name, (side, key) in placed.items()})
+
     return weights
 
 
@@ -110,8 +119,10 @@ def bake_patches(adapter: Adapter, model, clip, strength_model: float, strength_
     (``set`` patches: the result no longer depends on load order or low-VRAM recomputation)."""
     placed, fused = _placed(adapter, model, clip)
     if fused:
-        raise AdapterError(f"{len(fused)} modules patch slices of fused weights (e.g. {fused[0]}); apply them with "
-                           f"the loader instead", file=adapter.path)
+        raise AdapterError(
+            f"{len(fused)} modules patch slices of fused weights (e.g. {fused[0]}); apply them with the loader instead",
+            file=adapter.path,
+        )
     states, outputs = _states(model, clip), {"unet": model, "clip": clip}
     strengths = {"unet": strength_model, "clip": strength_clip}
     baked = 0
@@ -119,8 +130,11 @@ def bake_patches(adapter: Adapter, model, clip, strength_model: float, strength_
         keys = {name: key for name, (s, key) in placed.items() if s == side}
         if not keys or strengths[side] == 0:
             continue
-        view = {k: state[k] for k in set(keys.values()) | {k[:-len("weight")] + "bias" for k in keys.values()}
-                if k in state}
+        view = {
+            k: state[k]
+            for k in set(keys.values()) | {k[: -len("weight")] + "bias" for k in keys.values()}
+            if k in state
+        }
         part = copy.copy(adapter)
         part.modules = {name: adapter.modules[name] for name in keys}
         new = part.patch(view, strengths[side], key_map=keys, progress=progress)

@@ -7,6 +7,7 @@ interpolation for OFT/BOFT, DoRA's law) in place on the weight ComfyUI hands it 
 recomputation, and offset slices of fused weights alike). Methods whose result depends on W (OFT, BOFT, GLoRA,
 IA3, DoRA) see the weight as earlier patches in the chain left it: stacked loaders apply in chain order.
 """
+
 from __future__ import annotations
 
 import logging
@@ -65,14 +66,19 @@ def _is_identity(function) -> bool:
     """None, or a one-argument function returning its argument — such as the ``lambda a: a`` that
     ``comfy.lora.calculate_weight`` puts in place of a missing key function (compared by bytecode)."""
     code = getattr(function, "__code__", None)
-    return function is None or (code is not None and code.co_code == _IDENTITY_CODE.co_code
-                                and code.co_argcount == 1 and not code.co_flags & 0x0C)
+    return function is None or (
+        code is not None
+        and code.co_code == _IDENTITY_CODE.co_code
+        and code.co_argcount == 1
+        and not code.co_flags & 0x0C
+    )
 
 
 @dataclass(frozen=True, eq=False)
 class PatchPlan:
     """The part of a LycoPatch that is not a tensor: the module as read, which part of the layer it patches
     ("weight" or "bias") and the names of the tensors that follow it in ``LycoPatch.weights``."""
+
     module: object
     part: str
     keys: tuple
@@ -101,8 +107,17 @@ class LycoPatch(comfy.weight_adapter.WeightAdapterBase):
     def of(cls, module, part: str = "weight") -> LycoPatch:
         return cls(set(), (PatchPlan(module, part, tuple(module.params)), *module.params.values()))
 
-    def calculate_weight(self, weight, key, strength, strength_model, offset, function,
-                         intermediate_dtype=torch.float32, original_weight=None):
+    def calculate_weight(
+        self,
+        weight,
+        key,
+        strength,
+        strength_model,
+        offset,
+        function,
+        intermediate_dtype=torch.float32,
+        original_weight=None,
+    ):
         """``weight ← W'`` in place (a narrowed slice stays a view, so fused weights work).
 
         The math is float32 whatever ``intermediate_dtype`` says (ComfyUI 0.33 hands fp16 intermediates on GPUs),
@@ -145,12 +160,19 @@ class LycoPatch(comfy.weight_adapter.WeightAdapterBase):
         depends on W (OFT, BOFT, DoRA, GLoRA, IA3) raise AdapterError instead of silently adding nothing. A bias
         patch adds nothing: the weight patch's branch carries Δb."""
         from ..lyco_core.bypass import hook_call
+
         if self.part != "weight":
             return torch.zeros_like(base_out)
-        call = hook_call(self.module, x, base_out, conv_dims=getattr(self, "conv_dim", 0),
-                         kw=getattr(self, "kw_dict", None), kernel=tuple(getattr(self, "kernel_size", None) or ()),
-                         in_channels=getattr(self, "in_channels", None),
-                         out_channels=getattr(self, "out_channels", None))
+        call = hook_call(
+            self.module,
+            x,
+            base_out,
+            conv_dims=getattr(self, "conv_dim", 0),
+            kw=getattr(self, "kw_dict", None),
+            kernel=tuple(getattr(self, "kernel_size", None) or ()),
+            in_channels=getattr(self, "in_channels", None),
+            out_channels=getattr(self, "out_channels", None),
+        )
         strength = float(getattr(self, "multiplier", 1.0))
         return self.module.bypass_delta(x.to(base_out.dtype), call, strength).to(base_out.dtype)
 
@@ -159,18 +181,21 @@ class LycoPatch(comfy.weight_adapter.WeightAdapterBase):
 @dataclass
 class Coverage:
     """Per-load report: which modules patch the UNet, which the text encoder, which nothing (and why)."""
+
     file: str
     methods: dict
-    unet: dict = field(default_factory=dict)       # module -> patch key
+    unet: dict = field(default_factory=dict)  # module -> patch key
     clip: dict = field(default_factory=dict)
     unmatched: dict = field(default_factory=dict)  # module -> reason
-    skipped: list = field(default_factory=list)    # text-encoder modules when no CLIP is given (model-only loads)
+    skipped: list = field(default_factory=list)  # text-encoder modules when no CLIP is given (model-only loads)
     unknown_keys: int = 0
 
     def line(self) -> str:
         methods = ", ".join(f"{k} ×{v}" for k, v in sorted(self.methods.items()))
-        text = (f"{os.path.basename(self.file)}: {methods} · UNet {len(self.unet)} · CLIP {len(self.clip)} patched · "
-                f"{len(self.unmatched)} unmatched · {self.unknown_keys} unknown keys")
+        text = (
+            f"{os.path.basename(self.file)}: {methods} · UNet {len(self.unet)} · CLIP {len(self.clip)} patched · "
+            f"{len(self.unmatched)} unmatched · {self.unknown_keys} unknown keys"
+        )
         if self.skipped:
             text += f" · {len(self.skipped)} text-encoder modules skipped (no CLIP input)"
         return text
@@ -214,8 +239,11 @@ def _sides(model, clip) -> list[_Side]:
     if model is not None:
         sides.append(_Side("unet", comfy.lora.model_lora_keys_unet(model.model, {}), model.model_state_dict()))
     if clip is not None:
-        sides.append(_Side("clip", comfy.lora.model_lora_keys_clip(clip.cond_stage_model, {}),
-                           clip.cond_stage_model.state_dict()))
+        sides.append(
+            _Side(
+                "clip", comfy.lora.model_lora_keys_clip(clip.cond_stage_model, {}), clip.cond_stage_model.state_dict()
+            )
+        )
     return sides
 
 
@@ -273,15 +301,21 @@ def build_patches(adapter: Adapter, model, clip) -> tuple[dict, dict, Coverage]:
 
 def no_match_error(adapter: Adapter, coverage: Coverage) -> AdapterError:
     if coverage.skipped and not coverage.unmatched:
-        return AdapterError(f"all {len(coverage.skipped)} modules are text-encoder modules and no CLIP is connected",
-                            file=adapter.path, expected="a loader with a CLIP input for this file")
+        return AdapterError(
+            f"all {len(coverage.skipped)} modules are text-encoder modules and no CLIP is connected",
+            file=adapter.path,
+            expected="a loader with a CLIP input for this file",
+        )
     base = adapter.summary()["metadata"]["base_model"]
     example = next(iter(coverage.unmatched.items()), ("", ""))
     hint = f" The file says its base model is '{base}'" if base else ""
-    return AdapterError(f"no module matches this model ({len(adapter.modules)} modules; e.g. {example[0]}: "
-                        f"{example[1]}). Likely an adapter for another base model, or a layout this model's "
-                        f"key map cannot place.{hint}", file=adapter.path,
-                        expected="an adapter trained for the connected model")
+    return AdapterError(
+        f"no module matches this model ({len(adapter.modules)} modules; e.g. {example[0]}: "
+        f"{example[1]}). Likely an adapter for another base model, or a layout this model's "
+        f"key map cannot place.{hint}",
+        file=adapter.path,
+        expected="an adapter trained for the connected model",
+    )
 
 
 def apply_adapter(adapter: Adapter, model, clip, strength_model: float, strength_clip: float):

@@ -1,4 +1,5 @@
 """Adapter Info: what a file really contains, and — with a model connected — what of it matches."""
+
 from __future__ import annotations
 
 import os
@@ -13,8 +14,11 @@ def describe(adapter, name: str | None = None) -> str:
     ``name`` is how the user knows the file (its loras-list name); never a machine path."""
     summary = adapter.summary()
     meta = summary["metadata"]
-    lines = [f"file: {name or os.path.basename(summary['file'])}", f"layout: {summary['layout']}",
-             "methods: " + ", ".join(f"{k} ×{v}" for k, v in sorted(summary["methods"].items()))]
+    lines = [
+        f"file: {name or os.path.basename(summary['file'])}",
+        f"layout: {summary['layout']}",
+        "methods: " + ", ".join(f"{k} ×{v}" for k, v in sorted(summary["methods"].items())),
+    ]
     if summary["rank_range"]:
         lines.append("rank: {}–{}".format(*summary["rank_range"]))
     if summary["alpha_range"]:
@@ -35,12 +39,19 @@ class AdapterInfo(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="LyCOAdapterInfo", display_name="Adapter Info", category="loaders/LyCORIS",
+            node_id="LyCOAdapterInfo",
+            display_name="Adapter Info",
+            category="loaders/LyCORIS",
             description="Shows an adapter's layout, methods, ranks, alphas, DoRA/Tucker, base model and trigger "
-                        "words; with a model/CLIP connected, which modules match it.",
-            inputs=[io.Combo.Input("adapter_name", options=adapter_names()),
-                    io.Model.Input("model", optional=True), io.Clip.Input("clip", optional=True)],
-            outputs=[io.String.Output(display_name="info")], is_output_node=True)
+            "words; with a model/CLIP connected, which modules match it.",
+            inputs=[
+                io.Combo.Input("adapter_name", options=adapter_names()),
+                io.Model.Input("model", optional=True),
+                io.Clip.Input("clip", optional=True),
+            ],
+            outputs=[io.String.Output(display_name="info")],
+            is_output_node=True,
+        )
 
     @classmethod
     def execute(cls, adapter_name, model=None, clip=None):

@@ -4,6 +4,7 @@
 node to use instead. Strengths are ComfyUI's ``strength_patch``; each method applies its own law (see host.py). With
 ``bypass`` the adapter runs in each layer's forward pass instead of being merged (bypass.py).
 """
+
 from __future__ import annotations
 
 from comfy_api.latest import io, ui
@@ -21,16 +22,22 @@ def strength_input(name: str, tooltip: str):
 
 
 def adapter_input():
-    return io.Combo.Input("adapter_name", options=adapter_names(),
-                          tooltip="An adapter file (or PEFT folder) from ComfyUI's loras folders; its method is "
-                                  "detected per module.")
+    return io.Combo.Input(
+        "adapter_name",
+        options=adapter_names(),
+        tooltip="An adapter file (or PEFT folder) from ComfyUI's loras folders; its method is detected per module.",
+    )
 
 
 def _bypass_input():
-    return io.Boolean.Input("bypass", default=False, optional=True,
-                            tooltip="Run the adapter in each layer's forward pass instead of merging it into the "
-                                    "weights (for quantised/fp8 models: no weight copies). LoRA/LoCon, LoHa, LoKr "
-                                    "and full diffs only; other methods are refused with a message.")
+    return io.Boolean.Input(
+        "bypass",
+        default=False,
+        optional=True,
+        tooltip="Run the adapter in each layer's forward pass instead of merging it into the "
+        "weights (for quantised/fp8 models: no weight copies). LoRA/LoCon, LoHa, LoKr "
+        "and full diffs only; other methods are refused with a message.",
+    )
 
 
 def _check_methods(adapter, allowed: frozenset | None, node_label: str) -> None:
@@ -39,16 +46,25 @@ def _check_methods(adapter, allowed: frozenset | None, node_label: str) -> None:
     found = {m.algo for m in adapter.modules.values()}
     if not found <= allowed:
         methods = ", ".join(sorted(found))
-        right = {"lokr": "Load LoKr", "loha": "Load LoHa", "oft": "Load OFT", "boft": "Load OFT",
-                 "lora": "Load LoRA / LoCon"}
+        right = {
+            "lokr": "Load LoKr",
+            "loha": "Load LoHa",
+            "oft": "Load OFT",
+            "boft": "Load OFT",
+            "lora": "Load LoRA / LoCon",
+        }
         suggestion = right.get(next(iter(found))) if len(found) == 1 else None
         suggestion = suggestion or "Load LyCORIS Adapter"
-        raise AdapterError(f"this file holds {methods}, not what '{node_label}' loads; use '{suggestion}' "
-                           f"(or 'Load LyCORIS Adapter', which takes every method)", file=adapter.path)
+        raise AdapterError(
+            f"this file holds {methods}, not what '{node_label}' loads; use '{suggestion}' "
+            f"(or 'Load LyCORIS Adapter', which takes every method)",
+            file=adapter.path,
+        )
 
 
 class _LoaderBase(io.ComfyNode):
     """Shared schema and execution of the MODEL+CLIP loaders; subclasses set ids and the accepted methods."""
+
     NODE_ID = ""
     DISPLAY = ""
     METHODS: frozenset | None = None
@@ -57,11 +73,20 @@ class _LoaderBase(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id=cls.NODE_ID, display_name=cls.DISPLAY, category=CATEGORY, description=cls.DESCRIPTION,
-            inputs=[io.Model.Input("model"), io.Clip.Input("clip"), adapter_input(),
-                    strength_input("strength_model", "Strength on the diffusion model (0 = off)."),
-                    strength_input("strength_clip", "Strength on the text encoder (0 = off)."), _bypass_input()],
-            outputs=[io.Model.Output(), io.Clip.Output(), io.String.Output(display_name="summary")])
+            node_id=cls.NODE_ID,
+            display_name=cls.DISPLAY,
+            category=CATEGORY,
+            description=cls.DESCRIPTION,
+            inputs=[
+                io.Model.Input("model"),
+                io.Clip.Input("clip"),
+                adapter_input(),
+                strength_input("strength_model", "Strength on the diffusion model (0 = off)."),
+                strength_input("strength_clip", "Strength on the text encoder (0 = off)."),
+                _bypass_input(),
+            ],
+            outputs=[io.Model.Output(), io.Clip.Output(), io.String.Output(display_name="summary")],
+        )
 
     @classmethod
     def execute(cls, model, clip, adapter_name, strength_model, strength_clip, bypass=False):
@@ -78,8 +103,10 @@ class _LoaderBase(io.ComfyNode):
 
 class LoadAdapter(_LoaderBase):
     NODE_ID, DISPLAY = "LyCOLoadAdapter", "Load LyCORIS Adapter"
-    DESCRIPTION = ("Applies any LoRA/LoCon, LoHa, LoKr, OFT, BOFT, GLoRA, (IA)³, full/norm or DoRA adapter from "
-                   "LyCORIS/kohya, PEFT, diffusers or ComfyUI files exactly as it was trained.")
+    DESCRIPTION = (
+        "Applies any LoRA/LoCon, LoHa, LoKr, OFT, BOFT, GLoRA, (IA)³, full/norm or DoRA adapter from "
+        "LyCORIS/kohya, PEFT, diffusers or ComfyUI files exactly as it was trained."
+    )
 
 
 class LoadLoKr(_LoaderBase):
@@ -104,11 +131,18 @@ class LoadAdapterModelOnly(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="LyCOLoadAdapterModelOnly", display_name="Load LyCORIS Adapter (model only)", category=CATEGORY,
+            node_id="LyCOLoadAdapterModelOnly",
+            display_name="Load LyCORIS Adapter (model only)",
+            category=CATEGORY,
             description="Applies an adapter's diffusion-model modules; text-encoder modules are reported, not applied.",
-            inputs=[io.Model.Input("model"), adapter_input(),
-                    strength_input("strength_model", "Strength on the diffusion model (0 = off)."), _bypass_input()],
-            outputs=[io.Model.Output(), io.String.Output(display_name="summary")])
+            inputs=[
+                io.Model.Input("model"),
+                adapter_input(),
+                strength_input("strength_model", "Strength on the diffusion model (0 = off)."),
+                _bypass_input(),
+            ],
+            outputs=[io.Model.Output(), io.String.Output(display_name="summary")],
+        )
 
     @classmethod
     def execute(cls, model, adapter_name, strength_model, bypass=False):

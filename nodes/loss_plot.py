@@ -4,6 +4,7 @@ Smoothing is the bias-corrected exponential moving average ``m_t = β·m_{t−1}
 Drawn with PIL (ComfyUI ships it); takes ComfyUI's ``LOSS_MAP`` (``{"loss": [...]}``), which both our trainer and
 ComfyUI's TrainLoraNode output.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -21,7 +22,7 @@ def smoothed(values: list[float], beta: float) -> list[float]:
     out, mean = [], 0.0
     for t, value in enumerate(values, start=1):
         mean = beta * mean + (1 - beta) * value
-        out.append(mean / (1 - beta ** t))
+        out.append(mean / (1 - beta**t))
     return out
 
 
@@ -54,8 +55,11 @@ def draw(values: list[float], beta: float) -> Image.Image:
     pen.text((4, bottom - 6), f"{low:.4g}", fill=AXIS)
     pen.text((left, bottom + 8), "step 1", fill=AXIS)
     pen.text((right - 70, bottom + 8), f"step {len(values)}", fill=AXIS)
-    pen.text((left + 8, HEIGHT - 22), f"loss (raw light, EMA β={beta:g} dark) · last smoothed "
-                                      f"{smoothed(values, beta)[-1]:.5g}", fill=AXIS)
+    pen.text(
+        (left + 8, HEIGHT - 22),
+        f"loss (raw light, EMA β={beta:g} dark) · last smoothed {smoothed(values, beta)[-1]:.5g}",
+        fill=AXIS,
+    )
     return image
 
 
@@ -68,13 +72,26 @@ class LossPlot(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="LyCOLossPlot", display_name="Plot Loss", category="training/LyCORIS", is_output_node=True,
+            node_id="LyCOLossPlot",
+            display_name="Plot Loss",
+            category="training/LyCORIS",
+            is_output_node=True,
             description="The loss curve of a training run, raw and smoothed.",
-            inputs=[io.Custom("LOSS_MAP").Input("loss", tooltip="Loss history from Train LyCORIS Adapter (or "
-                                                                "ComfyUI's Train LoRA)."),
-                    io.Float.Input("smoothing", default=0.9, min=0.0, max=0.999, step=0.01,
-                                   tooltip="EMA factor β of the dark curve (0 = raw).")],
-            outputs=[io.Image.Output(display_name="image")])
+            inputs=[
+                io.Custom("LOSS_MAP").Input(
+                    "loss", tooltip="Loss history from Train LyCORIS Adapter (or ComfyUI's Train LoRA)."
+                ),
+                io.Float.Input(
+                    "smoothing",
+                    default=0.9,
+                    min=0.0,
+                    max=0.999,
+                    step=0.01,
+                    tooltip="EMA factor β of the dark curve (0 = raw).",
+                ),
+            ],
+            outputs=[io.Image.Output(display_name="image")],
+        )
 
     @classmethod
     def execute(cls, loss, smoothing):

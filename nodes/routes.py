@@ -9,6 +9,7 @@
 ComfyUI mirrors them under ``/api/…``. Where no ``PromptServer`` instance exists (the pack imported outside
 ComfyUI's server) nothing is registered; an instance that does not listen (in-process tests) just keeps the table.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -44,6 +45,7 @@ def register() -> bool:
     """Add the routes to ComfyUI's server table; False (and a debug line) when there is no server."""
     try:
         from server import PromptServer
+
         routes = PromptServer.instance.routes
     except (ImportError, AttributeError):
         log.debug("[LyCO] no ComfyUI PromptServer instance: /lyco routes not registered")

@@ -9,6 +9,7 @@ For ``<dir>/<stem>.safetensors`` (or a PEFT folder's ``adapter_model.safetensors
 
 Unreadable or malformed sidecars are skipped and named in ``errors``; nothing is ever written.
 """
+
 from __future__ import annotations
 
 import json

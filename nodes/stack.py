@@ -7,6 +7,7 @@ by hand. It is validated before the run (``validate_inputs``) with errors that n
 enabled row is ``host.apply_adapter`` on the previous row's clones, so the result equals the same loaders chained
 in that order (W-dependent methods see earlier rows applied).
 """
+
 from __future__ import annotations
 
 import json
@@ -45,8 +46,9 @@ def parse_stack(text: str, known: list[str]) -> list[StackRow]:
     try:
         data = json.loads(text.strip() or "[]")
     except json.JSONDecodeError as exc:
-        raise ValueError(f"stack is not valid JSON ({exc.msg}, line {exc.lineno} column {exc.colno}); "
-                         f"expected e.g. {_EXAMPLE}") from None
+        raise ValueError(
+            f"stack is not valid JSON ({exc.msg}, line {exc.lineno} column {exc.colno}); expected e.g. {_EXAMPLE}"
+        ) from None
     if not isinstance(data, list):
         raise ValueError(f"stack must be a JSON list of rows, e.g. {_EXAMPLE}")
     rows = []
@@ -55,8 +57,9 @@ def parse_stack(text: str, known: list[str]) -> list[StackRow]:
             raise ValueError(f"stack row {index} must be an object like {_EXAMPLE[1:-1]}")
         unknown = sorted(set(row) - set(_FIELDS))
         if unknown:
-            raise ValueError(f"stack row {index}: unknown field(s) {', '.join(unknown)}; fields are "
-                             f"{', '.join(_FIELDS)}")
+            raise ValueError(
+                f"stack row {index}: unknown field(s) {', '.join(unknown)}; fields are {', '.join(_FIELDS)}"
+            )
         name = row.get("name")
         if not isinstance(name, str) or not name:
             raise ValueError(f"stack row {index}: 'name' must be an adapter name from the loras folders")
@@ -65,8 +68,7 @@ def parse_stack(text: str, known: list[str]) -> list[StackRow]:
         on = row.get("on", True)
         if not isinstance(on, bool):
             raise ValueError(f"stack row {index}: 'on' must be true or false, got {json.dumps(on)}")
-        rows.append(StackRow(name, on, _strength(row, "strength_model", index),
-                             _strength(row, "strength_clip", index)))
+        rows.append(StackRow(name, on, _strength(row, "strength_model", index), _strength(row, "strength_clip", index)))
     return rows
 
 
@@ -80,8 +82,7 @@ def apply_stack(rows: list[StackRow], model, clip):
         if row.strength_model == 0 and row.strength_clip == 0:
             lines.append(f"{index}. {row.name}: both strengths are 0, nothing applied")
             continue
-        model, clip, coverage = apply_adapter(load_cached(row.name), model, clip, row.strength_model,
-                                              row.strength_clip)
+        model, clip, coverage = apply_adapter(load_cached(row.name), model, clip, row.strength_model, row.strength_clip)
         lines.append(f"{index}. (model {row.strength_model:g}, clip {row.strength_clip:g}) {coverage.details()}")
     return model, clip, "\n".join(lines) or "the stack is empty: nothing applied"
 
@@ -92,14 +93,22 @@ class AdapterStack(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="LyCOAdapterStack", display_name="Adapter Stack", category=CATEGORY,
+            node_id="LyCOAdapterStack",
+            display_name="Adapter Stack",
+            category=CATEGORY,
             description="Applies several LyCORIS-family adapters in row order (each with on/off, model and clip "
-                        "strengths), exactly as the same loaders chained.",
-            inputs=[io.Model.Input("model"), io.Clip.Input("clip"),
-                    io.String.Input("stack", default="[]",
-                                    tooltip="JSON list of rows {name, on, strength_model, strength_clip}; the "
-                                            "node's table edits it.")],
-            outputs=[io.Model.Output(), io.Clip.Output(), io.String.Output(display_name="summary")])
+            "strengths), exactly as the same loaders chained.",
+            inputs=[
+                io.Model.Input("model"),
+                io.Clip.Input("clip"),
+                io.String.Input(
+                    "stack",
+                    default="[]",
+                    tooltip="JSON list of rows {name, on, strength_model, strength_clip}; the node's table edits it.",
+                ),
+            ],
+            outputs=[io.Model.Output(), io.Clip.Output(), io.String.Output(display_name="summary")],
+        )
 
     @classmethod
     def validate_inputs(cls, stack):

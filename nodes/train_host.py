@@ -6,10 +6,11 @@ then calls the trainable on the cast weight in every forward (``comfy.ops.cast_b
 through ComfyUI's own layers (full load, any dtype). IA3 (PEFT) also wraps the bias.
 Loss (as ComfyUI's trainer): clean latent ``x0``, ``u ~ U(0,1)``, ``σ = percent_to_sigma(u)``, ``ε ~ N(0, I)``,
 ``x_σ = noise_scaling(σ, ε, x0)``; the model's denoised prediction ``D(x_σ, σ, c)`` (``BaseModel.apply_model``) with
-the sample's conditioning (its first entry, turned into model inputs by the model's own ``extra_conds``);
-``loss = mean((D − x0)²)`` over the batch (samples whose shapes agree run as one batched forward). Noise and σ are drawn from a generator seeded by (seed, micro-batch), so
-a resumed run continues the same stream.
+the sample's conditioning (its first entry, turned into model inputs by the model's own ``extra_conds``); ``loss =
+mean((D − x0)²)`` over the batch (samples whose shapes agree run as one batched forward). Noise and σ are drawn from
+a generator seeded by (seed, micro-batch), so a resumed run continues the same stream.
 """
+
 from __future__ import annotations
 
 import logging
@@ -112,7 +113,7 @@ def file_names(model, clip):
         for name, key in comfy.lora.model_lora_keys_unet(model.model, {}).items():
             if isinstance(key, str) and name.startswith("lora_unet_") and key.endswith(".weight"):
                 path = key[: -len(".weight")]
-                literal = "lora_unet_" + path[len(UNET):].replace(".", "_")
+                literal = "lora_unet_" + path[len(UNET) :].replace(".", "_")
                 if name != literal or path not in own:
                     own[path] = name
         names.update(own)
@@ -125,8 +126,9 @@ def file_names(model, clip):
         if path in names:
             return names[path]
         if path.startswith(UNET):
-            return "lora_unet_" + path[len(UNET):].replace(".", "_")
+            return "lora_unet_" + path[len(UNET) :].replace(".", "_")
         return "lora_te_" + path.split(".transformer.", 1)[-1].replace(".", "_")
+
     return name_of
 
 
@@ -178,17 +180,28 @@ class DenoiseLoss:
             noise = torch.randn(x0.shape, generator=generator).to(self.device)
             noisy = sampling.noise_scaling(sigma, noise, x0, False)
             cond = self.encode(index) if self.encode is not None else self.conds[index]
-            prepared = comfy.samplers.encode_model_conds(model.extra_conds, comfy.sampler_helpers.convert_cond(cond),
-                                                         noisy, self.device, "positive", latent_image=x0, seed=draw)
-            inputs = {name: value.process_cond(batch_size=1, area=None).cond
-                      for name, value in prepared[0]["model_conds"].items()}
+            prepared = comfy.samplers.encode_model_conds(
+                model.extra_conds,
+                comfy.sampler_helpers.convert_cond(cond),
+                noisy,
+                self.device,
+                "positive",
+                latent_image=x0,
+                seed=draw,
+            )
+            inputs = {
+                name: value.process_cond(batch_size=1, area=None).cond
+                for name, value in prepared[0]["model_conds"].items()
+            }
             groups.setdefault(_batch_key(x0, inputs, index), []).append((x0, sigma, noisy, inputs))
         options = self.patcher.model_options.get("transformer_options", {})
         total = 0.0
         for group in groups.values():  # samples whose shapes agree run as one batch
             x0, sigma, noisy = (torch.cat([item[k] for item in group]) for k in range(3))
-            inputs = {name: torch.cat([item[3][name] for item in group]) if len(group) > 1 else value
-                      for name, value in group[0][3].items()}
+            inputs = {
+                name: torch.cat([item[3][name] for item in group]) if len(group) > 1 else value
+                for name, value in group[0][3].items()
+            }
             denoised = model.apply_model(noisy, sigma, transformer_options=options, **inputs)
             total = total + torch.nn.functional.mse_loss(denoised.float(), x0.float(), reduction="sum") / x0[0].numel()
         return total / len(indices)
@@ -207,6 +220,7 @@ def text_encoder(clip, captions: list[str]):
             out = clip.encode_from_tokens(tokens[text], return_pooled=True, return_dict=True)
         cond = out.pop("cond")
         return [[cond, out]]
+
     return encode
 
 
@@ -225,6 +239,7 @@ class Progress:
         if self.node_id is not None:
             try:
                 from server import PromptServer
+
                 PromptServer.instance.send_progress_text(text, self.node_id)
             except (ImportError, AttributeError):
                 pass

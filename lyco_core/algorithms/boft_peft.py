@@ -6,6 +6,7 @@ sub-chunks of ``H/2`` in the order ``[0,2,4,…,1,3,5,…]`` (``P_0 = I``). ``M 
 ``W' = (flat(W)·Mᵀ) ⊙ s_row`` with ``boft_s`` ((out,1) Linear, (1,out) Conv2d) per row. ``boft_P`` is ignored.
 Strength (PEFT has none; ours): every ``R_i → m·R_i + (1−m)·I`` and ``s → 1 + m·(s − 1)``.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,7 +20,7 @@ from .rotation import cayley, toward_identity
 
 def butterfly_gather(columns: int, block: int, factor: int, device) -> torch.Tensor:
     """Index ``idx`` of ``P_factor`` (``(P x)[j] = x[idx[j]]``)."""
-    group, chunk = block * 2 ** factor, block // 2
+    group, chunk = block * 2**factor, block // 2
     steps = group // chunk
     chunk_order = torch.cat([torch.arange(0, steps, 2), torch.arange(1, steps, 2)])
     within = (chunk_order[:, None] * chunk + torch.arange(chunk)[None, :]).reshape(-1)
@@ -56,11 +57,17 @@ class PeftBOFT(AdapterModule):
         factors, n, bs, _ = self.params["boft_R"].shape
         columns = math.prod(weight_shape[1:])
         if n * bs != columns:
-            raise self.fail(f"{n} blocks of {bs} do not cover {columns} input columns", key="boft_R",
-                            expected="an adapter made for this layer")
+            raise self.fail(
+                f"{n} blocks of {bs} do not cover {columns} input columns",
+                key="boft_R",
+                expected="an adapter made for this layer",
+            )
         if self.params["boft_s"].numel() != weight_shape[0]:
-            raise self.fail(f"boft_s has {self.params['boft_s'].numel()} values", key="boft_s",
-                            expected=f"{weight_shape[0]} (one per output row)")
+            raise self.fail(
+                f"boft_s has {self.params['boft_s'].numel()} values",
+                key="boft_s",
+                expected=f"{weight_shape[0]} (one per output row)",
+            )
 
     def rotation(self, weight: torch.Tensor) -> torch.Tensor:
         """The factor rotations ``(N, D, H, H)``: ½-skew Cayley of ``boft_R``."""

@@ -5,6 +5,7 @@ keeps that order: ``sort_divisor=False``); else, starting from ``(1, dim)``, mov
 while ``m' ≤ factor`` (−1 = no bound) and ``m' + dim/m' ≤ m + n``; return ``(m, n)`` with ``m ≤ n``.
 A LoKr weight is ``kron(W1 (a,c), W2 (b, d·∏k))`` with ``(a,b) = factorization(out)``, ``(c,d) = factorization(in)``.
 """
+
 from __future__ import annotations
 
 

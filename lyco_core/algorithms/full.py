@@ -1,4 +1,5 @@
 """Full difference: ``W' = W + m·diff``, ``b' = b + m·diff_b``."""
+
 from __future__ import annotations
 
 from .base import AdditiveModule, reshape_to
@@ -16,8 +17,11 @@ class Full(AdditiveModule):
 
     def check_target(self, weight_shape, has_bias):
         if tuple(self.params["diff"].shape) != tuple(weight_shape):
-            raise self.fail(f"diff has shape {list(self.params['diff'].shape)}", key="diff",
-                            expected=f"the weight's shape {list(weight_shape)}")
+            raise self.fail(
+                f"diff has shape {list(self.params['diff'].shape)}",
+                key="diff",
+                expected=f"the weight's shape {list(weight_shape)}",
+            )
 
     def delta(self, weight_shape, device, dtype):
         return reshape_to(self.params["diff"].to(device, dtype), weight_shape, self, "diff")

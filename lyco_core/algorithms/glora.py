@@ -6,6 +6,7 @@ r = ``a2.shape[0]``. Old layout (≤ 2.x, Linear/1×1): ``a1 (r,in)``, ``a2 (in,
 ``ΔW = scale · (W @ a2 @ a1 + b2 @ b1)``; r = ``a1.shape[0]``. The layout is told by ``a1.shape[0] == in``.
 ΔW depends on W: apply to the weight the adapter was trained on.
 """
+
 from __future__ import annotations
 
 import torch
@@ -32,8 +33,12 @@ class GLoRA(AdapterModule):
         new_ok = a1.shape[1] == a2.shape[0] == b1.shape[1] == b2.shape[0]
         old_ok = a1.shape[0] == a2.shape[1] == b1.shape[0] == b2.shape[1]
         if not (new_ok or old_ok):
-            raise self.fail("the four factor shapes " + ", ".join(f"{k} {list(params[k].shape)}" for k in _KEYS)
-                            + " do not share a rank", expected="a1 (in,r), a2 (r,in), b1 (out,r), b2 (r,in…)")
+            raise self.fail(
+                "the four factor shapes "
+                + ", ".join(f"{k} {list(params[k].shape)}" for k in _KEYS)
+                + " do not share a rank",
+                expected="a1 (in,r), a2 (r,in), b1 (out,r), b2 (r,in…)",
+            )
 
     def _is_new(self, in_features: int | None = None) -> bool:
         a1 = self.params["a1.weight"]
@@ -53,8 +58,10 @@ class GLoRA(AdapterModule):
         else:
             a_dim, out = self.params["a1.weight"].shape[1], self.params["b2.weight"].shape[0]
         if a_dim != weight_shape[1] or out != weight_shape[0]:
-            raise self.fail(f"factors fit a ({out}, {a_dim}, …) weight, not {list(weight_shape)}",
-                            expected="an adapter made for this layer")
+            raise self.fail(
+                f"factors fit a ({out}, {a_dim}, …) weight, not {list(weight_shape)}",
+                expected="an adapter made for this layer",
+            )
 
     def apply(self, weight, strength):
         a1, a2, b1, b2 = (flat2(self.tensor(k, weight)) for k in _KEYS)

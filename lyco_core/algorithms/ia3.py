@@ -6,6 +6,7 @@ PEFT (``ia3_l``): ``W' = W ⊙ l_m`` with ``l_m = 1 + m·(l − 1)`` (PEFT has n
 ``ia3_l (out,1)`` scales rows, ``(1,in)`` columns (feed-forward layers); conv ``(1,C,1,1)`` decides by the config's
 ``feedforward_modules``. Layers that are not feed-forward also get ``b' = b ⊙ l_m``, as PEFT's merge does.
 """
+
 from __future__ import annotations
 
 import re
@@ -54,9 +55,12 @@ class IA3(AdapterModule):
     def check_target(self, weight_shape, has_bias):
         channels = weight_shape[1] if self.on_input(weight_shape) else weight_shape[0]
         if self.params[self.gain_key].numel() != channels:
-            raise self.fail(f"gain has {self.params[self.gain_key].numel()} values for "
-                            f"{'input' if self.on_input(weight_shape) else 'output'} channels {channels}",
-                            key=self.gain_key, expected=f"{channels} values")
+            raise self.fail(
+                f"gain has {self.params[self.gain_key].numel()} values for "
+                f"{'input' if self.on_input(weight_shape) else 'output'} channels {channels}",
+                key=self.gain_key,
+                expected=f"{channels} values",
+            )
 
     def gain(self, like: torch.Tensor, strength: float) -> torch.Tensor:
         """The per-channel factor at ``strength``: ``1 + m·w`` (LyCORIS) or ``1 + m·(l − 1)`` (PEFT)."""
@@ -76,5 +80,3 @@ class IA3(AdapterModule):
             return None
         gain = self.gain(bias, strength)
         return bias.to(gain.dtype) * gain
-
-

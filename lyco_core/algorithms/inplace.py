@@ -13,6 +13,7 @@ A product of fp16/bf16 factors into a weight of their dtype needs no conversion 
 accumulates in float32 and rounds once (``single_rounding_gemm``): same result, no scratch; fp16 or float32
 factors into a bf16 weight go the same way as exact bf16 pieces (``half_gemm_factors``).
 """
+
 from __future__ import annotations
 
 import math
@@ -86,7 +87,7 @@ def scratch(name: str, numel: int, dtype: torch.dtype, device: torch.device) -> 
 def view_of(buffer: torch.Tensor, *shape: int) -> torch.Tensor:
     """The leading values of a flat scratch ``buffer`` (reused across chunks, so no allocation per chunk) as a
     contiguous tensor of ``shape``."""
-    return buffer[:math.prod(shape)].view(shape)
+    return buffer[: math.prod(shape)].view(shape)
 
 
 def row_chunks(weight: torch.Tensor, unit: int = 1, split: bool = False) -> Iterator[tuple[slice, torch.Tensor]]:
@@ -120,8 +121,9 @@ def row_chunks(weight: torch.Tensor, unit: int = 1, split: bool = False) -> Iter
 _HALF_GEMM_PROBES: dict[tuple[str, torch.dtype], bool] = {}
 
 
-def half_gemm_factors(weight: torch.Tensor, left: torch.Tensor,
-                      right: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+def half_gemm_factors(
+    weight: torch.Tensor, left: torch.Tensor, right: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor] | None:
     """``(L, R)`` for ``flat(weight).addmm_(L, R)`` with ``L @ R`` = ``left @ right`` in float32 accumulation
     and one rounding into the fp16/bf16 weight, or None where the float32 chunk path must run.
 
@@ -131,8 +133,12 @@ def half_gemm_factors(weight: torch.Tensor, left: torch.Tensor,
     """
     if left.dtype == right.dtype == weight.dtype:
         pair = (left, right)
-    elif (weight.dtype == torch.bfloat16 and left.dtype in _BF16_PIECES and right.dtype in _BF16_PIECES
-          and fast_bf16_gemm(weight.device)):
+    elif (
+        weight.dtype == torch.bfloat16
+        and left.dtype in _BF16_PIECES
+        and right.dtype in _BF16_PIECES
+        and fast_bf16_gemm(weight.device)
+    ):
         pair = bf16_split_product(left, right)
     else:
         return None
@@ -167,8 +173,10 @@ def bf16_split_product(left: torch.Tensor, right: torch.Tensor) -> tuple[torch.T
     significant bits) is exact in float32: a float32-accumulating GEMM sees the products of the float32 GEMM.
     """
     lefts, rights = bf16_pieces(left), bf16_pieces(right)
-    return (torch.cat([piece for piece in lefts for _ in rights], dim=1),
-            torch.cat([piece for _ in lefts for piece in rights], dim=0))
+    return (
+        torch.cat([piece for piece in lefts for _ in rights], dim=1),
+        torch.cat([piece for _ in lefts for piece in rights], dim=0),
+    )
 
 
 def fast_bf16_gemm(device: torch.device) -> bool:
@@ -177,8 +185,10 @@ def fast_bf16_gemm(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type == "cpu":
-        return any(getattr(torch.cpu, probe, lambda: False)()
-                   for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
+        return any(
+            getattr(torch.cpu, probe, lambda: False)()
+            for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+        )
     return False
 
 

@@ -7,6 +7,7 @@ In place: each factor is a rank-r product ``L_j @ R_j`` (Tucker: ``L_j = w_j_a�
 ``flat(W)[c] += (m·scale)·(L_1[c] @ R_1) ⊙ (L_2[c] @ R_2)`` (products into two cache-sized scratch chunks, then
 ``addcmul_``): W is streamed once and the products never leave the cache.
 """
+
 from __future__ import annotations
 
 import torch
@@ -34,8 +35,13 @@ class LoHa(AdditiveModule):
             require(self, ("hada_t1", "hada_t2"))
         rank = params["hada_w1_b"].shape[0]
         for key in ("hada_w1_a", "hada_w2_a"):
-            check_dim(self, key, 0 if self.tucker else 1, params[key.replace("_a", "_b")].shape[0],
-                      f"the rank of {key.replace('_a', '_b')}")
+            check_dim(
+                self,
+                key,
+                0 if self.tucker else 1,
+                params[key.replace("_a", "_b")].shape[0],
+                f"the rank of {key.replace('_a', '_b')}",
+            )
         self._rank = int(rank)
 
     @property
@@ -66,8 +72,11 @@ class LoHa(AdditiveModule):
     def check_target(self, weight_shape, has_bias):
         out = self.params["hada_w1_a"].shape[1 if self.tucker else 0]
         if out != weight_shape[0]:
-            raise self.fail(f"hada_w1_a gives {out} output rows but the weight has {weight_shape[0]}",
-                            key="hada_w1_a", expected=f"{weight_shape[0]} rows")
+            raise self.fail(
+                f"hada_w1_a gives {out} output rows but the weight has {weight_shape[0]}",
+                key="hada_w1_a",
+                expected=f"{weight_shape[0]} rows",
+            )
 
     def factors(self, weight_shape, device, dtype):
         """``(L_1, R_1, L_2, R_2)`` and two scratch chunks for the products."""

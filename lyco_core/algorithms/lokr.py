@@ -9,6 +9,7 @@ In place, without the Kronecker temporary: ``flat(W)`` viewed as ``(a, b, c, d·
 ``+= (m·scale)·W1[i,·,j,·] ⊙ W2[·,p,·,q]`` as one broadcast ``addcmul_``. Bypass: ``W1·(x·W2ᵀ)`` on the
 input-channel groups (lyco_core/bypass.py), never forming the Kronecker product.
 """
+
 from __future__ import annotations
 
 import torch
@@ -31,8 +32,11 @@ class LoKr(AdditiveModule):
         for half in ("1", "2"):
             if f"lokr_w{half}" not in params:
                 if f"lokr_w{half}_a" not in params and f"lokr_w{half}_b" not in params:
-                    raise self.fail(f"neither lokr_w{half} nor lokr_w{half}_a/lokr_w{half}_b is present",
-                                    key=f"lokr_w{half}", expected=f"lokr_w{half}, or lokr_w{half}_a with lokr_w{half}_b")
+                    raise self.fail(
+                        f"neither lokr_w{half} nor lokr_w{half}_a/lokr_w{half}_b is present",
+                        key=f"lokr_w{half}",
+                        expected=f"lokr_w{half}, or lokr_w{half}_a with lokr_w{half}_b",
+                    )
                 require(self, (f"lokr_w{half}_a", f"lokr_w{half}_b"))
         if "lokr_w1" not in params:
             check_dim(self, "lokr_w1_a", 1, params["lokr_w1_b"].shape[0], "the rank of lokr_w1_b")
@@ -81,12 +85,18 @@ class LoKr(AdditiveModule):
         else:
             rows_2 = self.params["lokr_w2_a"].shape[1 if self.tucker else 0]
         if rows_1 * rows_2 != weight_shape[0]:
-            raise self.fail(f"the Kronecker factors give {rows_1}×{rows_2} = {rows_1 * rows_2} output rows but the "
-                            f"weight has {weight_shape[0]}", expected="an adapter made for this layer")
+            raise self.fail(
+                f"the Kronecker factors give {rows_1}×{rows_2} = {rows_1 * rows_2} output rows but the "
+                f"weight has {weight_shape[0]}",
+                expected="an adapter made for this layer",
+            )
 
     def row_group(self):
-        return int(self.params["lokr_w2"].shape[0] if "lokr_w2" in self.params
-                   else self.params["lokr_w2_a"].shape[1 if self.tucker else 0])
+        return int(
+            self.params["lokr_w2"].shape[0]
+            if "lokr_w2" in self.params
+            else self.params["lokr_w2_a"].shape[1 if self.tucker else 0]
+        )
 
     def factors(self, weight_shape, device, dtype):
         w1, w2 = self._w1(device, dtype), self._w2(device, dtype)
@@ -96,9 +106,10 @@ class LoKr(AdditiveModule):
     def add_rows_(self, work, rows, factors, scale):
         w1, w2 = factors
         (b, dk), c = w2.shape, w1.shape[1]
-        w1 = w1[rows.start // b: rows.stop // b]
-        work.view(w1.shape[0], b, c, dk).addcmul_(w1[:, None, :, None], w2[None, :, None, :],
-                                                  value=scale * self.scale_value())
+        w1 = w1[rows.start // b : rows.stop // b]
+        work.view(w1.shape[0], b, c, dk).addcmul_(
+            w1[:, None, :, None], w2[None, :, None, :], value=scale * self.scale_value()
+        )
 
     def bypass_weight(self, x, call, strength):
         """``kron(W1, W2) ⋆ x`` without the Kronecker product. Linear: ``x (…, c, d)`` → ``W1 · (x W2ᵀ)``

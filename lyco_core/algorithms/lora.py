@@ -10,6 +10,7 @@ In place: ``flat(W) += (m·scale)·U @ D'`` as one ``addmm_`` (Tucker folds the 
 folded Tucker core into a bf16 weight as their exact bf16 pieces (``half_gemm_factors``).
 Bypass: ``m·scale·U(D(x))`` as two thin products (see lyco_core/bypass.py).
 """
+
 from __future__ import annotations
 
 import torch
@@ -51,11 +52,17 @@ class LoRA(AdditiveModule):
     def check_target(self, weight_shape, has_bias):
         out = self.params["lora_up.weight"].shape[0]
         if out != weight_shape[0]:
-            raise self.fail(f"lora_up has {out} output rows but the weight has {weight_shape[0]}",
-                            key="lora_up.weight", expected=f"shape ({weight_shape[0]}, r, …)")
+            raise self.fail(
+                f"lora_up has {out} output rows but the weight has {weight_shape[0]}",
+                key="lora_up.weight",
+                expected=f"shape ({weight_shape[0]}, r, …)",
+            )
         if self.tucker and tuple(self.params["lora_mid.weight"].shape[2:]) != tuple(weight_shape[2:]):
-            raise self.fail(f"lora_mid kernel {list(self.params['lora_mid.weight'].shape[2:])} differs from the "
-                            f"weight's {list(weight_shape[2:])}", key="lora_mid.weight")
+            raise self.fail(
+                f"lora_mid kernel {list(self.params['lora_mid.weight'].shape[2:])} differs from the "
+                f"weight's {list(weight_shape[2:])}",
+                key="lora_mid.weight",
+            )
 
     def delta(self, weight_shape, device, dtype):
         up = self.params["lora_up.weight"].to(device, dtype)

@@ -2,6 +2,7 @@
 ``ΔW = scale·(B @ A)ᵀ = scale·Aᵀ @ Bᵀ``. It is the LoRA with ``up = Aᵀ (num, r)`` and ``down = Bᵀ (r, dim)``, read
 as such (all of LoRA's math, scale and strength law); ``embedding`` tells writers to store PEFT's spelling again.
 """
+
 from __future__ import annotations
 
 from .base import AdapterModule, check_ndim, require

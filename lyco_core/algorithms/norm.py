@@ -1,4 +1,5 @@
 """Norm-layer difference (LayerNorm/GroupNorm): ``W' = W + m·w_norm``, ``b' = b + m·b_norm``."""
+
 from __future__ import annotations
 
 from .base import AdditiveModule, reshape_to
@@ -16,8 +17,11 @@ class Norm(AdditiveModule):
 
     def check_target(self, weight_shape, has_bias):
         if self.params["w_norm"].numel() != weight_shape.numel():
-            raise self.fail(f"w_norm has {self.params['w_norm'].numel()} values", key="w_norm",
-                            expected=f"{weight_shape.numel()} (the norm weight)")
+            raise self.fail(
+                f"w_norm has {self.params['w_norm'].numel()} values",
+                key="w_norm",
+                expected=f"{weight_shape.numel()} (the norm weight)",
+            )
 
     def delta(self, weight_shape, device, dtype):
         return reshape_to(self.params["w_norm"].to(device, dtype), weight_shape, self, "w_norm")

@@ -9,6 +9,7 @@ In place (``apply_``): R is cached per (device, dtype) — one batched solve per
 ComfyUI's low-VRAM path or per strength change — only ``R_m`` (n·bs² values) is formed per call, and row blocks are
 rotated a few at a time with the rescale fused.
 """
+
 from __future__ import annotations
 
 import torch
@@ -44,8 +45,9 @@ class DiagOFT(AdapterModule):
         self._rotations = BoundedCache()
         blocks = check_ndim(self, self.key, (3,))
         if blocks.shape[1] != blocks.shape[2]:
-            raise self.fail(f"blocks of shape {list(blocks.shape[1:])} are not square", key=self.key,
-                            expected="(n_blocks, bs, bs)")
+            raise self.fail(
+                f"blocks of shape {list(blocks.shape[1:])} are not square", key=self.key, expected="(n_blocks, bs, bs)"
+            )
 
     def rank(self):
         return int(self.params[self.key].shape[1])  # block size
@@ -57,19 +59,30 @@ class DiagOFT(AdapterModule):
     def summary(self):
         info = super().summary()
         blocks = self.params[self.key]
-        info.update(block_size=int(blocks.shape[1]), blocks=int(blocks.shape[0]),
-                    constraint=self.alpha(), rescaled="rescale" in self.params, stored_rotation=self.key == "oft_diag")
+        info.update(
+            block_size=int(blocks.shape[1]),
+            blocks=int(blocks.shape[0]),
+            constraint=self.alpha(),
+            rescaled="rescale" in self.params,
+            stored_rotation=self.key == "oft_diag",
+        )
         return info
 
     def check_target(self, weight_shape, has_bias):
         n, bs, _ = self.params[self.key].shape
         if n * bs != weight_shape[0]:
-            raise self.fail(f"{n} blocks of {bs} rows cover {n * bs} rows but the weight has {weight_shape[0]}",
-                            key=self.key, expected="an adapter made for this layer")
+            raise self.fail(
+                f"{n} blocks of {bs} rows cover {n * bs} rows but the weight has {weight_shape[0]}",
+                key=self.key,
+                expected="an adapter made for this layer",
+            )
         rescale = self.params.get("rescale")
         if rescale is not None and rescale.numel() != weight_shape[0]:
-            raise self.fail(f"rescale has {rescale.numel()} values", key="rescale",
-                            expected=f"{weight_shape[0]} (one per output row)")
+            raise self.fail(
+                f"rescale has {rescale.numel()} values",
+                key="rescale",
+                expected=f"{weight_shape[0]} (one per output row)",
+            )
 
     def rotation(self, weight: torch.Tensor) -> torch.Tensor:
         blocks = self.tensor(self.key, weight)

@@ -9,6 +9,7 @@
 * ≤0.13, ``oft_r`` only: output side, ``bs = ⌈out/r⌉``, same ½-skew Cayley, ``W' = blockdiag(R)[:out,:out]ᵀ·flat(W)``.
 Strength (PEFT has none; ours): ``R → m·R + (1−m)·I`` and ``s → 1 + m·(s − 1)``; m=1 is PEFT's merge exactly.
 """
+
 from __future__ import annotations
 
 import math
@@ -83,8 +84,11 @@ class PeftOFT(AdapterModule):
             packed = params["oft_R.weight"]
             self.block_size = _block_size_from_packed(packed.shape[-1]) if packed.ndim == 2 else None
             if self.block_size is None:
-                raise self.fail(f"shape {list(packed.shape)} is not (blocks, bs·(bs−1)/2)", key="oft_R.weight",
-                                expected="a packed strict upper triangle per block")
+                raise self.fail(
+                    f"shape {list(packed.shape)} is not (blocks, bs·(bs−1)/2)",
+                    key="oft_R.weight",
+                    expected="a packed strict upper triangle per block",
+                )
         else:
             self.format = "input" if "oft_s" in params else "output"
             blocks = params["oft_r"]
@@ -98,9 +102,13 @@ class PeftOFT(AdapterModule):
     def summary(self):
         info = super().summary()
         cfg = self.ctx.config
-        info.update(block_size=self.block_size, peft_format=self.format, coft=bool(cfg.get("coft", False)),
-                    block_share=bool(cfg.get("block_share", False)),
-                    cayley_neumann=self._neumann_terms() if self.format == "packed" else None)
+        info.update(
+            block_size=self.block_size,
+            peft_format=self.format,
+            coft=bool(cfg.get("coft", False)),
+            block_share=bool(cfg.get("block_share", False)),
+            cayley_neumann=self._neumann_terms() if self.format == "packed" else None,
+        )
         return info
 
     def _neumann_terms(self) -> int | None:
@@ -121,8 +129,11 @@ class PeftOFT(AdapterModule):
             return
         columns = math.prod(weight_shape[1:])
         if columns % bs or (n != 1 and n * bs != columns):
-            raise self.fail(f"{n} blocks of {bs} do not cover {columns} input columns", key=self._stored(),
-                            expected="an adapter made for this layer")
+            raise self.fail(
+                f"{n} blocks of {bs} do not cover {columns} input columns",
+                key=self._stored(),
+                expected="an adapter made for this layer",
+            )
         scale = self.params.get("oft_s")
         if scale is not None and scale.numel() != weight_shape[0]:
             raise self.fail(f"oft_s has {scale.numel()} values", key="oft_s", expected=f"{weight_shape[0]}")

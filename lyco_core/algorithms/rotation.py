@@ -2,6 +2,7 @@
 
 Everything is blockwise: rotations are ``(n, bs, bs)`` stacks, never dense ``out×out`` matrices.
 """
+
 from __future__ import annotations
 
 import torch
@@ -42,13 +43,15 @@ def rotate_rows_(weight: torch.Tensor, rotation: torch.Tensor, row_scale: torch.
     and layout: chunks of a few blocks, each rotated into one reused scratch chunk and copied back."""
     n, bs, _ = rotation.shape
     cols = weight[0].numel()
-    rotated_chunk = scratch("rotated", span_length(n, bs * cols, rotation.device) * bs * cols, rotation.dtype,
-                            rotation.device)
+    rotated_chunk = scratch(
+        "rotated", span_length(n, bs * cols, rotation.device) * bs * cols, rotation.dtype, rotation.device
+    )
     transposed = rotation.transpose(1, 2)
     for rows, work in row_chunks(weight, bs, split=True):
         blocks = work.view(-1, bs, cols)
-        rotated = torch.bmm(transposed[rows.start // bs: rows.stop // bs], blocks,
-                            out=view_of(rotated_chunk, *blocks.shape))
+        rotated = torch.bmm(
+            transposed[rows.start // bs : rows.stop // bs], blocks, out=view_of(rotated_chunk, *blocks.shape)
+        )
         if row_scale is not None:
             rotated.mul_(row_scale[rows].view(-1, bs, 1))
         blocks.copy_(rotated)

@@ -2,6 +2,7 @@
 one. Strength m moves toward the copy: ``W' = W + m·(S − W)`` (``b'`` alike); m = 1 gives ``S`` itself, PEFT's
 law. A bare ``weight`` means this only in a PEFT folder (``modules_to_save``, or PEFT's saved embedding layers).
 """
+
 from __future__ import annotations
 
 import torch
@@ -23,8 +24,11 @@ class SavedCopy(AdapterModule):
 
     def check_target(self, weight_shape, has_bias):
         if tuple(self.params["weight"].shape) != tuple(weight_shape):
-            raise self.fail(f"the saved copy is {list(self.params['weight'].shape)}, the weight {list(weight_shape)}",
-                            key="weight", expected="a copy of this layer")
+            raise self.fail(
+                f"the saved copy is {list(self.params['weight'].shape)}, the weight {list(weight_shape)}",
+                key="weight",
+                expected="a copy of this layer",
+            )
         if "bias" in self.params and not has_bias:
             raise self.fail("the saved copy has a bias, the layer has none", key="bias")
 

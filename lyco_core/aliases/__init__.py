@@ -7,6 +7,7 @@ model's own keys, so an adapter named for one spelling matches a checkpoint writ
 An ``Alias`` is matched like the key's own path (keymap.py). One may name only part of a weight (q, k or v in a fused
 ``in_proj_weight``): it then says which block of rows, and a module matched to it patches those rows alone.
 """
+
 from __future__ import annotations
 
 from collections.abc import Collection

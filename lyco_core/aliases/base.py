@@ -1,4 +1,5 @@
 """What an alias is, and where a sub-model sits among a model's keys."""
+
 from __future__ import annotations
 
 from collections.abc import Collection
@@ -10,6 +11,7 @@ class Alias:
     """``path`` (dotted, without ``.weight``) is another name of the weight ``key`` or, with ``part`` (i, n), of the
     i-th of n equal blocks of its rows (a layer fused into a bigger weight); with ``transposed``, of its transpose
     (keymap.WeightSlice)."""
+
     path: str
     key: str
     part: tuple[int, int] | None = None
@@ -29,4 +31,4 @@ def roots(keys: Collection[str], marker: str, partner: str) -> list[str]:
 
 def weights_under(keys: Collection[str], root: str) -> dict[str, str]:
     """{path below ``root`` without ``.weight``: key} for the weight keys under ``root``."""
-    return {key[len(root): -len(".weight")]: key for key in keys if key.startswith(root) and key.endswith(".weight")}
+    return {key[len(root) : -len(".weight")]: key for key in keys if key.startswith(root) and key.endswith(".weight")}

@@ -13,14 +13,20 @@ Per layer, ``transformer.resblocks.N.`` ↔ ``text_model.encoder.layers.N.``: ``
 the diffusers component (``text_encoder_2.`` in SDXL, else ``text_encoder.``), which is also what tells SDXL's two
 encoders apart when matching.
 """
+
 from __future__ import annotations
 
 from collections.abc import Collection
 
 from .base import Alias, roots, weights_under
 
-LAYERS = {"attn.out_proj": "self_attn.out_proj", "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2",
-          "ln_1": "layer_norm1", "ln_2": "layer_norm2"}
+LAYERS = {
+    "attn.out_proj": "self_attn.out_proj",
+    "mlp.c_fc": "mlp.fc1",
+    "mlp.c_proj": "mlp.fc2",
+    "ln_1": "layer_norm1",
+    "ln_2": "layer_norm2",
+}
 TOP_LAYERS = {"ln_final": "text_model.final_layer_norm", "token_embedding": "text_model.embeddings.token_embedding"}
 POSITIONS = ("positional_embedding", "text_model.embeddings.position_embedding")
 PROJECTION = "text_projection"
@@ -36,9 +42,11 @@ def _fused_aliases(keys: Collection[str], root: str, component: str) -> list[Ali
     aliases = []
     for key in keys:
         if key.startswith(root + _BLOCKS) and key.endswith("." + FUSED):
-            layer = key[len(root + _BLOCKS): -len(FUSED) - 1]
-            aliases += [Alias(f"{component}text_model.encoder.layers.{layer}.self_attn.{name}", key, (part, 3))
-                        for part, name in enumerate(("q_proj", "k_proj", "v_proj"))]
+            layer = key[len(root + _BLOCKS) : -len(FUSED) - 1]
+            aliases += [
+                Alias(f"{component}text_model.encoder.layers.{layer}.self_attn.{name}", key, (part, 3))
+                for part, name in enumerate(("q_proj", "k_proj", "v_proj"))
+            ]
     return aliases
 
 
@@ -51,7 +59,7 @@ def openclip_aliases(keys: Collection[str]) -> list[Alias]:
             if path in TOP_LAYERS:
                 aliases.append(Alias(component + TOP_LAYERS[path], key))
                 continue
-            layer, _, name = path[len(_BLOCKS):].partition(".")
+            layer, _, name = path[len(_BLOCKS) :].partition(".")
             if path.startswith(_BLOCKS) and layer.isdigit() and name in LAYERS:
                 aliases.append(Alias(f"{component}text_model.encoder.layers.{layer}.{LAYERS[name]}", key))
         if root + POSITIONS[0] in keys:

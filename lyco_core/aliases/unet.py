@@ -22,6 +22,7 @@ Aliases carry the other spelling's root (``unet.`` for an LDM model's weights, `
 diffusers model's), so kohya ``lora_unet_…``, diffusers ``unet.…`` and ComfyUI ``diffusion_model.…`` names all
 fit.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -30,14 +31,29 @@ from dataclasses import dataclass
 
 from .base import Alias, roots, weights_under
 
-RESNET_LAYERS = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
-                 "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
-TOP_LAYERS = {"conv_in": "input_blocks.0.0", "time_embedding.linear_1": "time_embed.0",
-              "time_embedding.linear_2": "time_embed.2", "add_embedding.linear_1": "label_emb.0.0",
-              "add_embedding.linear_2": "label_emb.0.2", "conv_norm_out": "out.0", "conv_out": "out.2"}
-_LDM_KINDS = {**dict.fromkeys(("in_layers", "out_layers", "emb_layers", "skip_connection"), "resnet"),
-              **dict.fromkeys(("norm", "proj_in", "proj_out", "transformer_blocks"), "attention"),
-              "op": "downsampler", "conv": "upsampler"}
+RESNET_LAYERS = {
+    "norm1": "in_layers.0",
+    "conv1": "in_layers.2",
+    "time_emb_proj": "emb_layers.1",
+    "norm2": "out_layers.0",
+    "conv2": "out_layers.3",
+    "conv_shortcut": "skip_connection",
+}
+TOP_LAYERS = {
+    "conv_in": "input_blocks.0.0",
+    "time_embedding.linear_1": "time_embed.0",
+    "time_embedding.linear_2": "time_embed.2",
+    "add_embedding.linear_1": "label_emb.0.0",
+    "add_embedding.linear_2": "label_emb.0.2",
+    "conv_norm_out": "out.0",
+    "conv_out": "out.2",
+}
+_LDM_KINDS = {
+    **dict.fromkeys(("in_layers", "out_layers", "emb_layers", "skip_connection"), "resnet"),
+    **dict.fromkeys(("norm", "proj_in", "proj_out", "transformer_blocks"), "attention"),
+    "op": "downsampler",
+    "conv": "upsampler",
+}
 _DIFFUSERS_ROOT, _LDM_ROOT = "unet.", "model.diffusion_model."
 
 
@@ -45,6 +61,7 @@ _DIFFUSERS_ROOT, _LDM_ROOT = "unet.", "model.diffusion_model."
 class UNetStructure:
     """``down[i][j]``: whether resnet j of level i has an attention; ``down_sampled[i]``: whether level i ends in a
     downsampler; ``mid``: the middle block's parts in order; ``up``/``up_sampled`` likewise (level 0 deepest)."""
+
     down: list[list[bool]]
     down_sampled: list[bool]
     mid: list[str]
@@ -100,11 +117,13 @@ def structure_from_ldm(paths) -> UNetStructure | None:
     groups = _ldm_parts(paths)
     inputs = [groups["input_blocks"][n] for n in sorted(groups["input_blocks"]) if n > 0]
     outputs = [groups["output_blocks"][n] for n in sorted(groups["output_blocks"])]
-    if any(kinds.get(0) not in ("resnet", "downsampler") for kinds in inputs) or \
-            any(kinds.get(0) != "resnet" for kinds in outputs):
+    if any(kinds.get(0) not in ("resnet", "downsampler") for kinds in inputs) or any(
+        kinds.get(0) != "resnet" for kinds in outputs
+    ):
         return None
-    down = _levels([(None, True) if kinds[0] == "downsampler" else (kinds.get(1) == "attention", False)
-                    for kinds in inputs])
+    down = _levels(
+        [(None, True) if kinds[0] == "downsampler" else (kinds.get(1) == "attention", False) for kinds in inputs]
+    )
     up = _levels([(kinds.get(1) == "attention", "upsampler" in kinds.values()) for kinds in outputs])
     middle = groups["middle_block"][0]
     return UNetStructure(*down, [middle[k] for k in sorted(middle)], *up)
@@ -129,8 +148,10 @@ def structure_from_diffusers(paths) -> UNetStructure:
 
     def levels(group: str) -> tuple[list[list[bool]], list[bool]]:
         count = 1 + max((i for g, i in resnets if g == group), default=-1)
-        return ([[j in attentions[(group, i)] for j in range(resnets[(group, i)])] for i in range(count)],
-                [(group, i) in sampled for i in range(count)])
+        return (
+            [[j in attentions[(group, i)] for j in range(resnets[(group, i)])] for i in range(count)],
+            [(group, i) in sampled for i in range(count)],
+        )
 
     mid_attentions = attentions[("mid_block", 0)]
     mid = []

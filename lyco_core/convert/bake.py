@@ -1,6 +1,7 @@
 """Bake adapters into a checkpoint: ``W ← f_k(W, w_k)`` for each adapter k in order (each method's own law, as
 chained loaders apply them), keys and dtypes unchanged, so the result is a checkpoint of the same model
 (what ComfyUI's Save Checkpoint writes). Modules are matched to the checkpoint's keys by path (keymap.py)."""
+
 from __future__ import annotations
 
 import os
@@ -14,8 +15,13 @@ from ..errors import AdapterError
 from .report import Progress, Report
 
 
-def bake(model: Mapping[str, torch.Tensor], adapters: Sequence[Adapter], weights: Sequence[float], *,
-         progress: Progress | None = None) -> tuple[dict[str, torch.Tensor], Report]:
+def bake(
+    model: Mapping[str, torch.Tensor],
+    adapters: Sequence[Adapter],
+    weights: Sequence[float],
+    *,
+    progress: Progress | None = None,
+) -> tuple[dict[str, torch.Tensor], Report]:
     """The checkpoint's full state dict with every adapter applied; inputs untouched."""
     if len(adapters) != len(weights) or not adapters:
         raise AdapterError("give one weight per adapter, and at least one adapter")
@@ -25,6 +31,7 @@ def bake(model: Mapping[str, torch.Tensor], adapters: Sequence[Adapter], weights
     changed: dict[str, torch.Tensor] = {}
     offset = 0
     for adapter, weight, match in zip(adapters, weights, matched):
+
         def tick(done, _count, base=offset):
             if progress is not None:
                 progress(base + done, total)
@@ -34,7 +41,9 @@ def bake(model: Mapping[str, torch.Tensor], adapters: Sequence[Adapter], weights
         for name in match.matched:
             report.add(name, adapter.modules[name].algo, "baked")
         if match.unmatched:
-            report.notes.append(f"{os.path.basename(adapter.path)}: {len(match.unmatched)} modules match no weight "
-                                f"(e.g. {next(iter(match.unmatched))}: {next(iter(match.unmatched.values()))})")
+            report.notes.append(
+                f"{os.path.basename(adapter.path)}: {len(match.unmatched)} modules match no weight "
+                f"(e.g. {next(iter(match.unmatched))}: {next(iter(match.unmatched.values()))})"
+            )
     report.finish()
     return {key: changed.get(key, model[key]) for key in model}, report

@@ -5,6 +5,7 @@ shape comes from the base model when one is given, else from the tensors (a plai
 so without the model its delta stays ``(out, in·∏k)``). Weight-dependent methods (OFT, BOFT, GLoRA, IA3, DoRA)
 have ``ΔW = f(W, m) − W`` for the base weight W they were trained on; without it they are refused by name.
 """
+
 from __future__ import annotations
 
 import math
@@ -49,8 +50,10 @@ def inferred_shape(module: AdapterModule) -> torch.Size:
         return p["diff"].shape
     if module.algo == "norm":
         return p["w_norm"].shape
-    raise module.fail(f"the weight shape of a {module.algo} module cannot be told from its tensors",
-                      expected="the base model's weights")
+    raise module.fail(
+        f"the weight shape of a {module.algo} module cannot be told from its tensors",
+        expected="the base model's weights",
+    )
 
 
 def shape_is_known(module: AdapterModule) -> bool:
@@ -70,6 +73,7 @@ class BaseWeights:
     ``slices`` {module name: the view of its weight it applies to} for modules matched to part of a fused weight or
     to a transposed one (keymap.WeightSlice); the bias is ``<key without 'weight'>bias`` (the same rows) when the
     state has it."""
+
     state: Mapping[str, torch.Tensor]
     keys: dict[str, str]
     slices: dict[str, WeightSlice] = field(default_factory=dict)
@@ -116,14 +120,23 @@ def base_for(adapter, base: BaseLike | None) -> BaseWeights | None:
 
 def refuse_without_base(names: list[str], operation: str, file: str | None = None) -> AdapterError:
     shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
-    return AdapterError(f"{operation} needs the base weights of {len(names)} module(s) whose delta depends on W "
-                        f"(OFT, BOFT, GLoRA, IA3 or DoRA): {shown}", file=file,
-                        expected="the model the adapter was trained on (--base MODEL, or a connected MODEL/CLIP)")
+    return AdapterError(
+        f"{operation} needs the base weights of {len(names)} module(s) whose delta depends on W "
+        f"(OFT, BOFT, GLoRA, IA3 or DoRA): {shown}",
+        file=file,
+        expected="the model the adapter was trained on (--base MODEL, or a connected MODEL/CLIP)",
+    )
 
 
-def module_delta(module: AdapterModule, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None, *,
-                 strength: float = 1.0, shape: torch.Size | None = None,
-                 device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor | None]:
+def module_delta(
+    module: AdapterModule,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    *,
+    strength: float = 1.0,
+    shape: torch.Size | None = None,
+    device: torch.device | str = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(ΔW, Δb)`` at ``strength``: ``(m·ΔW, m·Δb)`` for additive modules, else ``(f(W, m) − W, b' − b)``."""
     dtype = torch.float64 if weight is not None and weight.dtype == torch.float64 else torch.float32
     if not needs_weight(module):

@@ -10,6 +10,7 @@ Vectors that changed (norms, biases) and keys of only one model are reported, no
 kohya for the usual checkpoint roots (``model.diffusion_model.`` → ``lora_unet_``, ``cond_stage_model.transformer.``
 → ``lora_te_``, …), else ``lycoris_<key path>``.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
@@ -26,11 +27,19 @@ from .report import Progress, Report, Steps
 from .svd import RankPolicy, factorize
 from .to_lora import lora_tensors
 
-_ROOTS = (("model.diffusion_model.", "lora_unet_"), ("diffusion_model.", "lora_unet_"),
-          ("cond_stage_model.transformer.", "lora_te_"), ("conditioner.embedders.0.transformer.", "lora_te1_"),
-          ("conditioner.embedders.1.model.", "lora_te2_"), ("clip_l.transformer.", "lora_te1_"),
-          ("clip_g.transformer.", "lora_te2_"), ("unet.", "lora_unet_"), ("text_encoder.", "lora_te1_"),
-          ("text_encoder_2.", "lora_te2_"), ("transformer.", "lora_transformer_"))
+_ROOTS = (
+    ("model.diffusion_model.", "lora_unet_"),
+    ("diffusion_model.", "lora_unet_"),
+    ("cond_stage_model.transformer.", "lora_te_"),
+    ("conditioner.embedders.0.transformer.", "lora_te1_"),
+    ("conditioner.embedders.1.model.", "lora_te2_"),
+    ("clip_l.transformer.", "lora_te1_"),
+    ("clip_g.transformer.", "lora_te2_"),
+    ("unet.", "lora_unet_"),
+    ("text_encoder.", "lora_te1_"),
+    ("text_encoder_2.", "lora_te2_"),
+    ("transformer.", "lora_transformer_"),
+)
 
 
 def kohya_name(key: str) -> str:
@@ -38,7 +47,7 @@ def kohya_name(key: str) -> str:
     path = key[: -len(".weight")]
     for root, prefix in _ROOTS:
         if path.startswith(root):
-            return prefix + path[len(root):].replace(".", "_")
+            return prefix + path[len(root) :].replace(".", "_")
     return "lycoris_" + path.replace(".", "_")
 
 
@@ -54,20 +63,35 @@ def lokr_tensors(name: str, delta: torch.Tensor, policy: RankPolicy, factor: int
     low = factorize(w2, policy) if (policy.fixed(conv) or 0) < max(b, d) / 2 else None
     if low is not None and low.rank < max(b, d) / 2:
         w2 = low.up @ low.down
-        tensors.update({f"{name}.lokr_w2_a": low.up.contiguous(), f"{name}.lokr_w2_b": low.down.contiguous(),
-                        f"{name}.alpha": torch.tensor(float(low.rank))})
+        tensors.update(
+            {
+                f"{name}.lokr_w2_a": low.up.contiguous(),
+                f"{name}.lokr_w2_b": low.down.contiguous(),
+                f"{name}.alpha": torch.tensor(float(low.rank)),
+            }
+        )
         label = f"lokr r{low.rank}"
     else:
-        tensors.update({f"{name}.lokr_w2": w2.reshape(b, d, *delta.shape[2:]).contiguous(),
-                        f"{name}.alpha": torch.tensor(1.0)})
+        tensors.update(
+            {f"{name}.lokr_w2": w2.reshape(b, d, *delta.shape[2:]).contiguous(), f"{name}.alpha": torch.tensor(1.0)}
+        )
         label = "lokr full"
     err_sq = float((matrix - torch.kron(w1.contiguous(), w2.contiguous())).double().square().sum())
     return {k: v.cpu() for k, v in tensors.items()}, err_sq, label + f" {a}x{b}|{c}x{d}"
 
 
-def extract(base: Mapping[str, torch.Tensor], tuned: Mapping[str, torch.Tensor], policy: RankPolicy, *,
-            method: str = "lora", factor: int = -1, min_diff: float = 0.0, progress: Progress | None = None,
-            name_of: Callable[[str], str] = kohya_name, device: str = "cpu") -> tuple[Adapter, Report]:
+def extract(
+    base: Mapping[str, torch.Tensor],
+    tuned: Mapping[str, torch.Tensor],
+    policy: RankPolicy,
+    *,
+    method: str = "lora",
+    factor: int = -1,
+    min_diff: float = 0.0,
+    progress: Progress | None = None,
+    name_of: Callable[[str], str] = kohya_name,
+    device: str = "cpu",
+) -> tuple[Adapter, Report]:
     """An adapter whose delta approximates ``tuned − base``; ``min_diff`` skips layers with
     ``‖ΔW‖_F ≤ min_diff·‖W‖_F``."""
     if method not in ("lora", "lokr"):
@@ -75,8 +99,10 @@ def extract(base: Mapping[str, torch.Tensor], tuned: Mapping[str, torch.Tensor],
     keys = [k for k in base if k.endswith(".weight") and k in tuned and len(shape_of(base, k)) >= 2]
     mismatched = [k for k in keys if shape_of(base, k) != shape_of(tuned, k)]
     if mismatched:
-        raise AdapterError(f"{len(mismatched)} weights differ in shape between the models (e.g. {mismatched[0]})",
-                           expected="a tuned model of the same architecture")
+        raise AdapterError(
+            f"{len(mismatched)} weights differ in shape between the models (e.g. {mismatched[0]})",
+            expected="a tuned model of the same architecture",
+        )
     report = Report("extract", f"{method}, {policy.describe()}" + (f", factor {factor}" if method == "lokr" else ""))
     steps = Steps(progress, len(keys))
     tensors: dict[str, torch.Tensor] = {}
@@ -94,7 +120,7 @@ def extract(base: Mapping[str, torch.Tensor], tuned: Mapping[str, torch.Tensor],
         else:
             parts, err_sq, label = lokr_tensors(name_of(key), delta, policy, factor)
             tensors.update(parts)
-            report.add(name_of(key), "diff", label, err_sq, norm ** 2)
+            report.add(name_of(key), "diff", label, err_sq, norm**2)
         steps.step()
     vectors = [k for k in tuned if k in base and len(shape_of(base, k)) < 2 and not torch.equal(base[k], tuned[k])]
     if unchanged:
@@ -105,8 +131,10 @@ def extract(base: Mapping[str, torch.Tensor], tuned: Mapping[str, torch.Tensor],
     if only:
         report.notes.append(f"{len(only)} keys exist in one model only, e.g. {only[0]}")
     if not tensors:
-        raise AdapterError("the two models have no differing weight of two or more dimensions",
-                           expected="a base and a tuned model that differ")
+        raise AdapterError(
+            "the two models have no differing weight of two or more dimensions",
+            expected="a base and a tuned model that differ",
+        )
     report.finish()
     total = report.total_error()
     source = metadata_of(tuned) or metadata_of(base)

@@ -5,6 +5,7 @@ Rearranging ``M (a·b, c·D)`` into ``R[(i,j), (p,q)] = M[i·b+p, j·D+q]`` (an 
 come from the top singular pair of R: ``W1 = √σ₁·u₁``, ``W2 = √σ₁·v₁``, with error² ``‖M‖_F² − σ₁²``.
 The shapes follow LyCORIS' factorization rule (algorithms/factorization.py).
 """
+
 from __future__ import annotations
 
 import torch

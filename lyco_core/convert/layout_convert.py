@@ -7,6 +7,7 @@ layout cannot state are folded into a factor (full/full LoKr in LyCORIS), and mo
 together, naming each one, with the lossy routes that can (to-LoRA, full diff). Every converted additive module is
 then rebuilt from the written tensors and compared with the original: the report carries that difference.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -34,8 +35,14 @@ def _biases(adapter: Adapter, model_keys: Iterable[str] | None) -> dict[str, boo
     return {name: report.target(name).bias_key in keys for name in report.matched}
 
 
-def convert_layout(adapter: Adapter, layout: str, *, model_keys: Iterable[str] | None = None,
-                   component: str | None = None, paths: dict[str, str] | None = None) -> Written:
+def convert_layout(
+    adapter: Adapter,
+    layout: str,
+    *,
+    model_keys: Iterable[str] | None = None,
+    component: str | None = None,
+    paths: dict[str, str] | None = None,
+) -> Written:
     """``adapter`` written in ``layout`` (tensors, PEFT config, layout metadata); AdapterError when not exact.
     ``model_keys`` or ``paths`` name mangled modules (names.py); ``model_keys`` also tells which layers have biases."""
     keys = None if model_keys is None else list(model_keys)
@@ -48,8 +55,15 @@ def _write(adapter, layout, keys, component, paths=None) -> tuple[Written, dict[
     return written, {name: prefix + path for name, (prefix, path) in targets.items()}
 
 
-def convert(adapter: Adapter, layout: str, *, model_keys: Iterable[str] | None = None, component: str | None = None,
-            paths: dict[str, str] | None = None, progress: Progress | None = None) -> tuple[Adapter, Report]:
+def convert(
+    adapter: Adapter,
+    layout: str,
+    *,
+    model_keys: Iterable[str] | None = None,
+    component: str | None = None,
+    paths: dict[str, str] | None = None,
+    progress: Progress | None = None,
+) -> tuple[Adapter, Report]:
     """The converted adapter, read back as the target layout's reader sees it, and the check of its deltas
     (rebuilt in float64 from the old and the new tensors)."""
     written, names = _write(adapter, layout, None if model_keys is None else list(model_keys), component, paths)
@@ -66,7 +80,8 @@ def convert(adapter: Adapter, layout: str, *, model_keys: Iterable[str] | None =
             shape = inferred_shape(module)
             before = module.delta(shape, torch.device("cpu"), torch.float64)
             after = new.delta(shape, torch.device("cpu"), torch.float64)
-            report.add(names[name], label, new.algo, float((before - after).square().sum()),
-                       float(before.square().sum()))
+            report.add(
+                names[name], label, new.algo, float((before - after).square().sum()), float(before.square().sum())
+            )
         steps.step()
     return result, report.finish()

@@ -9,6 +9,7 @@ delta is a vector (norm) are written as norm modules either way. A layer patched
 factor space: ``Σ w_k·s_k·U_k·D_k = [w_1·s_1·U_1 … w_n·s_n·U_n]·[D_1; …; D_n]``, truncated by ``svd.refactor``
 without forming ΔW.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,8 +20,16 @@ import torch
 
 from ..adapter import Adapter, adapter_from_tensors
 from ..errors import AdapterError
-from .deltas import (BaseLike, BaseWeights, base_for, inferred_shape, module_delta, needs_weight, refuse_without_base,
-                     shape_is_known)
+from .deltas import (
+    BaseLike,
+    BaseWeights,
+    base_for,
+    inferred_shape,
+    module_delta,
+    needs_weight,
+    refuse_without_base,
+    shape_is_known,
+)
 from .names import lycoris_prefix, module_id
 from .provenance import carried
 from .report import Progress, Report, Steps
@@ -56,8 +65,9 @@ def _shape(adapters, members: list[Member], bases: list[BaseWeights | None]) -> 
     shapes = [inferred_shape(m) for m in modules]
     if len({math.prod(s) for s in shapes}) > 1:
         listed = ", ".join(f"{n} {list(s)}" for (_, n), s in zip(members, shapes))
-        raise AdapterError(f"the modules of one layer disagree on its size: {listed}",
-                           expected="adapters made for the same model")
+        raise AdapterError(
+            f"the modules of one layer disagree on its size: {listed}", expected="adapters made for the same model"
+        )
     known = [s for m, s in zip(modules, shapes) if shape_is_known(m)]
     return (known[0], True) if known else (shapes[0], False)
 
@@ -77,8 +87,9 @@ def _layer_delta(adapters, weights, members, bases, shape, device):
     first_base = next((bases[i] for i, n in members if bases[i] is not None and n in bases[i]), None)
     first_name = next((n for i, n in members if bases[i] is not None and n in bases[i]), None)
     if first_base is None:
-        parts = [module_delta(adapters[i].modules[n], strength=weights[i], shape=shape, device=device)
-                 for i, n in members]
+        parts = [
+            module_delta(adapters[i].modules[n], strength=weights[i], shape=shape, device=device) for i, n in members
+        ]
         biases = [b for _, b in parts if b is not None]
         return sum(d for d, _ in parts), (sum(biases) if biases else None)
     weight = first_base.weight(first_name).to(device, torch.float32)
@@ -86,23 +97,34 @@ def _layer_delta(adapters, weights, members, bases, shape, device):
     bias = None if bias is None else bias.to(device, torch.float32)
     current, current_bias = weight.clone(), None if bias is None else bias.clone()
     for index, name in members:
-        delta, bias_delta = module_delta(adapters[index].modules[name], current, current_bias,
-                                         strength=weights[index], device=device)
+        delta, bias_delta = module_delta(
+            adapters[index].modules[name], current, current_bias, strength=weights[index], device=device
+        )
         current = current + delta
         if bias_delta is not None and current_bias is not None:
             current_bias = current_bias + bias_delta
     return current - weight, None if bias is None or torch.equal(current_bias, bias) else current_bias - bias
 
 
-def merge(adapters: Sequence[Adapter], weights: Sequence[float], policy: RankPolicy | None = None, *,
-          base: BaseLike | None = None, progress: Progress | None = None,
-          device: str = "cpu") -> tuple[Adapter, Report]:
+def merge(
+    adapters: Sequence[Adapter],
+    weights: Sequence[float],
+    policy: RankPolicy | None = None,
+    *,
+    base: BaseLike | None = None,
+    progress: Progress | None = None,
+    device: str = "cpu",
+) -> tuple[Adapter, Report]:
     """One adapter holding ``Σ`` of the inputs' deltas: full-diff when ``policy`` is None, else a LoRA."""
     if len(adapters) != len(weights) or not adapters:
         raise AdapterError("give one weight per adapter, and at least one adapter")
     bases = [base_for(a, base) for a in adapters]
-    missing = [f"{a.path}: {n}" for a, b in zip(adapters, bases) for n, m in a.modules.items()
-               if needs_weight(m) and (b is None or n not in b)]
+    missing = [
+        f"{a.path}: {n}"
+        for a, b in zip(adapters, bases)
+        for n, m in a.modules.items()
+        if needs_weight(m) and (b is None or n not in b)
+    ]
     if missing:
         raise refuse_without_base(missing, "merge")
     groups = _group(adapters)
@@ -115,9 +137,11 @@ def merge(adapters: Sequence[Adapter], weights: Sequence[float], policy: RankPol
         source = "+".join(dict.fromkeys(adapters[i].modules[n].algo for i, n in members))
         shape, certain = _shape(adapters, members, bases)
         if policy is None and not certain:
-            raise AdapterError(f"layer {name}: a full diff needs the weight's exact shape, and LoHa/LoKr store a "
-                               f"convolution's kernel flattened",
-                               expected="the model (--base MODEL, its header is enough; or a connected MODEL/CLIP)")
+            raise AdapterError(
+                f"layer {name}: a full diff needs the weight's exact shape, and LoHa/LoKr store a "
+                f"convolution's kernel flattened",
+                expected="the model (--base MODEL, its header is enough; or a connected MODEL/CLIP)",
+            )
         low = None if policy is None else _factor_sum(adapters, weights, members, shape, policy, device)
         bias_delta = None
         if low is None:
@@ -134,14 +158,21 @@ def merge(adapters: Sequence[Adapter], weights: Sequence[float], policy: RankPol
             low = factorize(delta, policy)
         if low.ref_sq > 0:
             tensors.update(lora_tensors(name, low))
-        report.add(name, source, f"lora r{low.rank}" if low.ref_sq > 0 else "dropped", low.err_sq, low.ref_sq,
-                   bias_note(bias_delta) if low.ref_sq > 0 else "zero delta")
+        report.add(
+            name,
+            source,
+            f"lora r{low.rank}" if low.ref_sq > 0 else "dropped",
+            low.err_sq,
+            low.ref_sq,
+            bias_note(bias_delta) if low.ref_sq > 0 else "zero delta",
+        )
         steps.step()
     report.finish()
     merged_from = ", ".join(f"{os.path.basename(a.path)}:{w:g}" for a, w in zip(adapters, weights))
     total = report.total_error()
-    comment = (f"lyco_core merge of {merged_from} ({report.detail})"
-               + (f"; total relative error {total:.3e}" if total is not None else ""))
+    comment = f"lyco_core merge of {merged_from} ({report.detail})" + (
+        f"; total relative error {total:.3e}" if total is not None else ""
+    )
     metadata = carried(adapters[0].metadata, comment, **{"modelspec.merged_from": merged_from})
     triggers = [p for a in adapters for p in a.metadata.get("modelspec.trigger_phrase", "").split(",") if p.strip()]
     if triggers:

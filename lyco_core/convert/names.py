@@ -10,6 +10,7 @@ path is then the tail of the matched key with the mangled path's length (``.``â†
 key's own path when only ``text_model.`` levels differ. A generic module (``lycoris_``, PEFT) has no component of
 its own: ``component`` states it when the target layout needs one (diffusers).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -18,15 +19,42 @@ from ..errors import AdapterError
 from ..keymap import WeightIndex, locate
 
 # LyCORIS/kohya prefix â†’ component, and the prefix written for each component.
-_LYCORIS_IN = {"lora_unet_": "unet", "oft_unet_": "unet", "lora_transformer_": "transformer",
-               "lora_prior_unet_": "prior", "lora_te1_": "te1", "lora_te2_": "te2", "lora_te3_": "te3",
-               "lora_te_": "te", "lycoris_": "model"}
-_LYCORIS_OUT = {"unet": "lora_unet_", "transformer": "lora_transformer_", "prior": "lora_prior_unet_",
-                "te": "lora_te_", "te1": "lora_te1_", "te2": "lora_te2_", "te3": "lora_te3_", "model": "lycoris_"}
-_DIFFUSERS = {"unet": "unet.", "transformer": "transformer.", "te": "text_encoder.", "te1": "text_encoder.",
-              "te2": "text_encoder_2.", "te3": "text_encoder_3."}
-_DIFFUSERS_IN = {"unet.": "unet", "transformer.": "transformer", "text_encoder.": "te",
-                 "text_encoder_2.": "te2", "text_encoder_3.": "te3"}
+_LYCORIS_IN = {
+    "lora_unet_": "unet",
+    "oft_unet_": "unet",
+    "lora_transformer_": "transformer",
+    "lora_prior_unet_": "prior",
+    "lora_te1_": "te1",
+    "lora_te2_": "te2",
+    "lora_te3_": "te3",
+    "lora_te_": "te",
+    "lycoris_": "model",
+}
+_LYCORIS_OUT = {
+    "unet": "lora_unet_",
+    "transformer": "lora_transformer_",
+    "prior": "lora_prior_unet_",
+    "te": "lora_te_",
+    "te1": "lora_te1_",
+    "te2": "lora_te2_",
+    "te3": "lora_te3_",
+    "model": "lycoris_",
+}
+_DIFFUSERS = {
+    "unet": "unet.",
+    "transformer": "transformer.",
+    "te": "text_encoder.",
+    "te1": "text_encoder.",
+    "te2": "text_encoder_2.",
+    "te3": "text_encoder_3.",
+}
+_DIFFUSERS_IN = {
+    "unet.": "unet",
+    "transformer.": "transformer",
+    "text_encoder.": "te",
+    "text_encoder_2.": "te2",
+    "text_encoder_3.": "te3",
+}
 _COMFY_IN = {"diffusion_model.": "unet", "model.diffusion_model.": "unet", "text_encoders.": "te"}
 PEFT_PREFIX = "base_model.model."
 COMPONENTS = tuple(_LYCORIS_OUT)
@@ -35,6 +63,7 @@ COMPONENTS = tuple(_LYCORIS_OUT)
 @dataclass(frozen=True)
 class ModuleId:
     """``component`` of the model and ``path`` inside it (``mangled`` if dots were written as ``_``)."""
+
     component: str
     path: str
     mangled: bool
@@ -53,12 +82,12 @@ def module_id(adapter, name: str) -> ModuleId:
     if adapter.layout == "lycoris":
         for prefix, component in _LYCORIS_IN.items():
             if name.startswith(prefix):
-                return ModuleId(component, name[len(prefix):].rstrip("_"), True)
+                return ModuleId(component, name[len(prefix) :].rstrip("_"), True)
         return ModuleId("model", name.rstrip("_"), True)
     table = {"diffusers": _DIFFUSERS_IN, "comfy": _COMFY_IN}.get(adapter.layout, {PEFT_PREFIX: "model"})
     for prefix, component in table.items():
         if name.startswith(prefix):
-            return ModuleId(component, name[len(prefix):], False)
+            return ModuleId(component, name[len(prefix) :], False)
     return ModuleId("model", name, False)
 
 
@@ -87,20 +116,21 @@ def _dotted(adapter, names: list[str], model_keys) -> tuple[dict[str, str], dict
             stripped = mangled.replace("text_model_", "")
             path = key[: -len(".weight")] if key in index.keys else index.paths(key)[0]
             cut = path.replace("text_model.", "")
-            found[name] = cut[-len(stripped):] if cut[-len(stripped):].replace(".", "_") == stripped else path
+            found[name] = cut[-len(stripped) :] if cut[-len(stripped) :].replace(".", "_") == stripped else path
     return found, failed
 
 
 def _tail(path: str, mangled: str) -> str | None:
     """The end of dotted ``path`` that ``mangled`` spells (at a dot boundary), or None."""
-    tail = path[-len(mangled):] if len(mangled) <= len(path) else ""
+    tail = path[-len(mangled) :] if len(mangled) <= len(path) else ""
     if tail.replace(".", "_") == mangled and (len(tail) == len(path) or path[-len(mangled) - 1] == "."):
         return tail
     return None
 
 
-def target_names(adapter, layout: str, model_keys=None, component: str | None = None,
-                 paths: dict[str, str] | None = None) -> dict[str, tuple[str, str]]:
+def target_names(
+    adapter, layout: str, model_keys=None, component: str | None = None, paths: dict[str, str] | None = None
+) -> dict[str, tuple[str, str]]:
     """{module name: (prefix, path)} in ``layout`` (``prefix + path`` is the written module name).
 
     Mangled names become dotted through ``paths`` ({module: dotted path}, a host's own placement) or the model's
@@ -120,30 +150,45 @@ def target_names(adapter, layout: str, model_keys=None, component: str | None = 
     if mangled and paths is not None:
         missing = [n for n in mangled if n not in paths]
         if missing:
-            raise AdapterError(f"{len(missing)} modules were not placed in the model (e.g. {missing[0]})",
-                               file=adapter.path, expected="the model this adapter was made for")
+            raise AdapterError(
+                f"{len(missing)} modules were not placed in the model (e.g. {missing[0]})",
+                file=adapter.path,
+                expected="the model this adapter was made for",
+            )
         dotted.update({n: paths[n] for n in mangled})
     elif mangled:
         if model_keys is None:
-            raise AdapterError(f"{len(mangled)} module names are kohya-mangled (e.g. {mangled[0]}) and '_' is "
-                               f"ambiguous: writing them as {layout} needs the model's module names",
-                               file=adapter.path, expected="the model's keys (--base MODEL, or a connected MODEL/CLIP)")
+            raise AdapterError(
+                f"{len(mangled)} module names are kohya-mangled (e.g. {mangled[0]}) and '_' is "
+                f"ambiguous: writing them as {layout} needs the model's module names",
+                file=adapter.path,
+                expected="the model's keys (--base MODEL, or a connected MODEL/CLIP)",
+            )
         found, failed = _dotted(adapter, mangled, model_keys)
         if failed:
             shown = "; ".join(f"{n}: {r}" for n, r in list(failed.items())[:4])
-            raise AdapterError(f"{len(failed)} modules match no weight of the given model ({shown})",
-                               file=adapter.path, expected="the model this adapter was made for")
+            raise AdapterError(
+                f"{len(failed)} modules match no weight of the given model ({shown})",
+                file=adapter.path,
+                expected="the model this adapter was made for",
+            )
         dotted.update(found)
     if layout == "peft":
         components = sorted({i.component for i in ids.values()})
         if len(components) > 1:
-            raise AdapterError(f"a PEFT folder holds one model, this adapter spans {', '.join(components)}",
-                               file=adapter.path, expected="--to diffusers or --to lycoris, which hold several")
+            raise AdapterError(
+                f"a PEFT folder holds one model, this adapter spans {', '.join(components)}",
+                file=adapter.path,
+                expected="--to diffusers or --to lycoris, which hold several",
+            )
         return {n: (PEFT_PREFIX, dotted[n]) for n in ids}
     if layout == "diffusers":
         generic = [n for n, i in ids.items() if i.component not in _DIFFUSERS]
         if generic:
-            raise AdapterError(f"{len(generic)} modules (e.g. {generic[0]}) belong to no named pipeline component",
-                               file=adapter.path, expected=f"a stated component ({', '.join(_DIFFUSERS)})")
+            raise AdapterError(
+                f"{len(generic)} modules (e.g. {generic[0]}) belong to no named pipeline component",
+                file=adapter.path,
+                expected=f"a stated component ({', '.join(_DIFFUSERS)})",
+            )
         return {n: (_DIFFUSERS[i.component], dotted[n]) for n, i in ids.items()}
     raise AdapterError(f"unknown layout '{layout}'", expected="lycoris, peft or diffusers")

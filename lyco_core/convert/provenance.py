@@ -2,6 +2,7 @@
 ``modelspec.*`` incl. trigger phrases) are kept; keys that describe the tensors (network dim/alpha/args/module,
 hashes, diffusers' ``lora_adapter_metadata``, the PEFT config echoed as ``peft.*``) are dropped, to be written
 anew by ``save_adapter``; ``ss_training_comment`` gains the transform's description."""
+
 from __future__ import annotations
 
 OF_THE_FILE = ("sshs_model_hash", "sshs_legacy_hash", "lora_adapter_metadata")

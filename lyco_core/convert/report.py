@@ -3,6 +3,7 @@
 Relative error of a module: ``‖ΔW − ΔW'‖_F / ‖ΔW‖_F`` (ΔW the module's delta before, ΔW' after); the total is
 ``√(Σ‖ΔW − ΔW'‖_F² / Σ‖ΔW‖_F²)`` over every module with a delta. Exact steps report 0 (or the measured round-off).
 """
+
 from __future__ import annotations
 
 import math
@@ -31,8 +32,8 @@ class Steps:
 @dataclass
 class ModuleResult:
     name: str
-    source: str                 # method(s) in
-    result: str                 # method out, e.g. "lora r16", "diff", "kept"
+    source: str  # method(s) in
+    result: str  # method out, e.g. "lora r16", "diff", "kept"
     err_sq: float = 0.0
     ref_sq: float = 0.0
     note: str = ""
@@ -45,6 +46,7 @@ class ModuleResult:
 @dataclass
 class Report:
     """Per-module results, notes and timing of one operation; ``text()`` is what the CLI prints and nodes show."""
+
     operation: str
     detail: str = ""
     modules: list[ModuleResult] = field(default_factory=list)
@@ -53,8 +55,9 @@ class Report:
     seconds: float = 0.0
     output: str = ""
 
-    def add(self, name: str, source: str, result: str, err_sq: float = 0.0, ref_sq: float = 0.0,
-            note: str = "") -> ModuleResult:
+    def add(
+        self, name: str, source: str, result: str, err_sq: float = 0.0, ref_sq: float = 0.0, note: str = ""
+    ) -> ModuleResult:
         entry = ModuleResult(name, source, result, err_sq, ref_sq, note)
         self.modules.append(entry)
         return entry

@@ -5,6 +5,7 @@ formed) and keep their DoRA magnitude, so a resized DoRA keeps its norms and app
 reported is that of the directional ΔW). Every other method becomes a LoRA through its rebuilt delta, exactly as
 ``to_lora`` does (weight-dependent methods need the base weights).
 """
+
 from __future__ import annotations
 
 from ..adapter import Adapter
@@ -14,7 +15,12 @@ from .svd import RankPolicy
 from .to_lora import rank_reduce
 
 
-def resize(adapter: Adapter, policy: RankPolicy, *, base: BaseLike | None = None, progress: Progress | None = None,
-           device: str = "cpu") -> tuple[Adapter, Report]:
-    return rank_reduce(adapter, policy, base=base, progress=progress, keep_dora=True, operation="resize",
-                       device=device)
+def resize(
+    adapter: Adapter,
+    policy: RankPolicy,
+    *,
+    base: BaseLike | None = None,
+    progress: Progress | None = None,
+    device: str = "cpu",
+) -> tuple[Adapter, Report]:
+    return rank_reduce(adapter, policy, base=base, progress=progress, keep_dora=True, operation="resize", device=device)

@@ -18,6 +18,7 @@ vectors of the mode-0 unfolding ``(out, in·∏k)``, ``V`` those of the mode-1 u
 ``C[p,q,…] = Σ_{o,i} ΔW[o,i,…]·U[o,p]·V[i,q]``, so ``ΔW_r[o,i,…] = Σ_{p,q} C[p,q,…]·U[o,p]·V[i,q]`` (LoRA's
 ``lora_mid`` layout: up = U, down = Vᵀ, mid = C).
 """
+
 from __future__ import annotations
 
 import math
@@ -36,6 +37,7 @@ _SEED = 20240601
 @dataclass(frozen=True)
 class RankPolicy:
     """Exactly one of ``rank`` / ``energy`` / ``ratio``; ``conv_rank`` fixes conv modules' rank; ``max_rank`` caps."""
+
     rank: int | None = None
     energy: float | None = None
     ratio: float | None = None
@@ -56,8 +58,13 @@ class RankPolicy:
                 raise AdapterError(f"{label} {value} is outside (0, 1]", expected="a fraction such as 0.99")
 
     def describe(self) -> str:
-        text = (f"rank {self.rank}" if self.rank is not None else
-                f"energy {self.energy:g}" if self.energy is not None else f"σ ratio {self.ratio:g}")
+        text = (
+            f"rank {self.rank}"
+            if self.rank is not None
+            else f"energy {self.energy:g}"
+            if self.energy is not None
+            else f"σ ratio {self.ratio:g}"
+        )
         if self.conv_rank is not None:
             text += f", conv rank {self.conv_rank}"
         if self.max_rank is not None:
@@ -101,6 +108,7 @@ class RankPolicy:
 class LowRank:
     """A factorised delta: LoRA factors shaped for the weight (``mid`` for Tucker), the rank, and the squared
     Frobenius norms of the error and of the delta itself."""
+
     up: torch.Tensor
     down: torch.Tensor
     mid: torch.Tensor | None
@@ -176,6 +184,11 @@ def _tucker(delta: torch.Tensor, policy: RankPolicy) -> LowRank:
     core = torch.einsum("oi...,op,iq->pq...", delta, left, right).contiguous()
     rebuilt = tucker_rebuild(core, left.t(), right.t())
     ones = [1] * (delta.ndim - 2)
-    return LowRank(left.reshape(out, rank, *ones).contiguous(), right.t().reshape(rank, inp, *ones).contiguous(),
-                   core, rank, float((delta - rebuilt).double().square().sum()),
-                   float(delta.double().square().sum()))
+    return LowRank(
+        left.reshape(out, rank, *ones).contiguous(),
+        right.t().reshape(rank, inp, *ones).contiguous(),
+        core,
+        rank,
+        float((delta - rebuilt).double().square().sum()),
+        float(delta.double().square().sum()),
+    )

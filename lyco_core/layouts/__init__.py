@@ -1,4 +1,5 @@
 """One file per naming convention; registry.py picks the one a file uses."""
+
 from .base import Layout, ModulePath
 from .keys import split_key
 from .registry import LAYOUTS, detect_layout

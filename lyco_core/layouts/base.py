@@ -1,6 +1,7 @@
 """What a file layout supplies: whether it owns a file, how a module's scale is resolved, and which model path
 a module name points at (for matching names to weight keys); writers (``write`` in lycoris.py, peft.py,
 diffusers.py) return a ``Written`` or refuse the modules the layout cannot hold exactly."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from ..errors import AdapterError
 class ModulePath:
     """Where a module name points: ``path`` inside its model, ``mangled`` if dots were written as ``_``,
     ``hints`` substrings that pick the right sub-model when the path alone is ambiguous."""
+
     path: str
     mangled: bool
     hints: tuple[str, ...] = ()
@@ -43,6 +45,7 @@ class Layout:
 class Written:
     """An adapter in a layout's spelling: tensors, the PEFT config (PEFT only), metadata the layout needs
     (diffusers' ``lora_adapter_metadata``) and notes on anything folded."""
+
     tensors: dict[str, torch.Tensor]
     config: dict[str, Any] | None = None
     metadata: dict[str, str] = field(default_factory=dict)
@@ -53,6 +56,9 @@ def refuse(layout: str, problems: dict[str, str], file: str) -> AdapterError:
     """One error naming every module ``layout`` cannot hold exactly, and the routes that can."""
     shown = "; ".join(f"{name}: {why}" for name, why in list(problems.items())[:5])
     more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
-    return AdapterError(f"cannot write {len(problems)} module(s) as {layout} exactly — {shown}{more}", file=file,
-                        expected="another layout, or a lossy route: to-lora (with --base for OFT/BOFT/GLoRA/IA3/"
-                                 "DoRA) or a full-diff adapter (merge IN --full)")
+    return AdapterError(
+        f"cannot write {len(problems)} module(s) as {layout} exactly — {shown}{more}",
+        file=file,
+        expected="another layout, or a lossy route: to-lora (with --base for OFT/BOFT/GLoRA/IA3/"
+        "DoRA) or a full-diff adapter (merge IN --full)",
+    )

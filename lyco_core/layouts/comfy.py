@@ -1,11 +1,15 @@
 """ComfyUI layout: dotted module paths (``diffusion_model.<ldm path>``, ComfyUI-trainer output with 2-D conv
 factors, bare model paths) with any LoRA spelling ComfyUI accepts; alpha as a tensor when present."""
+
 from __future__ import annotations
 
 from .base import Layout, ModulePath
 
-_HINTED_PREFIXES = {"diffusion_model.": ("diffusion_model",), "model.diffusion_model.": ("diffusion_model",),
-                    "text_encoders.": ("text_encoders", "clip", "cond_stage")}
+_HINTED_PREFIXES = {
+    "diffusion_model.": ("diffusion_model",),
+    "model.diffusion_model.": ("diffusion_model",),
+    "text_encoders.": ("text_encoders", "clip", "cond_stage"),
+}
 
 
 class ComfyLayout(Layout):
@@ -18,5 +22,5 @@ class ComfyLayout(Layout):
     def module_path(self, module_name):
         for prefix, hints in _HINTED_PREFIXES.items():
             if module_name.startswith(prefix):
-                return ModulePath(module_name[len(prefix):], False, hints)
+                return ModulePath(module_name[len(prefix) :], False, hints)
         return ModulePath(module_name, False)

@@ -2,6 +2,7 @@
 pipelines, ``text_encoder.``/``text_encoder_2.`` for text encoders). Each component's LoraConfig is JSON in the
 safetensors metadata ``lora_adapter_metadata``, flattened as ``<component>.<field>``; without it the scale is 1
 (alpha = r) unless per-module ``alpha`` tensors exist (kohya-converted files)."""
+
 from __future__ import annotations
 
 import json
@@ -10,9 +11,13 @@ from ..algorithms.base import ScaleContext
 from .base import Layout, ModulePath, Written, refuse
 from .peft import peft_params, rank_alpha_fields, scale_context
 
-COMPONENTS = {"unet.": ("unet", "diffusion_model"), "transformer.": ("transformer", "diffusion_model"),
-              "text_encoder.": ("text_encoder.", "te1", "clip_l"), "text_encoder_2.": ("text_encoder_2", "te2", "clip_g"),
-              "text_encoder_3.": ("text_encoder_3", "t5")}
+COMPONENTS = {
+    "unet.": ("unet", "diffusion_model"),
+    "transformer.": ("transformer", "diffusion_model"),
+    "text_encoder.": ("text_encoder.", "te1", "clip_l"),
+    "text_encoder_2.": ("text_encoder_2", "te2", "clip_g"),
+    "text_encoder_3.": ("text_encoder_3", "t5"),
+}
 METADATA_KEY = "lora_adapter_metadata"
 
 
@@ -48,7 +53,7 @@ class DiffusersLayout(Layout):
     def _split(self, module_name):
         for prefix, hints in COMPONENTS.items():
             if module_name.startswith(prefix):
-                return prefix[:-1], module_name[len(prefix):], hints
+                return prefix[:-1], module_name[len(prefix) :], hints
         return "", module_name, ()
 
     def module_path(self, module_name):
@@ -88,9 +93,14 @@ def write(adapter, targets: dict[str, tuple[str, str]], has_bias: dict[str, bool
         raise refuse("diffusers", problems, adapter.path)
     flat: dict[str, object] = {}
     for component, config in configs.items():
-        fields = {"peft_type": "LORA", "target_modules": sorted(config["entries"]), "use_dora": config["dora"],
-                  "use_rslora": False, "lora_bias": config["bias"],
-                  **rank_alpha_fields(config["entries"], "lora_alpha")}
+        fields = {
+            "peft_type": "LORA",
+            "target_modules": sorted(config["entries"]),
+            "use_dora": config["dora"],
+            "use_rslora": False,
+            "lora_bias": config["bias"],
+            **rank_alpha_fields(config["entries"], "lora_alpha"),
+        }
         flat.update({f"{component}.{k}": v for k, v in fields.items()})
     written.metadata[METADATA_KEY] = json.dumps(flat, indent=2, sort_keys=True)
     return written

@@ -5,17 +5,26 @@ accepts are renamed here: PEFT ``lora_A/lora_B`` (with or without ``.weight``, `
 ``_lora.up``, ``.lora_linear_layer.up``; PEFT ``lora_magnitude_vector`` becomes ``magnitude``. B/up is always the
 ``(out, r)`` factor.
 """
+
 from __future__ import annotations
 
 # (spelling as it ends the key, canonical parameter); the separator before the spelling is part of it.
 _SPELLINGS = [
-    (".lora_B.default.weight", "lora_up.weight"), (".lora_A.default.weight", "lora_down.weight"),
-    (".lora_linear_layer.up.weight", "lora_up.weight"), (".lora_linear_layer.down.weight", "lora_down.weight"),
-    (".lora.up.weight", "lora_up.weight"), (".lora.down.weight", "lora_down.weight"),
-    ("_lora.up.weight", "lora_up.weight"), ("_lora.down.weight", "lora_down.weight"),
-    (".lora_B.weight", "lora_up.weight"), (".lora_A.weight", "lora_down.weight"), (".lora_B.bias", "lora_up.bias"),
-    (".lora_B", "lora_up.weight"), (".lora_A", "lora_down.weight"),
-    (".lora_magnitude_vector.weight", "magnitude"), (".lora_magnitude_vector", "magnitude"),
+    (".lora_B.default.weight", "lora_up.weight"),
+    (".lora_A.default.weight", "lora_down.weight"),
+    (".lora_linear_layer.up.weight", "lora_up.weight"),
+    (".lora_linear_layer.down.weight", "lora_down.weight"),
+    (".lora.up.weight", "lora_up.weight"),
+    (".lora.down.weight", "lora_down.weight"),
+    ("_lora.up.weight", "lora_up.weight"),
+    ("_lora.down.weight", "lora_down.weight"),
+    (".lora_B.weight", "lora_up.weight"),
+    (".lora_A.weight", "lora_down.weight"),
+    (".lora_B.bias", "lora_up.bias"),
+    (".lora_B", "lora_up.weight"),
+    (".lora_A", "lora_down.weight"),
+    (".lora_magnitude_vector.weight", "magnitude"),
+    (".lora_magnitude_vector", "magnitude"),
 ]
 
 
@@ -29,7 +38,7 @@ def split_key(key: str, canonical: set[str]) -> tuple[str, str] | None:
             return key[: -len(spelling)], param
     dot = key.find(".", 1)  # the leftmost dot with a non-empty module before it gives the longest parameter
     while dot != -1:
-        if key[dot + 1:] in canonical:
-            return key[:dot], key[dot + 1:]
+        if key[dot + 1 :] in canonical:
+            return key[:dot], key[dot + 1 :]
         dot = key.find(".", dot + 1)
     return None

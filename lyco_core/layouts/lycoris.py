@@ -5,6 +5,7 @@ Prefixes: ``lora_unet_`` (UNet/DiT), ``lora_te_``/``lora_te1_``/``lora_te2_``/``
 ``lora_prior_unet_``. LyCORIS 2.x may end a name with ``_``. The mangling is not invertible, so names are matched
 forward from the model's paths (keymap.py), never split on ``_``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -12,10 +13,15 @@ import torch
 from .base import Layout, ModulePath, Written, refuse
 
 PREFIX_HINTS = {
-    "lora_unet_": ("diffusion_model", "unet"), "lora_prior_unet_": ("prior", "diffusion_model"),
-    "lora_te1_": ("te1", "clip_l", "text_encoder."), "lora_te2_": ("te2", "clip_g", "text_encoder_2"),
-    "lora_te3_": ("te3", "t5", "text_encoder_3"), "lora_te_": ("te", "clip", "text_encoder", "cond_stage"),
-    "lora_transformer_": ("diffusion_model", "transformer"), "lycoris_": (), "oft_unet_": ("diffusion_model", "unet"),
+    "lora_unet_": ("diffusion_model", "unet"),
+    "lora_prior_unet_": ("prior", "diffusion_model"),
+    "lora_te1_": ("te1", "clip_l", "text_encoder."),
+    "lora_te2_": ("te2", "clip_g", "text_encoder_2"),
+    "lora_te3_": ("te3", "t5", "text_encoder_3"),
+    "lora_te_": ("te", "clip", "text_encoder", "cond_stage"),
+    "lora_transformer_": ("diffusion_model", "transformer"),
+    "lycoris_": (),
+    "oft_unet_": ("diffusion_model", "unet"),
 }
 
 
@@ -29,16 +35,18 @@ class LycorisLayout(Layout):
     def module_path(self, module_name):
         for prefix, hints in PREFIX_HINTS.items():
             if module_name.startswith(prefix):
-                return ModulePath(module_name[len(prefix):].rstrip("_"), True, hints)
+                return ModulePath(module_name[len(prefix) :].rstrip("_"), True, hints)
         return ModulePath(module_name.rstrip("_"), True)
 
 
 # --- writing ---------------------------------------------------------------------------------------------------
 _SCALED = ("lora", "loha", "lokr", "glora")
-_NOT_HERE = {"oft_R.weight": "PEFT OFT rotates input columns (its own Cayley form); LyCORIS OFT rotates output rows",
-             "oft_r": "PEFT OFT rotates input columns (its own Cayley form); LyCORIS OFT rotates output rows",
-             "boft_R": "PEFT BOFT rotates input columns; LyCORIS BOFT rotates output rows",
-             "lora_up.bias": "PEFT lora_B.bias changes the layer bias, which a LyCORIS LoRA cannot"}
+_NOT_HERE = {
+    "oft_R.weight": "PEFT OFT rotates input columns (its own Cayley form); LyCORIS OFT rotates output rows",
+    "oft_r": "PEFT OFT rotates input columns (its own Cayley form); LyCORIS OFT rotates output rows",
+    "boft_R": "PEFT BOFT rotates input columns; LyCORIS BOFT rotates output rows",
+    "lora_up.bias": "PEFT lora_B.bias changes the layer bias, which a LyCORIS LoRA cannot",
+}
 
 
 def alpha_tensor(value: float) -> torch.Tensor:
@@ -52,8 +60,10 @@ def _ia3_from_peft(module, has_bias: bool | None) -> dict[str, torch.Tensor]:
     gain = module.params["ia3_l"]
     on_input = module.on_input()
     if not on_input and has_bias is not False:
-        raise ValueError("PEFT (IA)³ also scales this layer's bias, which LyCORIS IA3 does not"
-                         + (" (the model, --base, would tell whether the layer has one)" if has_bias is None else ""))
+        raise ValueError(
+            "PEFT (IA)³ also scales this layer's bias, which LyCORIS IA3 does not"
+            + (" (the model, --base, would tell whether the layer has one)" if has_bias is None else "")
+        )
     weight = gain - 1 if gain.ndim == 4 else (gain - 1).reshape(-1)
     return {"weight": weight, "on_input": torch.tensor(int(on_input), dtype=torch.int64)}
 

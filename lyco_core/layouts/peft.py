@@ -7,6 +7,7 @@ first match wins), ``use_rslora`` → alpha/√r. ``peft_version`` (written sinc
 ``modules_to_save`` copies are ``<path>.weight``/``.bias`` (read as ``saved``); embedding LoRA is
 ``lora_embedding_A (r, num)``/``lora_embedding_B (dim, r)``. ``write`` produces all of these (see its docstring).
 """
+
 from __future__ import annotations
 
 import math
@@ -59,9 +60,16 @@ def scale_context(file: str, config: dict[str, Any], path: str) -> ScaleContext:
         alpha = float(pattern_value(config.get("alpha_pattern"), path, alpha))
     if rank is None or alpha is None or peft_type not in _DEFAULT_ALPHA:
         alpha = None
-    return ScaleContext(file=file, config_alpha=alpha, config_rank=rank, rslora=bool(config.get("use_rslora")),
-                        peft=True, config=config, peft_version=parse_version(config.get("peft_version")),
-                        module_path=path)
+    return ScaleContext(
+        file=file,
+        config_alpha=alpha,
+        config_rank=rank,
+        rslora=bool(config.get("use_rslora")),
+        peft=True,
+        config=config,
+        peft_version=parse_version(config.get("peft_version")),
+        module_path=path,
+    )
 
 
 class PeftLayout(Layout):
@@ -73,7 +81,7 @@ class PeftLayout(Layout):
 
     def module_path(self, module_name):
         if module_name.startswith(PEFT_PREFIX):
-            return ModulePath(module_name[len(PEFT_PREFIX):], False)
+            return ModulePath(module_name[len(PEFT_PREFIX) :], False)
         return ModulePath(module_name, False)
 
     def context(self, module_name, params):
@@ -85,43 +93,52 @@ class PeftLayout(Layout):
 
 # --- writing ---------------------------------------------------------------------------------------------------
 _PEFT_TYPES = {"lora": "LORA", "loha": "LOHA", "lokr": "LOKR", "ia3": "IA3", "oft": "OFT", "boft": "BOFT"}
-_ELSEWHERE = {"oft": "LyCORIS OFT rotates output rows (with its constraint and rescale); PEFT OFT rotates input "
-                     "columns — save it in the lycoris layout, or convert it to LoRA",
-              "boft": "LyCORIS BOFT rotates output rows; PEFT BOFT rotates input columns — save it in the lycoris "
-                      "layout, or convert it to LoRA",
-              "glora": "PEFT has no GLoRA of this form",
-              "norm": "PEFT has no norm-difference method (a trained norm layer is a modules_to_save copy, which "
-                      "needs the base weights: save it from the trainer)"}
-_OLD_OFT = {"input": "PEFT 0.14–0.15 OFT (oft_r with oft_s), which PEFT ≥0.16 no longer loads",
-            "output": "PEFT ≤0.13 OFT (oft_r on the output rows), which PEFT ≥0.14 no longer loads"}
+_ELSEWHERE = {
+    "oft": "LyCORIS OFT rotates output rows (with its constraint and rescale); PEFT OFT rotates input "
+    "columns — save it in the lycoris layout, or convert it to LoRA",
+    "boft": "LyCORIS BOFT rotates output rows; PEFT BOFT rotates input columns — save it in the lycoris "
+    "layout, or convert it to LoRA",
+    "glora": "PEFT has no GLoRA of this form",
+    "norm": "PEFT has no norm-difference method (a trained norm layer is a modules_to_save copy, which "
+    "needs the base weights: save it from the trainer)",
+}
+_OLD_OFT = {
+    "input": "PEFT 0.14–0.15 OFT (oft_r with oft_s), which PEFT ≥0.16 no longer loads",
+    "output": "PEFT ≤0.13 OFT (oft_r on the output rows), which PEFT ≥0.14 no longer loads",
+}
 
 
 def rank_alpha_fields(entries: dict[str, tuple[int, float]], alpha_field: str) -> dict[str, Any]:
     """``r``, alpha and the patterns that give every module (path: (r, alpha)) exactly its own pair: the most common
     values as defaults, escaped full paths (longest first, so a path never catches a longer one) for the rest."""
+
     def common(values):
         return Counter(values).most_common(1)[0][0]
 
     rank = common(r for r, _ in entries.values())
     alpha = common(a for _, a in entries.values())
     ordered = sorted(entries.items(), key=lambda item: -len(item[0]))
-    return {"r": rank, alpha_field: alpha,
-            "rank_pattern": {re.escape(p): r for p, (r, _) in ordered if r != rank},
-            "alpha_pattern": {re.escape(p): a for p, (_, a) in ordered if not math.isclose(a, alpha, rel_tol=1e-12)}}
+    return {
+        "r": rank,
+        alpha_field: alpha,
+        "rank_pattern": {re.escape(p): r for p, (r, _) in ordered if r != rank},
+        "alpha_pattern": {re.escape(p): a for p, (_, a) in ordered if not math.isclose(a, alpha, rel_tol=1e-12)},
+    }
 
 
 def _lokr_shapes(params) -> tuple[int, int, int, tuple[int, ...]]:
     """(a, b, c, candidate d): ``W1 (a,c)``, ``W2 (b, d[,k…])``. A plain conv stores ``w2_b (r, d·k²)`` flat, so d is
     one of ``D/k²`` (k = 1…7); a full or Tucker ``W2`` states it."""
-    a, c = params["lokr_w1"].shape if "lokr_w1" in params else (params["lokr_w1_a"].shape[0],
-                                                                  params["lokr_w1_b"].shape[1])
+    a, c = (
+        params["lokr_w1"].shape if "lokr_w1" in params else (params["lokr_w1_a"].shape[0], params["lokr_w1_b"].shape[1])
+    )
     if "lokr_w2" in params:
         b, ds = params["lokr_w2"].shape[0], (params["lokr_w2"].shape[1],)
     elif "lokr_t2" in params:
         b, ds = params["lokr_w2_a"].shape[1], (params["lokr_w2_b"].shape[1],)
     else:
         b, flat = params["lokr_w2_a"].shape[0], params["lokr_w2_b"].shape[1]
-        ds = tuple(flat // k ** 2 for k in range(1, 8) if flat % k ** 2 == 0)
+        ds = tuple(flat // k**2 for k in range(1, 8) if flat % k**2 == 0)
     return int(a), int(b), int(c), tuple(int(d) for d in ds)
 
 
@@ -144,8 +161,9 @@ def _lokr_fits(params, factor: int, decompose_both: bool) -> bool:
     # PEFT's rule could produce leads to these same factor kinds.
     fitting = [d for d in ds if factorization(c * d, factor, sort_divisor=False) == (c, d)]
     full_w1 = not (decompose_both and rank < max(a, c) / 2)
-    return bool(fitting) and all(full_w1 == ("lokr_w1" in params) and (not rank < max(b, d) / 2) == ("lokr_w2" in params)
-                                 for d in fitting)
+    return bool(fitting) and all(
+        full_w1 == ("lokr_w1" in params) and (not rank < max(b, d) / 2) == ("lokr_w2" in params) for d in fitting
+    )
 
 
 def _lokr_layout(modules) -> tuple[int, bool, dict[str, str]]:
@@ -155,8 +173,15 @@ def _lokr_layout(modules) -> tuple[int, bool, dict[str, str]]:
     for factor in candidates:
         if all(_lokr_fits(m.params, factor, decompose_both) for m in modules.values()):
             return factor, decompose_both, {}
-    return -1, decompose_both, {n: "PEFT's LoKr factorization would build other factor shapes"
-                                for n, m in modules.items() if not _lokr_fits(m.params, -1, decompose_both)}
+    return (
+        -1,
+        decompose_both,
+        {
+            n: "PEFT's LoKr factorization would build other factor shapes"
+            for n, m in modules.items()
+            if not _lokr_fits(m.params, -1, decompose_both)
+        },
+    )
 
 
 def identity_pair(delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -177,14 +202,17 @@ def dense_params(module, method: str, tucker: bool) -> tuple[dict[str, torch.Ten
     left, right = identity_pair(diff)
     rank = left.shape[1]
     if method == "lora":
-        params = {"lora_A.weight": right.reshape(rank, *diff.shape[1:]),
-                  "lora_B.weight": left.reshape(*left.shape, *[1] * (diff.ndim - 2))}
+        params = {
+            "lora_A.weight": right.reshape(rank, *diff.shape[1:]),
+            "lora_B.weight": left.reshape(*left.shape, *[1] * (diff.ndim - 2)),
+        }
         if "diff_b" in module.params:
             params["lora_B.bias"] = module.params["diff_b"]
         return params, rank, float(rank)
     if method != "loha":
-        raise ValueError(f"a dense difference has no exact form in PEFT's {method.upper()} (save it in the "
-                         "lycoris layout)")
+        raise ValueError(
+            f"a dense difference has no exact form in PEFT's {method.upper()} (save it in the lycoris layout)"
+        )
     if "diff_b" in module.params:
         raise ValueError("PEFT's LoHa cannot change a bias")
     if tucker and diff.ndim > 2 and math.prod(diff.shape[2:]) > 1:
@@ -194,8 +222,9 @@ def dense_params(module, method: str, tucker: bool) -> tuple[dict[str, torch.Ten
     return {"hada_w1_a": left, "hada_w1_b": right, "hada_w2_a": ones_a, "hada_w2_b": ones_b}, rank, float(rank)
 
 
-def peft_params(module, has_bias: bool | None, lokr_both: bool = False) -> tuple[dict[str, torch.Tensor], int | None,
-                                                                                   float | None]:
+def peft_params(
+    module, has_bias: bool | None, lokr_both: bool = False
+) -> tuple[dict[str, torch.Tensor], int | None, float | None]:
     """(PEFT parameters, r, alpha) of one module, alpha such that PEFT's ``alpha/r`` equals the module's scale;
     raises ValueError with the reason when PEFT cannot hold it exactly."""
     p = module.params
@@ -212,17 +241,20 @@ def peft_params(module, has_bias: bool | None, lokr_both: bool = False) -> tuple
         if "ia3_l" in p:
             return {"ia3_l": p["ia3_l"]}, None, None
         if not on_input and has_bias is not False:
-            raise ValueError("PEFT (IA)³ would also scale this layer's bias"
-                             + (" (the model, --base, would tell whether the layer has one)" if has_bias is None
-                                else ""))
+            raise ValueError(
+                "PEFT (IA)³ would also scale this layer's bias"
+                + (" (the model, --base, would tell whether the layer has one)" if has_bias is None else "")
+            )
         gain = 1 + p["weight"]
         shape = (1, -1, 1, 1) if gain.ndim == 4 else (1, -1) if on_input else (-1, 1)
         return {"ia3_l": gain.reshape(shape)}, None, None
     if module.algo == "lora" and getattr(module, "embedding", False):
         if module.dora or "lora_up.bias" in p:
             raise ValueError("PEFT's embedding LoRA has no DoRA and no bias")
-        params = {"lora_embedding_A": p["lora_up.weight"].t().contiguous(),
-                  "lora_embedding_B": p["lora_down.weight"].t().contiguous()}
+        params = {
+            "lora_embedding_A": p["lora_up.weight"].t().contiguous(),
+            "lora_embedding_B": p["lora_down.weight"].t().contiguous(),
+        }
     elif module.algo == "lora":
         if module.tucker:
             raise ValueError("Tucker LoCon (lora_mid) has no PEFT form")
@@ -235,8 +267,9 @@ def peft_params(module, has_bias: bool | None, lokr_both: bool = False) -> tuple
             if module.dora_axis() != "out":
                 raise ValueError("DoRA on the input axis has no PEFT form (PEFT normalises output rows)")
             up = p["lora_up.weight"]
-            params["lora_magnitude_vector"] = p["dora_scale"].reshape(-1) if up.ndim == 2 else \
-                p["dora_scale"].reshape(1, -1, *[1] * (up.ndim - 2))
+            params["lora_magnitude_vector"] = (
+                p["dora_scale"].reshape(-1) if up.ndim == 2 else p["dora_scale"].reshape(1, -1, *[1] * (up.ndim - 2))
+            )
     else:
         if module.dora:
             raise ValueError(f"PEFT's {module.algo.upper()} has no DoRA")
@@ -251,8 +284,10 @@ def peft_params(module, has_bias: bool | None, lokr_both: bool = False) -> tuple
 def _one_of(values: set, what: str) -> Any:
     """The single value of ``values``; ValueError naming ``what`` when the modules disagree."""
     if len(values) != 1:
-        raise ValueError(f"PEFT's config has one {what} for every layer (no per-module pattern); these modules have "
-                         f"{', '.join(sorted(map(str, values)))}")
+        raise ValueError(
+            f"PEFT's config has one {what} for every layer (no per-module pattern); these modules have "
+            f"{', '.join(sorted(map(str, values)))}"
+        )
     return next(iter(values))
 
 
@@ -261,17 +296,36 @@ def oft_fields(modules) -> tuple[dict[str, Any], list[str]]:
     (PEFT builds every layer's blocks from ``r``/``oft_block_size``), and the rotation options they were read with."""
     sizes = {m.block_size for m in modules.values()}
     counts = {int(m.params["oft_R.weight"].shape[0]) for m in modules.values()}
-    options = {(bool(cfg.get("coft", False)), float(cfg.get("eps", 6e-5)), bool(cfg.get("block_share", False)),
-                bool(cfg.get("use_cayley_neumann", True)), int(cfg.get("num_cayley_neumann_terms", 5)),
-                m.ctx.peft_version) for m in modules.values() for cfg in (m.ctx.config,)}
+    options = {
+        (
+            bool(cfg.get("coft", False)),
+            float(cfg.get("eps", 6e-5)),
+            bool(cfg.get("block_share", False)),
+            bool(cfg.get("use_cayley_neumann", True)),
+            int(cfg.get("num_cayley_neumann_terms", 5)),
+            m.ctx.peft_version,
+        )
+        for m in modules.values()
+        for cfg in (m.ctx.config,)
+    }
     coft, eps, shared, neumann, terms, version = _one_of(options, "set of OFT options")
     if len(sizes) == 1 or shared:
         rank, size = 0, _one_of(sizes, "OFT block size")
     else:
         rank, size = _one_of(counts, "OFT block size or block count"), 0
-    fields = {"r": rank, "oft_block_size": size, "coft": coft, "eps": eps, "block_share": shared,
-              "use_cayley_neumann": neumann, "num_cayley_neumann_terms": terms, "module_dropout": 0.0,
-              "init_weights": True, "bias": "none", "fan_in_fan_out": False}
+    fields = {
+        "r": rank,
+        "oft_block_size": size,
+        "coft": coft,
+        "eps": eps,
+        "block_share": shared,
+        "use_cayley_neumann": neumann,
+        "num_cayley_neumann_terms": terms,
+        "module_dropout": 0.0,
+        "init_weights": True,
+        "bias": "none",
+        "fan_in_fan_out": False,
+    }
     notes = []
     if version is not None:
         fields["peft_version"] = ".".join(map(str, version))
@@ -283,8 +337,13 @@ def oft_fields(modules) -> tuple[dict[str, Any], list[str]]:
 def boft_fields(modules) -> dict[str, Any]:
     """Config fields of PEFT BOFT modules: one factor count, and one block size (else one block count)."""
     shapes = [m.params["boft_R"].shape for m in modules.values()]
-    fields = {"boft_n_butterfly_factor": _one_of({int(s[0]) for s in shapes}, "butterfly factor count"),
-              "boft_dropout": 0.0, "init_weights": True, "bias": "none", "fan_in_fan_out": False}
+    fields = {
+        "boft_n_butterfly_factor": _one_of({int(s[0]) for s in shapes}, "butterfly factor count"),
+        "boft_dropout": 0.0,
+        "init_weights": True,
+        "bias": "none",
+        "fan_in_fan_out": False,
+    }
     sizes, counts = {int(s[2]) for s in shapes}, {int(s[1]) for s in shapes}
     if len(sizes) == 1:
         return {**fields, "boft_block_size": sizes.pop(), "boft_block_num": 0}
@@ -296,8 +355,9 @@ def _folder_method(modules, file: str) -> str:
     modules of methods PEFT lacks are refused one by one later."""
     methods = sorted({m.algo for m in modules.values()} - {"full"} - (set(_ELSEWHERE) - set(_PEFT_TYPES)))
     if len(methods) > 1:
-        raise refuse("PEFT", {"(all)": f"a PEFT folder holds one method, this adapter mixes {', '.join(methods)}"},
-                     file)
+        raise refuse(
+            "PEFT", {"(all)": f"a PEFT folder holds one method, this adapter mixes {', '.join(methods)}"}, file
+        )
     return methods[0] if methods else "lora"
 
 
@@ -311,8 +371,9 @@ def write(adapter, targets: dict[str, tuple[str, str]], has_bias: dict[str, bool
     if not adapted:
         raise refuse("PEFT", {"(all)": "a PEFT folder needs adapted modules besides modules_to_save"}, adapter.path)
     method = _folder_method(adapted, adapter.path)
-    factor, lokr_both, problems = (_lokr_layout({n: m for n, m in adapted.items() if m.algo == "lokr"})
-                                   if method == "lokr" else (-1, False, {}))
+    factor, lokr_both, problems = (
+        _lokr_layout({n: m for n, m in adapted.items() if m.algo == "lokr"}) if method == "lokr" else (-1, False, {})
+    )
     tucker = any(m.tucker for m in adapted.values())
     written, entries, feedforward = Written({}), {}, []
     for name, module in adapted.items():
@@ -338,12 +399,17 @@ def write(adapter, targets: dict[str, tuple[str, str]], has_bias: dict[str, bool
     lora_bias = any(k.endswith(".lora_B.bias") for k in written.tensors)
     dora = any(k.endswith(".lora_magnitude_vector") for k in written.tensors)
     if dora and not all(m.dora for m in adapted.values()):
-        raise refuse("PEFT", {"(all)": "use_dora is one switch for the whole folder; DoRA is on some modules only"},
-                     adapter.path)
-    config: dict[str, Any] = {"peft_type": _PEFT_TYPES[method], "target_modules": sorted(entries),
-                              "inference_mode": True, "task_type": None,
-                              "modules_to_save": sorted(targets[n][1] for n in saved) or None,
-                              "base_model_name_or_path": (adapter.config or {}).get("base_model_name_or_path")}
+        raise refuse(
+            "PEFT", {"(all)": "use_dora is one switch for the whole folder; DoRA is on some modules only"}, adapter.path
+        )
+    config: dict[str, Any] = {
+        "peft_type": _PEFT_TYPES[method],
+        "target_modules": sorted(entries),
+        "inference_mode": True,
+        "task_type": None,
+        "modules_to_save": sorted(targets[n][1] for n in saved) or None,
+        "base_model_name_or_path": (adapter.config or {}).get("base_model_name_or_path"),
+    }
     try:
         if method == "oft":
             fields, written.notes = oft_fields(adapted)
@@ -355,12 +421,24 @@ def write(adapter, targets: dict[str, tuple[str, str]], has_bias: dict[str, bool
     if method == "ia3":
         config.update(feedforward_modules=sorted(feedforward), fan_in_fan_out=False, init_ia3_weights=True)
     elif method == "lora":
-        config.update(rank_alpha_fields(entries, "lora_alpha"), use_dora=dora, use_rslora=False,
-                      lora_bias=lora_bias, bias="none", fan_in_fan_out=False, init_lora_weights=True,
-                      lora_dropout=0.0)
+        config.update(
+            rank_alpha_fields(entries, "lora_alpha"),
+            use_dora=dora,
+            use_rslora=False,
+            lora_bias=lora_bias,
+            bias="none",
+            fan_in_fan_out=False,
+            init_lora_weights=True,
+            lora_dropout=0.0,
+        )
     elif method in ("loha", "lokr"):
-        config.update(rank_alpha_fields(entries, "alpha"), use_effective_conv2d=tucker, rank_dropout=0.0,
-                      module_dropout=0.0, init_weights=True)
+        config.update(
+            rank_alpha_fields(entries, "alpha"),
+            use_effective_conv2d=tucker,
+            rank_dropout=0.0,
+            module_dropout=0.0,
+            init_weights=True,
+        )
         if method == "lokr":
             config.update(decompose_both=lokr_both, decompose_factor=factor, rank_dropout_scale=False)
     written.config = config

@@ -1,5 +1,6 @@
 """Layout detection: PEFT (config or ``base_model.model.`` names), diffusers (component prefixes or
 ``lora_adapter_metadata``), ComfyUI (other dotted names), LyCORIS/kohya (undotted, mangled names)."""
+
 from __future__ import annotations
 
 from .comfy import ComfyLayout

@@ -9,8 +9,18 @@ Files: config (PEFT-named configs), targets (selection rules), methods/ (one tra
 ``lyco_core.algorithms``), wrap (attach/merge/unmerge/detach), loop (+ optim, checkpointing), export (files and
 ``ss_*`` metadata), resume (continue from a saved adapter).
 """
-from .config import (AdapterConfig, BOFTConfig, GLoRAConfig, IA3Config, LoHaConfig, LoKrConfig, LoraConfig,
-                     OFTConfig, config_from_dict)
+
+from .config import (
+    AdapterConfig,
+    BOFTConfig,
+    GLoRAConfig,
+    IA3Config,
+    LoHaConfig,
+    LoKrConfig,
+    LoraConfig,
+    OFTConfig,
+    config_from_dict,
+)
 from .export import TrainingRecord, as_adapter, lycoris_name, lycoris_tensors, save_trained, training_metadata
 from .loop import TrainSettings, TrainState, load_state, save_state, train
 from .optim import SCHEDULERS, optimizer_names
@@ -18,8 +28,36 @@ from .resume import load_weights, resume_state, state_path
 from .targets import can_adapt, select
 from .wrap import AttachedAdapter, LycoTuner, build_adapter, wrap
 
-__all__ = ["AdapterConfig", "as_adapter", "AttachedAdapter", "BOFTConfig", "GLoRAConfig", "IA3Config", "LoHaConfig", "LoKrConfig",
-           "LoraConfig", "LycoTuner", "OFTConfig", "build_adapter", "SCHEDULERS", "TrainSettings", "TrainState", "TrainingRecord",
-           "can_adapt", "config_from_dict", "load_state", "load_weights", "lycoris_name", "lycoris_tensors",
-           "optimizer_names", "resume_state", "save_state", "save_trained", "select",
-           "state_path", "train", "training_metadata", "wrap"]
+__all__ = [
+    "AdapterConfig",
+    "as_adapter",
+    "AttachedAdapter",
+    "BOFTConfig",
+    "GLoRAConfig",
+    "IA3Config",
+    "LoHaConfig",
+    "LoKrConfig",
+    "LoraConfig",
+    "LycoTuner",
+    "OFTConfig",
+    "build_adapter",
+    "SCHEDULERS",
+    "TrainSettings",
+    "TrainState",
+    "TrainingRecord",
+    "can_adapt",
+    "config_from_dict",
+    "load_state",
+    "load_weights",
+    "lycoris_name",
+    "lycoris_tensors",
+    "optimizer_names",
+    "resume_state",
+    "save_state",
+    "save_trained",
+    "select",
+    "state_path",
+    "train",
+    "training_metadata",
+    "wrap",
+]

@@ -1,6 +1,7 @@
 """Gradient checkpointing as a temporary forward override: activations inside each given module are recomputed in
 the backward pass instead of being kept (``torch.utils.checkpoint``, non-reentrant, RNG state preserved so dropout
 masks repeat). The original forwards come back when the context exits, whatever happened inside."""
+
 from __future__ import annotations
 
 import contextlib
@@ -12,6 +13,7 @@ from torch import nn
 def _checkpointed(forward):
     def run(*args, **kwargs):
         return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
+
     return run
 
 

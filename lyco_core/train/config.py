@@ -15,6 +15,7 @@ Where PEFT and LyCORIS disagree on the math (OFT, BOFT, IA3), ``variant`` picks 
 method as its config means it; ``"lycoris"`` is LyCORIS' (output-side OFT blocks with ``constraint`` and
 ``rescaled``; IA3 as ``W ⊙ (1 + w)``). Each variant saves exactly in its own layout.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,6 +28,7 @@ Targets = Union[str, list, None]
 @dataclass
 class AdapterConfig:
     """Fields every method shares (target selection and saved extras)."""
+
     method: ClassVar[str] = ""
     peft_type: ClassVar[str] = ""
     target_modules: Targets = None
@@ -80,6 +82,7 @@ class LoraConfig(AdapterConfig):
     as ``(out·kh) × (in·kw)`` (rank r) and runs it as a ``1×kw`` then a ``kh×1`` convolution; saved as the exact
     rank ``r·kh`` LoCon. nn.Embedding layers get an embedding LoRA (``ΔW = s·B@A`` on the table).
     """
+
     method: ClassVar[str] = "lora"
     peft_type: ClassVar[str] = "LORA"
     r: int = 8
@@ -106,6 +109,7 @@ class LoraConfig(AdapterConfig):
 @dataclass
 class RankedConfig(AdapterConfig):
     """Fields of the low-rank LyCORIS methods: ``r``, ``alpha`` (ΔW carries alpha/r), per-module patterns."""
+
     r: int = 8
     alpha: float = 8
     rank_pattern: dict = field(default_factory=dict)
@@ -121,6 +125,7 @@ class LoHaConfig(RankedConfig):
     ``use_effective_conv2d``. ``rank_dropout`` masks rows of ΔW (rescaled by the mask mean, as PEFT LoHa);
     ``module_dropout`` skips the adapter per forward. ``init_weights`` True: w2_b 0, the rest kaiming (PEFT);
     ``"lycoris"``: LyCORIS' normal init with w2_a 0; False: all random."""
+
     method: ClassVar[str] = "loha"
     peft_type: ClassVar[str] = "LOHA"
     rank_dropout: float = 0.0
@@ -136,6 +141,7 @@ class LoKrConfig(LoHaConfig):
     ``decompose_both`` and ``r < max(a,c)/2``; W2 is split iff ``r < max(b,d)/2`` (Tucker ``t2`` for k×k convs with
     ``use_effective_conv2d``). ``rank_dropout`` masks rows, divided by the mask mean iff ``rank_dropout_scale``.
     ``init_weights`` True: W1 0 (PEFT); ``"lycoris"``: W2 (or w2_b) 0; False: all random."""
+
     method: ClassVar[str] = "lokr"
     peft_type: ClassVar[str] = "LOKR"
     decompose_both: bool = False
@@ -156,6 +162,7 @@ class OFTConfig(AdapterConfig):
     follows LyCORIS' rule ``(bs, n) = sorted(factorization(out, oft_block_size))``.
     ``module_dropout``: PEFT replaces ``int(p·n)`` random blocks by I per forward; LyCORIS skips the adapter.
     """
+
     method: ClassVar[str] = "oft"
     peft_type: ClassVar[str] = "OFT"
     r: int = 0
@@ -188,6 +195,7 @@ class BOFTConfig(AdapterConfig):
     block size = the largest even ``bs ≤ boft_block_size`` with ``out/bs`` a power of two, ``log2(out/bs)+1``
     stages, ``constraint`` and ``rescaled`` as LyCORIS OFT; ``boft_dropout`` skips the adapter per forward.
     """
+
     method: ClassVar[str] = "boft"
     peft_type: ClassVar[str] = "BOFT"
     boft_block_size: int = 4
@@ -213,6 +221,7 @@ class GLoRAConfig(RankedConfig):
     """GLoRA (LyCORIS): ``ΔW = (alpha/r)·(W ×_in (a1@a2) + b1@b2)``; a1, b1 kaiming and a2, b2 zero
     (``init_weights=False``: all random). ``module_dropout`` skips the adapter per forward. Saved in LyCORIS layout
     (PEFT's own ``GloraConfig`` is a different parametrisation)."""
+
     method: ClassVar[str] = "glora"
     peft_type: ClassVar[str] = ""
     module_dropout: float = 0.0
@@ -227,6 +236,7 @@ class IA3Config(AdapterConfig):
     ``variant="peft"``: ``W' = W ⊙ l`` (l starts at 1) and, for layers that are not feed-forward, ``b' = b ⊙ l``.
     ``variant="lycoris"``: ``W' = W ⊙ (1 + w)`` (w starts at 0), bias untouched. ``init_ia3_weights=False``: random.
     """
+
     method: ClassVar[str] = "ia3"
     peft_type: ClassVar[str] = "IA3"
     feedforward_modules: Targets = None
@@ -251,8 +261,9 @@ def _check_variant(config, peft_only: tuple[str, ...], lycoris_only: tuple[str, 
             raise ValueError(f"{name} has no meaning for variant={config.variant!r}")
 
 
-CONFIGS: dict[str, type[AdapterConfig]] = {cls.method: cls for cls in (
-    LoraConfig, LoHaConfig, LoKrConfig, OFTConfig, BOFTConfig, GLoRAConfig, IA3Config)}
+CONFIGS: dict[str, type[AdapterConfig]] = {
+    cls.method: cls for cls in (LoraConfig, LoHaConfig, LoKrConfig, OFTConfig, BOFTConfig, GLoRAConfig, IA3Config)
+}
 
 
 def config_from_dict(data: dict[str, Any]) -> AdapterConfig:

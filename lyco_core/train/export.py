@@ -6,6 +6,7 @@ The trained modules first become an Adapter in their own form: LyCORIS names (``
 module's tensors as LyCORIS stores them and an ``alpha`` whose ``alpha/r`` is the trained scaling — or, for the
 PEFT variants of OFT/BOFT/IA3, PEFT names (``base_model.model.<path>.<param>``) with the config's PEFT fields.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,18 +35,28 @@ def lycoris_name(path: str, prefix: str = "lycoris") -> str:
 
 def lycoris_tensors(adapter: AttachedAdapter, name_of: Callable[[str], str] = lycoris_name) -> dict[str, torch.Tensor]:
     """``{file key: tensor}`` of ``adapter`` in LyCORIS layout (detached, on the CPU)."""
-    return {f"{name_of(path)}.{param}": tensor.detach().to("cpu").contiguous()
-            for path, trainable in adapter.modules.items() for param, tensor in trainable.lycoris_tensors().items()}
+    return {
+        f"{name_of(path)}.{param}": tensor.detach().to("cpu").contiguous()
+        for path, trainable in adapter.modules.items()
+        for param, tensor in trainable.lycoris_tensors().items()
+    }
 
 
-def as_adapter(adapter: AttachedAdapter, name_of: Callable[[str], str] = lycoris_name,
-               metadata: dict[str, str] | None = None, layout: str = "lycoris") -> Adapter:
+def as_adapter(
+    adapter: AttachedAdapter,
+    name_of: Callable[[str], str] = lycoris_name,
+    metadata: dict[str, str] | None = None,
+    layout: str = "lycoris",
+) -> Adapter:
     """The trained adapter as a lyco_core Adapter (LyCORIS form, or PEFT form for PEFT-variant modules). For
     ``layout="peft"`` modules PEFT spells otherwise take that form (``peft_modules``)."""
     if any(t.saves_as_peft for t in adapter.modules.values()):
         names = {path: f"{PEFT_PREFIX}{path}" for path in adapter.modules}
-        tensors = {f"{names[path]}.{param}": tensor.detach().to("cpu").contiguous()
-                   for path, trainable in adapter.modules.items() for param, tensor in trainable.tensors().items()}
+        tensors = {
+            f"{names[path]}.{param}": tensor.detach().to("cpu").contiguous()
+            for path, trainable in adapter.modules.items()
+            for param, tensor in trainable.tensors().items()
+        }
         config = {**adapter.config.peft_dict(), "peft_version": PEFT_VERSION}
         result = adapter_from_tensors(tensors, metadata, config, file="<trained>")
     else:
@@ -69,9 +80,15 @@ def peft_modules(adapter: AttachedAdapter, names: dict[str, str], result: Adapte
             replaced[name] = SavedCopy(name, _trained_copy(trainable, layer), ctx)
         elif trainable.method == "lora" and trainable.is_embedding:
             params = result.modules[name].params
-            replaced[name] = EmbeddingLoRA(name, {"lora_embedding_A": params["lora_up.weight"].t(),
-                                                  "lora_embedding_B": params["lora_down.weight"].t(),
-                                                  "alpha": params["alpha"]}, result.modules[name].ctx)
+            replaced[name] = EmbeddingLoRA(
+                name,
+                {
+                    "lora_embedding_A": params["lora_up.weight"].t(),
+                    "lora_embedding_B": params["lora_down.weight"].t(),
+                    "alpha": params["alpha"],
+                },
+                result.modules[name].ctx,
+            )
     return replaced
 
 
@@ -83,13 +100,17 @@ def _trained_copy(trainable: DenseTrainable, layer: torch.nn.Module) -> dict[str
         parts["weight"] = module.apply(layer.weight, 1.0)
         if parts["bias"] is not None and module.changes_bias():
             parts["bias"] = module.bias_update(parts["bias"], 1.0)
-    return {key: tensor.detach().to("cpu", layer.weight.dtype).contiguous() for key, tensor in parts.items()
-            if tensor is not None}
+    return {
+        key: tensor.detach().to("cpu", layer.weight.dtype).contiguous()
+        for key, tensor in parts.items()
+        if tensor is not None
+    }
 
 
 @dataclass
 class TrainingRecord:
     """What a training run did, for ``ss_*`` metadata and resuming."""
+
     steps: int = 0
     learning_rate: float = 0.0
     text_encoder_lr: float | None = None
@@ -115,16 +136,24 @@ def training_metadata(config, record: TrainingRecord) -> dict[str, str]:
     args = {"algo": config.method, **{k: v for k, v in config.to_dict().items() if k != "method"}}
     meta = {
         "ss_network_args": json.dumps(args),
-        "ss_steps": str(record.steps), "ss_max_train_steps": str(record.steps),
-        "ss_learning_rate": f"{record.learning_rate:g}", "ss_unet_lr": f"{record.learning_rate:g}",
+        "ss_steps": str(record.steps),
+        "ss_max_train_steps": str(record.steps),
+        "ss_learning_rate": f"{record.learning_rate:g}",
+        "ss_unet_lr": f"{record.learning_rate:g}",
         "ss_text_encoder_lr": "" if record.text_encoder_lr is None else f"{record.text_encoder_lr:g}",
-        "ss_optimizer": record.optimizer, "ss_lr_scheduler": record.scheduler,
-        "ss_lr_warmup_steps": str(record.warmup_steps), "ss_seed": str(record.seed),
-        "ss_num_train_images": str(record.dataset_size), "ss_batch_size_per_device": str(record.batch_size),
-        "ss_gradient_accumulation_steps": str(record.grad_accumulation), "ss_mixed_precision": record.dtype,
+        "ss_optimizer": record.optimizer,
+        "ss_lr_scheduler": record.scheduler,
+        "ss_lr_warmup_steps": str(record.warmup_steps),
+        "ss_seed": str(record.seed),
+        "ss_num_train_images": str(record.dataset_size),
+        "ss_batch_size_per_device": str(record.batch_size),
+        "ss_gradient_accumulation_steps": str(record.grad_accumulation),
+        "ss_mixed_precision": record.dtype,
         "ss_gradient_checkpointing": str(record.gradient_checkpointing),
-        "ss_sd_model_name": record.base_model, "ss_base_model_version": record.base_model,
-        "ss_training_started_at": f"{record.started_at:.0f}", "ss_training_finished_at": f"{time.time():.0f}",
+        "ss_sd_model_name": record.base_model,
+        "ss_base_model_version": record.base_model,
+        "ss_training_started_at": f"{record.started_at:.0f}",
+        "ss_training_finished_at": f"{time.time():.0f}",
         "ss_training_comment": f"trained with ComfyUI-LyCO ({config.method})",
         "lyco_train_config": json.dumps(config.to_dict()),
         "lyco_loss_history": json.dumps([round(float(x), 6) for x in record.loss_history]),
@@ -132,14 +161,32 @@ def training_metadata(config, record: TrainingRecord) -> dict[str, str]:
     return {k: v for k, v in meta.items() if v != ""}
 
 
-def save_trained(adapter: AttachedAdapter, path, *, layout: str = "lycoris", record: TrainingRecord | None = None,
-                 dtype: str | torch.dtype | None = None, name_of: Callable[[str], str] = lycoris_name,
-                 overwrite: bool = False):
+def save_trained(
+    adapter: AttachedAdapter,
+    path,
+    *,
+    layout: str = "lycoris",
+    record: TrainingRecord | None = None,
+    dtype: str | torch.dtype | None = None,
+    name_of: Callable[[str], str] = lycoris_name,
+    overwrite: bool = False,
+):
     """Write ``adapter`` with ``lyco_core.save_adapter`` (atomic; ``.safetensors`` for LyCORIS, a folder for PEFT)
     with the training metadata; returns the path. Raises AdapterError naming what the layout cannot hold."""
     metadata = training_metadata(adapter.config, record) if record is not None else {}
-    keys = [f"{p}.{part}" for p, layer in adapter.layers.items() for part in ("weight", "bias")
-            if getattr(layer, part, None) is not None]
+    keys = [
+        f"{p}.{part}"
+        for p, layer in adapter.layers.items()
+        for part in ("weight", "bias")
+        if getattr(layer, part, None) is not None
+    ]
     written = {k: v for k, v in metadata.items() if k != "ss_network_args"}  # merged from the adapter's own
-    return save_adapter(as_adapter(adapter, name_of, metadata, layout), path, layout, metadata=written, overwrite=overwrite,
-                        dtype=dtype, model_keys=keys)
+    return save_adapter(
+        as_adapter(adapter, name_of, metadata, layout),
+        path,
+        layout,
+        metadata=written,
+        overwrite=overwrite,
+        dtype=dtype,
+        model_keys=keys,
+    )

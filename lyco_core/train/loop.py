@@ -14,6 +14,7 @@ inf/NaN is skipped (no parameter or optimizer-state change, ``S`` halved; ``S`` 
 recorded in ``TrainState.skipped_steps`` and still counted as a step (its loss stays in the history, the schedule
 advances). The scaler's state is part of every saved state, so a resumed float16 run continues exactly.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -51,6 +52,7 @@ class TrainSettings:
 class TrainState:
     """Everything a run needs to continue: optimizer steps done, the loss of each, optimizer/scheduler/RNG state,
     and for float16 the gradient scaler's state and the steps (1-based) it skipped on inf/NaN gradients."""
+
     step: int = 0
     loss_history: list[float] = field(default_factory=list)
     optimizer: dict | None = None
@@ -81,16 +83,24 @@ def _devices(groups: list[dict]) -> list[int]:
     return sorted({p.device.index or 0 for g in groups for p in g["params"] if p.device.type == "cuda"})
 
 
-def train(groups: list[dict] | Iterable[nn.Parameter], loss_fn: Callable[[list[int], int], torch.Tensor],
-          dataset_size: int, settings: TrainSettings, *, progress: Callable[[int, int, float], None] | None = None,
-          on_checkpoint: Callable[[TrainState], None] | None = None, state: TrainState | None = None,
-          checkpointed: list[nn.Module] = ()) -> TrainState:
+def train(
+    groups: list[dict] | Iterable[nn.Parameter],
+    loss_fn: Callable[[list[int], int], torch.Tensor],
+    dataset_size: int,
+    settings: TrainSettings,
+    *,
+    progress: Callable[[int, int, float], None] | None = None,
+    on_checkpoint: Callable[[TrainState], None] | None = None,
+    state: TrainState | None = None,
+    checkpointed: list[nn.Module] = (),
+) -> TrainState:
     """Run optimizer steps ``state.step … settings.steps − 1`` and return the final state.
 
     ``groups``: parameter groups (dicts with ``params`` and optional ``lr``) or parameters. ``loss_fn(indices,
     draw)`` returns the scalar loss of those samples; ``draw`` numbers the micro-batches of the whole run (the same
-    on resume), for hosts that seed their own noise per micro-batch. ``progress(step, total, loss)`` runs after each optimizer step
-    (raise from it to cancel: the exception propagates, the last checkpoint stays as written). ``on_checkpoint``
+    on resume), for hosts that seed their own noise per micro-batch. ``progress(step, total, loss)`` runs after
+    each optimizer step (raise from it to cancel: the exception propagates, the last checkpoint stays as
+    written). ``on_checkpoint``
     gets the state every ``checkpoint_every`` steps and at the end. ``checkpointed`` modules run with gradient
     checkpointing during the run.
     """
@@ -124,8 +134,11 @@ def train(groups: list[dict] | Iterable[nn.Parameter], loss_fn: Callable[[list[i
             for micro in range(settings.grad_accumulation):
                 draw = state.step * settings.grad_accumulation + micro
                 indices = batch_indices(settings.seed, draw, dataset_size, settings.batch_size)
-                context = (torch.autocast(device_type, dtype=autocast_dtype) if autocast_dtype is not None
-                           else contextlib.nullcontext())
+                context = (
+                    torch.autocast(device_type, dtype=autocast_dtype)
+                    if autocast_dtype is not None
+                    else contextlib.nullcontext()
+                )
                 with context:
                     loss = loss_fn(indices, draw)
                 if loss.requires_grad:  # False when module dropout skipped every adapter this time
@@ -140,16 +153,18 @@ def train(groups: list[dict] | Iterable[nn.Parameter], loss_fn: Callable[[list[i
             state.step += 1
             state.loss_history.append(total / settings.grad_accumulation)
             finished = state.step >= settings.steps
-            if on_checkpoint is not None and (finished or (settings.checkpoint_every
-                                                           and state.step % settings.checkpoint_every == 0)):
+            if on_checkpoint is not None and (
+                finished or (settings.checkpoint_every and state.step % settings.checkpoint_every == 0)
+            ):
                 on_checkpoint(_snapshot(state, optimizer, scheduler, scaler, settings))
             if progress is not None:
                 progress(state.step, settings.steps, state.loss_history[-1])
     return _snapshot(state, optimizer, scheduler, scaler, settings)
 
 
-def _optimizer_step(optimizer, scaler: torch.amp.GradScaler, params: list[nn.Parameter],
-                    max_grad_norm: float | None) -> bool:
+def _optimizer_step(
+    optimizer, scaler: torch.amp.GradScaler, params: list[nn.Parameter], max_grad_norm: float | None
+) -> bool:
     """Clip (if asked) and step; with an enabled scaler the gradients are unscaled first and the step goes through
     it. True when the scaler skipped the step for inf/NaN gradients, which it signals by lowering its scale.
     Without any gradient (module dropout skipped every adapter) the plain step is the no-op it is in float32."""
@@ -169,13 +184,17 @@ def _optimizer_step(optimizer, scaler: torch.amp.GradScaler, params: list[nn.Par
 
 def _snapshot(state: TrainState, optimizer, scheduler, scaler, settings: TrainSettings) -> TrainState:
     """A copy of the run's state (the optimizer's tensors cloned: training goes on updating them in place)."""
-    return TrainState(step=state.step, loss_history=list(state.loss_history),
-                      optimizer=copy.deepcopy(optimizer.state_dict()),
-                      scheduler=scheduler.state_dict(), rng=torch.get_rng_state(),
-                      scaler=scaler.state_dict() if scaler.is_enabled() else None,
-                      skipped_steps=list(state.skipped_steps),
-                      cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                      settings=asdict(settings))
+    return TrainState(
+        step=state.step,
+        loss_history=list(state.loss_history),
+        optimizer=copy.deepcopy(optimizer.state_dict()),
+        scheduler=scheduler.state_dict(),
+        rng=torch.get_rng_state(),
+        scaler=scaler.state_dict() if scaler.is_enabled() else None,
+        skipped_steps=list(state.skipped_steps),
+        cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        settings=asdict(settings),
+    )
 
 
 def save_state(state: TrainState, path) -> None:

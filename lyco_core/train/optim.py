@@ -4,6 +4,7 @@ Schedules (multipliers of each group's base lr, ``t`` = optimizer steps done, ``
 warmup ``(t+1)/w`` for ``t < w`` (then one of): constant ``1``; linear ``(T−t)/(T−w)``; cosine
 ``½(1 + cos(π·(t−w)/(T−w)))``.
 """
+
 from __future__ import annotations
 
 import importlib.util

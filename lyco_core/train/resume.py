@@ -1,6 +1,7 @@
 """Continuing from a saved adapter: its weights into freshly built trainables, its step count and loss curve from
 its metadata, and (when the file has one) the optimizer/scheduler/RNG state from its sidecar
 ``<file stem>.train-state.pt``."""
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,10 @@ def load_weights(adapter: AttachedAdapter, source: Adapter, name_of: Callable[[s
         else:
             missing.append(path)
     if missing:
-        raise ValueError(f"{source.path}: no saved module for {len(missing)} of {len(adapter.modules)} trained "
-                         f"modules (e.g. {', '.join(missing[:3])}); resume with the config it was trained with")
+        raise ValueError(
+            f"{source.path}: no saved module for {len(missing)} of {len(adapter.modules)} trained "
+            f"modules (e.g. {', '.join(missing[:3])}); resume with the config it was trained with"
+        )
 
 
 def resume_state(source: Adapter) -> TrainState:

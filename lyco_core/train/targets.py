@@ -3,6 +3,7 @@
 ``select(model, config)`` → ``{name: module}`` in ``named_modules()`` order. A module qualifies when it matches the
 target rules, is not excluded, is not under ``modules_to_save`` and the method can adapt it (``can_adapt``).
 """
+
 from __future__ import annotations
 
 import re

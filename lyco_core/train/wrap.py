@@ -13,6 +13,7 @@ Per adapter (``tuner.adapter(name)`` or the same-named methods on the tuner):
   (``modules``) for saving;
 * ``scaling`` ``{module: s}``; ``can_adapt(module)``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ def _adapted_forward(layer: nn.Module):
             if bias is not None and trainable.changes_bias():
                 bias = trainable.bias_function(bias)
         return functional_forward(layer, x, weight, bias)
+
     return forward
 
 
@@ -72,6 +74,7 @@ def _release(layer: nn.Module, adapter_name: str) -> None:
 @dataclass
 class AttachedAdapter:
     """One adapter of a tuner: its config and ``{module name: Trainable}`` (kept after ``detach``)."""
+
     name: str
     config: AdapterConfig
     modules: dict[str, Trainable]
@@ -103,8 +106,9 @@ class AttachedAdapter:
             new_weight = trainable(weight)
             new_bias = trainable.bias_function(bias) if bias is not None and trainable.changes_bias() else None
             trainable.train(was_training)
-            layer._lyco_merged.append((self.name, weight.detach().clone(),
-                                       None if new_bias is None else bias.detach().clone()))
+            layer._lyco_merged.append(
+                (self.name, weight.detach().clone(), None if new_bias is None else bias.detach().clone())
+            )
             weight.copy_(new_weight)
             if new_bias is not None:
                 bias.copy_(new_bias)
@@ -143,8 +147,14 @@ class AttachedAdapter:
         return self.modules
 
 
-def build_adapter(model: nn.Module, config: AdapterConfig, adapter_name: str = "default", *,
-                  dtype: torch.dtype = torch.float32, where=None) -> AttachedAdapter:
+def build_adapter(
+    model: nn.Module,
+    config: AdapterConfig,
+    adapter_name: str = "default",
+    *,
+    dtype: torch.dtype = torch.float32,
+    where=None,
+) -> AttachedAdapter:
     """``config``'s trainables for ``model`` (params in ``dtype`` on each layer's device), not attached: hosts that
     apply weight functions themselves (ComfyUI's weight wrappers) use this directly. ``where(name)`` filters the
     selected modules. Raises when nothing matches."""
@@ -191,8 +201,9 @@ class LycoTuner(nn.Module):
             raise KeyError(f"no adapter named '{adapter_name}' (have: {', '.join(self.adapters) or 'none'})")
         return self.adapters[adapter_name]
 
-    def add_adapter(self, config: AdapterConfig, adapter_name: str = "default", *,
-                    dtype: torch.dtype = torch.float32) -> AttachedAdapter:
+    def add_adapter(
+        self, config: AdapterConfig, adapter_name: str = "default", *, dtype: torch.dtype = torch.float32
+    ) -> AttachedAdapter:
         """Build and attach ``config``'s adapter on every layer it selects (params in ``dtype``, on the layer's
         device). Raises when nothing matches."""
         if adapter_name in self.adapters:
@@ -228,8 +239,9 @@ class LycoTuner(nn.Module):
         return self.adapter(adapter_name).can_adapt(module)
 
 
-def wrap(model: nn.Module, config: AdapterConfig, adapter_name: str = "default", *,
-         dtype: torch.dtype = torch.float32) -> LycoTuner:
+def wrap(
+    model: nn.Module, config: AdapterConfig, adapter_name: str = "default", *, dtype: torch.dtype = torch.float32
+) -> LycoTuner:
     """``model`` with ``config``'s adapter attached as ``adapter_name`` (a LycoTuner gets one more adapter)."""
     tuner = model if isinstance(model, LycoTuner) else LycoTuner(model)
     tuner.add_adapter(config, adapter_name, dtype=dtype)

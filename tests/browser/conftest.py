@@ -11,6 +11,7 @@ page error is recorded on ``page.lyco_console`` / ``page.lyco_errors``. Screensh
 (gitignored). Chromium is Debian's (``/usr/bin/chromium``, installed by scripts/setup_env.sh); ``playwright install``
 is never used.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -81,28 +82,39 @@ def page(request, comfy_server, demo):
     _set_setting(comfy_server.url, VUE_SETTING, renderer == "vue")
     try:
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
-                                         args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+            browser = pw.chromium.launch(
+                executable_path=str(CHROMIUM),
+                headless=True,
+                args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
+            )
             try:
                 context = browser.new_context(viewport={"width": 1600, "height": 1000}, device_scale_factor=1)
                 tab = context.new_page()
                 tab.lyco_console, tab.lyco_errors = [], []
-                tab.on("console", lambda m: tab.lyco_console.append(
-                    {"type": m.type, "text": m.text, "url": (m.location or {}).get("url", "")}))
+                tab.on(
+                    "console",
+                    lambda m: tab.lyco_console.append(
+                        {"type": m.type, "text": m.text, "url": (m.location or {}).get("url", "")}
+                    ),
+                )
                 tab.on("pageerror", lambda e: tab.lyco_errors.append({"message": str(e), "stack": e.stack or ""}))
                 tab.goto(comfy_server.url, wait_until="domcontentloaded")
                 tab.wait_for_function("window.__lycoReady === true && !!window.app?.graph", timeout=READY_TIMEOUT_MS)
-                state = tab.evaluate("""(id) => ({
+                state = tab.evaluate(
+                    """(id) => ({
                     frontend: String(window.__COMFYUI_FRONTEND_VERSION__ ?? 'unknown'),
                     defined: !!window.app.ui.settings?.settingsLookup?.[id]
                              || typeof window.LiteGraph.vueNodesMode === 'boolean',
-                    vue: !!window.LiteGraph.vueNodesMode })""", VUE_SETTING)
+                    vue: !!window.LiteGraph.vueNodesMode })""",
+                    VUE_SETTING,
+                )
                 tab.lyco_renderer, tab.lyco_frontend = renderer, state["frontend"]
                 if renderer == "vue" and not state["defined"]:
                     pytest.skip(f"frontend {state['frontend']} has no Vue renderer setting ({VUE_SETTING})")
                 assert state["vue"] == (renderer == "vue"), (
                     f"frontend {state['frontend']}: {VUE_SETTING}={renderer == 'vue'} but LiteGraph.vueNodesMode is "
-                    f"{state['vue']}")
+                    f"{state['vue']}"
+                )
                 yield tab
             finally:
                 browser.close()

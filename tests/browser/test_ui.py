@@ -16,6 +16,7 @@ the Vue renderer keys its node components by node id and patches a node removed 
 in one tick in place, so the new node's DOM widgets are never mounted (1.32.9, 1.49.6); and 1.49.6 keeps widget
 values by (graph, node id, widget name), so a new node gets the old node's values.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,17 +31,32 @@ import workflow
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PACK = "ComfyUI-LyCO"
 OUR_EXTENSIONS = {"lyco.nodes", "lyco.infoPanel", "lyco.blockEditor", "lyco.stack"}
-OUR_NODES = {"LyCOLoadAdapter", "LyCOLoadAdapterModelOnly", "LyCOLoadLoKr", "LyCOLoadLoHa", "LyCOLoadOFT",
-             "LyCOLoadLoRA", "LyCOAdapterInfo", "LyCOLoadAdapterBlockWeight", "LyCOAdapterStack"}
+OUR_NODES = {
+    "LyCOLoadAdapter",
+    "LyCOLoadAdapterModelOnly",
+    "LyCOLoadLoKr",
+    "LyCOLoadLoHa",
+    "LyCOLoadOFT",
+    "LyCOLoadLoRA",
+    "LyCOAdapterInfo",
+    "LyCOLoadAdapterBlockWeight",
+    "LyCOAdapterStack",
+}
 EXAMPLE = REPO_ROOT / "example_workflows" / "lyco_load_adapter.json"
 # comfyui-host.md §9: what a fresh, offline user dir logs by itself (matched in the message's text or URL)
 # Frontend 1.49.6 logs "ComfyApp graph accessed before initialization" itself while it starts (a watcher of its
 # own; it is logged with every file of ours replaced by an empty module too). It can only be logged before the graph
 # exists, and the page fixture waits for the graph, so no test step can hide behind it. Frontend 1.58.1 asks
 # huggingface.co for the default workflow's model files, which an offline machine cannot reach.
-EXPECTED_NOISE = ("/user.css", "/favicon.ico", "/api/userdata", "https://api.comfy.org/",
-                  "TypeError: Cannot read properties of undefined (reading 'id')\n    at onChange ",
-                  "ComfyApp graph accessed before initialization", "https://huggingface.co/")
+EXPECTED_NOISE = (
+    "/user.css",
+    "/favicon.ico",
+    "/api/userdata",
+    "https://api.comfy.org/",
+    "TypeError: Cannot read properties of undefined (reading 'id')\n    at onChange ",
+    "ComfyApp graph accessed before initialization",
+    "https://huggingface.co/",
+)
 
 JS_HELPERS = """
 window.lycoTest = {
@@ -124,20 +140,22 @@ def wait_box(page, node_id, widget: str, timeout: int = 10_000) -> dict:
 
 
 def wait_panel(page, node_id: int, widget: str, state: str = "ready", timeout: int = 20_000):
-    page.wait_for_function(f"() => lycoTest.panel({node_id}, '{widget}')?.dataset.state === '{state}'",
-                           timeout=timeout)
+    page.wait_for_function(f"() => lycoTest.panel({node_id}, '{widget}')?.dataset.state === '{state}'", timeout=timeout)
     return page.evaluate(f"() => lycoTest.panel({node_id}, '{widget}').innerText")
 
 
 def wait_summary(page, node_id, timeout: int = 20_000) -> str:
     """The node's run summary once it is on screen (a visible panel inside the node); its text."""
-    page.wait_for_function(f"""() => {{
+    page.wait_for_function(
+        f"""() => {{
         const el = lycoTest.node({node_id}).lycoSummary;
         if (!el?.textContent || !el.isConnected) return false;
         const r = el.getBoundingClientRect(), n = lycoTest.nodeBox({node_id});
         return r.width > 100 && r.height > 10 && !!n && r.left >= n.x - 1 && r.right <= n.x + n.width + 1
             && r.top >= n.y - 1 && r.bottom <= n.y + n.height + 1;
-    }}""", timeout=timeout)
+    }}""",
+        timeout=timeout,
+    )
     return page.evaluate(f"() => lycoTest.node({node_id}).lycoSummary.textContent")
 
 
@@ -156,6 +174,7 @@ def wait_history(server, before: set, timeout: float = 120.0) -> dict:
 
 # --------------------------------------------------------------------------- registration
 
+
 def test_extension_registers_and_js_is_served(ui, comfy_server):
     names = set(ui.evaluate("() => lycoTest.app.extensions.map((e) => e.name)"))
     assert OUR_EXTENSIONS <= names
@@ -167,6 +186,7 @@ def test_extension_registers_and_js_is_served(ui, comfy_server):
 
 
 # --------------------------------------------------------------------------- info panel, sliders
+
 
 def test_info_panel_shows_method_and_rank(ui, demo, artifacts):
     node = ui.evaluate("() => lycoTest.add('LyCOLoadAdapter', 80, 80)")
@@ -206,12 +226,13 @@ def test_strength_widgets_are_sliders_that_move(ui):
 
 # --------------------------------------------------------------------------- block-weight editor
 
+
 def test_block_editor_writes_and_reads_back(ui, artifacts):
     node = ui.evaluate("() => lycoTest.add('LyCOLoadAdapterBlockWeight', 520, 80)")
     ui.wait_for_function(f"() => lycoTest.panel({node}, 'lyco_blocks')?.dataset.state === 'ok'")
     blocks = f"lycoTest.panel({node}, 'lyco_blocks')"
     assert ui.evaluate(f"() => {blocks}.querySelectorAll('input.lyco-slider').length") == 26
-    slider = ui.locator(f".lyco-blocks .lyco-slider[data-block='IN01']").last
+    slider = ui.locator(".lyco-blocks .lyco-slider[data-block='IN01']").last
     slider.focus()
     for _ in range(4):
         slider.press("ArrowLeft")  # 1 → 0.8 in steps of 0.05
@@ -237,6 +258,7 @@ def test_block_editor_writes_and_reads_back(ui, artifacts):
 
 # --------------------------------------------------------------------------- stack editor
 
+
 def test_stack_adds_toggles_and_reorders_rows(ui, demo, artifacts):
     node = ui.evaluate("() => lycoTest.add('LyCOAdapterStack', 1000, 80)")
     stack = ui.locator(".lyco-stack").last
@@ -254,7 +276,9 @@ def test_stack_adds_toggles_and_reorders_rows(ui, demo, artifacts):
         return json.loads(ui.evaluate(f"() => lycoTest.widget({node}, 'stack').value"))
 
     assert [(r["name"], r["on"], r["strength_model"]) for r in rows()] == [
-        (demo["lokr"], False, 1), (demo["oft"], True, 0.6)]
+        (demo["lokr"], False, 1),
+        (demo["oft"], True, 0.6),
+    ]
     stack.locator(".lyco-toggle-all").click()
     assert [r["on"] for r in rows()] == [True, True]
     stack.locator(".lyco-stack-row").nth(1).locator("button[title='move up']").click()
@@ -293,31 +317,47 @@ def test_panels_have_a_sensible_size_and_stack_text_stays_hidden(ui, demo, artif
     """Both renderers: the info panel, the block editor and the stack editor are wide and tall enough, lie inside
     their node and show their content unclipped; the block sliders are not tiny; the stack's JSON text widget is
     never shown (Vue: no visible text field outside our panel, the renderer reads ``widget.options.hidden``)."""
-    rows = json.dumps([{"name": demo["lokr"], "on": True, "strength_model": 0.8, "strength_clip": 1},
-                       {"name": demo["oft"], "on": False, "strength_model": 1, "strength_clip": 0.5}])
+    rows = json.dumps(
+        [
+            {"name": demo["lokr"], "on": True, "strength_model": 0.8, "strength_clip": 1},
+            {"name": demo["oft"], "on": False, "strength_model": 1, "strength_clip": 0.5},
+        ]
+    )
     ui.evaluate("async () => { await lycoTest.reset(); }")
-    ids = ui.evaluate("""([lokr, rows]) => {
+    ids = ui.evaluate(
+        """([lokr, rows]) => {
       const t = lycoTest;
       const loader = t.add('LyCOLoadAdapter', 80, 80), blocks = t.add('LyCOLoadAdapterBlockWeight', 440, 80);
       const stack = t.add('LyCOAdapterStack', 960, 80);
       t.pick(loader, 'adapter_name', lokr);
       t.pick(stack, 'stack', rows);
       return {loader, blocks, stack};
-    }""", [demo["lokr"], rows])
+    }""",
+        [demo["lokr"], rows],
+    )
     wait_panel(ui, ids["loader"], "lyco_info")
     wait_panel(ui, ids["blocks"], "lyco_info")
     ui.wait_for_function(f"() => lycoTest.panel({ids['blocks']}, 'lyco_blocks').dataset.state === 'ok'")
     ui.wait_for_function(f"() => lycoTest.panel({ids['stack']}, 'lyco_stack').dataset.rows === '2'")
-    ui.wait_for_function(f"""() => [[{ids['loader']}, 'lyco_info'], [{ids['blocks']}, 'lyco_blocks'],
-        [{ids['stack']}, 'lyco_stack']].every(([id, name]) => lycoTest.panel(id, name).getBoundingClientRect().height
-        > 40 && !!lycoTest.nodeBox(id))""", timeout=10_000)
+    ui.wait_for_function(
+        f"""() => [[{ids["loader"]}, 'lyco_info'], [{ids["blocks"]}, 'lyco_blocks'],
+        [{ids["stack"]}, 'lyco_stack']].every(([id, name]) => lycoTest.panel(id, name).getBoundingClientRect().height
+        > 40 && !!lycoTest.nodeBox(id))""",
+        timeout=10_000,
+    )
     ui.wait_for_timeout(300)  # let the renderer settle its layout
     sizes = ui.evaluate(PANEL_SIZES, ids)
     for key in ("info", "blockInfo", "blocks", "stack"):
         panel, node = sizes[key], sizes[key]["node"]
         assert panel["connected"] and panel["width"] >= 200 and panel["height"] > 40, (key, panel)
-        assert node["x"] - 1 <= panel["x"] and panel["x"] + panel["width"] <= node["x"] + node["width"] + 1, (key, panel)
-        assert node["y"] - 1 <= panel["y"] and panel["y"] + panel["height"] <= node["y"] + node["height"] + 1, (key, panel)
+        assert node["x"] - 1 <= panel["x"] and panel["x"] + panel["width"] <= node["x"] + node["width"] + 1, (
+            key,
+            panel,
+        )
+        assert node["y"] - 1 <= panel["y"] and panel["y"] + panel["height"] <= node["y"] + node["height"] + 1, (
+            key,
+            panel,
+        )
         assert panel["clippedY"] <= 1 and panel["clippedX"] <= 1, (key, panel)  # all content shown, no scrollbars
     for key in ("info", "blocks", "stack"):  # the node's last panel shown: no empty band below it (e.g. room kept
         panel, node = sizes[key], sizes[key]["node"]  # for the summary panel before the first run)
@@ -332,6 +372,7 @@ def test_panels_have_a_sensible_size_and_stack_text_stays_hidden(ui, demo, artif
 
 
 # --------------------------------------------------------------------------- running graphs from the UI
+
 
 def test_example_workflow_queued_from_the_ui_makes_an_image(ui, comfy_server, artifacts):
     assert EXAMPLE.is_file(), "example_workflows/lyco_load_adapter.json is missing"
@@ -378,8 +419,12 @@ GRAPH = """async ([ckpt, stackRows, blockAdapter]) => {
 
 
 def test_graph_of_our_nodes_runs_and_shows_summaries(ui, comfy_server, demo, artifacts):
-    rows = json.dumps([{"name": demo["lokr"], "on": True, "strength_model": 0.8, "strength_clip": 0.8},
-                       {"name": demo["loha"], "on": False, "strength_model": 1, "strength_clip": 1}])
+    rows = json.dumps(
+        [
+            {"name": demo["lokr"], "on": True, "strength_model": 0.8, "strength_clip": 0.8},
+            {"name": demo["loha"], "on": False, "strength_model": 1, "strength_clip": 1},
+        ]
+    )
     ids = ui.evaluate(GRAPH, [comfy_server.base.ckpt_name, rows, demo["oft"]])
     wait_panel(ui, ids["blocks"], "lyco_info")
     before = set(workflow.http_json(comfy_server.url, "/history") or {})
@@ -395,6 +440,7 @@ def test_graph_of_our_nodes_runs_and_shows_summaries(ui, comfy_server, demo, art
 
 
 # --------------------------------------------------------------------------- console
+
 
 def test_no_errors_from_our_files(ui):
     ours = [e for e in ui.lyco_errors if f"/extensions/{PACK}/" in e["stack"] or "lyco" in e["message"].lower()]

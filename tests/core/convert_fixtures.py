@@ -1,6 +1,7 @@
-"""Shared fixtures of the conversion tests (registered in conftest.py): a subset of the oracle cases (real lycoris-lora / peft files of a tiny
-model, with the library's own effective weights), built once per session at test time with fixed seeds, and small
-helpers to compare patched weights."""
+"""Shared fixtures of the conversion tests (registered in conftest.py): a subset of the oracle cases (real
+lycoris-lora / peft files of a tiny model, with the library's own effective weights), built once per session at
+test time with fixed seeds, and small helpers to compare patched weights."""
+
 from __future__ import annotations
 
 import warnings
@@ -11,24 +12,59 @@ import torch
 from .oracles import lycoris_oracle, peft_oracle
 from .oracles.common import ParityCase
 
-LYCORIS_NAMES = ("lycoris-locon", "lycoris-locon-tucker", "lycoris-loha", "lycoris-loha-tucker", "lycoris-lokr",
-                 "lycoris-lokr-full-matrix", "lycoris-lokr-tucker", "lycoris-lokr-decompose-both", "lycoris-oft",
-                 "lycoris-boft", "lycoris-glora", "lycoris-ia3", "lycoris-ia3-on-input", "lycoris-full",
-                 "lycoris-norm", "lycoris-locon-dora-out", "lycoris-locon-dora-in", "lycoris-mixed")
+LYCORIS_NAMES = (
+    "lycoris-locon",
+    "lycoris-locon-tucker",
+    "lycoris-loha",
+    "lycoris-loha-tucker",
+    "lycoris-lokr",
+    "lycoris-lokr-full-matrix",
+    "lycoris-lokr-tucker",
+    "lycoris-lokr-decompose-both",
+    "lycoris-oft",
+    "lycoris-boft",
+    "lycoris-glora",
+    "lycoris-ia3",
+    "lycoris-ia3-on-input",
+    "lycoris-full",
+    "lycoris-norm",
+    "lycoris-locon-dora-out",
+    "lycoris-locon-dora-in",
+    "lycoris-mixed",
+)
 
 
 def _peft_specs():
     from peft import IA3Config, LoHaConfig, LoKrConfig, LoraConfig, OFTConfig
+
     targets = peft_oracle.TARGETS
     return {
-        "peft-lora-patterns": (LoraConfig(r=4, lora_alpha=8, target_modules=targets,
-                                          rank_pattern={"fc1": 8, "conv3": 2}, alpha_pattern={"fc2": 3, r"conv\d": 5}),
-                               3, 0.1),
+        "peft-lora-patterns": (
+            LoraConfig(
+                r=4,
+                lora_alpha=8,
+                target_modules=targets,
+                rank_pattern={"fc1": 8, "conv3": 2},
+                alpha_pattern={"fc2": 3, r"conv\d": 5},
+            ),
+            3,
+            0.1,
+        ),
         "peft-lora-rslora": (LoraConfig(r=8, lora_alpha=4, use_rslora=True, target_modules=targets), 2, 0.1),
         "peft-dora": (LoraConfig(r=4, lora_alpha=8, use_dora=True, target_modules=targets), 5, 0.1),
         "peft-loha": (LoHaConfig(r=4, alpha=8, target_modules=targets), 11, 0.3),
-        "peft-loha-tucker": (LoHaConfig(r=4, alpha=2, use_effective_conv2d=True, target_modules=targets,
-                                        rank_pattern={"conv3": 3}, alpha_pattern={"fc1": 5}), 12, 0.3),
+        "peft-loha-tucker": (
+            LoHaConfig(
+                r=4,
+                alpha=2,
+                use_effective_conv2d=True,
+                target_modules=targets,
+                rank_pattern={"conv3": 3},
+                alpha_pattern={"fc1": 5},
+            ),
+            12,
+            0.3,
+        ),
         "peft-lokr": (LoKrConfig(r=2, alpha=3, target_modules=targets), 21, 0.2),
         "peft-lokr-full-full": (LoKrConfig(r=8, alpha=4, target_modules=targets), 24, 0.2),
         "peft-ia3": (IA3Config(target_modules=targets, feedforward_modules=["fc2", "conv1"]), 51, 0.1),

@@ -1,4 +1,5 @@
 """Every class of bad input gets an AdapterError naming the file, module, key and what was expected."""
+
 from __future__ import annotations
 
 import json
@@ -16,9 +17,11 @@ MODULE = "lora_unet_fc1"
 
 def lora_tensors(rank=4, out=8, inp=6):
     gen = torch.Generator().manual_seed(0)
-    return {f"{MODULE}.lora_up.weight": torch.randn(out, rank, generator=gen),
-            f"{MODULE}.lora_down.weight": torch.randn(rank, inp, generator=gen),
-            f"{MODULE}.alpha": torch.tensor(2.0)}
+    return {
+        f"{MODULE}.lora_up.weight": torch.randn(out, rank, generator=gen),
+        f"{MODULE}.lora_down.weight": torch.randn(rank, inp, generator=gen),
+        f"{MODULE}.alpha": torch.tensor(2.0),
+    }
 
 
 def write(tmp_path, tensors, name="adapter.safetensors", metadata=None):
@@ -106,8 +109,10 @@ def test_unknown_suffixes_are_reported_not_dropped(tmp_path):
 
 
 def test_not_an_adapter(tmp_path):
-    path = write(tmp_path, {"model.diffusion_model.conv.weight": torch.randn(4, 4),
-                            "model.diffusion_model.conv.bias": torch.randn(4)})
+    path = write(
+        tmp_path,
+        {"model.diffusion_model.conv.weight": torch.randn(4, 4), "model.diffusion_model.conv.bias": torch.randn(4)},
+    )
     expect_error(path, "no adapter module recognised")
 
 
@@ -142,8 +147,13 @@ def test_peft_folder_without_weights(tmp_path):
 
 
 def test_broken_adapter_config(tmp_path):
-    save_file({"base_model.model.fc1.lora_A.weight": torch.randn(2, 4),
-               "base_model.model.fc1.lora_B.weight": torch.randn(3, 2)}, str(tmp_path / "adapter_model.safetensors"))
+    save_file(
+        {
+            "base_model.model.fc1.lora_A.weight": torch.randn(2, 4),
+            "base_model.model.fc1.lora_B.weight": torch.randn(3, 2),
+        },
+        str(tmp_path / "adapter_model.safetensors"),
+    )
     (tmp_path / "adapter_config.json").write_text("{not json")
     expect_error(tmp_path, "adapter_config.json", "unreadable adapter config")
 

@@ -1,6 +1,7 @@
 """Bypass math (lyco_core/bypass.py): ``layer(x) + bypass_delta(x)`` equals the layer run with the merged weight
 (float32: within the rounding of the merged weight, 1e-6 of the output, plus 1e-5 of the branch), for every method
 bypass accepts; the others are refused with a clear message."""
+
 from __future__ import annotations
 
 import pytest
@@ -34,22 +35,68 @@ def _layers():
 
 LINEAR, CONV, CONV1D = _layers()
 CASES = [
-    ("lora", LINEAR, LoRA("m", {"lora_up.weight": _g(64, 4), "lora_down.weight": _g(4, 48), "alpha": torch.tensor(2.)},
-                          CTX)),
-    ("lora-peft-bias", LINEAR, LoRA("m", {"lora_up.weight": _g(64, 4), "lora_down.weight": _g(4, 48),
-                                          "lora_up.bias": _g(64)}, PEFT_CTX)),
+    (
+        "lora",
+        LINEAR,
+        LoRA("m", {"lora_up.weight": _g(64, 4), "lora_down.weight": _g(4, 48), "alpha": torch.tensor(2.0)}, CTX),
+    ),
+    (
+        "lora-peft-bias",
+        LINEAR,
+        LoRA("m", {"lora_up.weight": _g(64, 4), "lora_down.weight": _g(4, 48), "lora_up.bias": _g(64)}, PEFT_CTX),
+    ),
     ("locon", CONV, LoRA("m", {"lora_up.weight": _g(64, 4, 1, 1), "lora_down.weight": _g(4, 32, 3, 3)}, CTX)),
-    ("locon-tucker", CONV, LoRA("m", {"lora_up.weight": _g(64, 4, 1, 1), "lora_down.weight": _g(4, 32, 1, 1),
-                                      "lora_mid.weight": _g(4, 4, 3, 3), "alpha": torch.tensor(1.)}, CTX)),
+    (
+        "locon-tucker",
+        CONV,
+        LoRA(
+            "m",
+            {
+                "lora_up.weight": _g(64, 4, 1, 1),
+                "lora_down.weight": _g(4, 32, 1, 1),
+                "lora_mid.weight": _g(4, 4, 3, 3),
+                "alpha": torch.tensor(1.0),
+            },
+            CTX,
+        ),
+    ),
     ("locon-conv1d", CONV1D, LoRA("m", {"lora_up.weight": _g(64, 4, 1), "lora_down.weight": _g(4, 32, 3)}, CTX)),
-    ("loha", LINEAR, LoHa("m", {"hada_w1_a": _g(64, 4), "hada_w1_b": _g(4, 48), "hada_w2_a": _g(64, 4),
-                                "hada_w2_b": _g(4, 48)}, CTX)),
-    ("loha-conv", CONV, LoHa("m", {"hada_w1_a": _g(64, 4), "hada_w1_b": _g(4, 288), "hada_w2_a": _g(64, 4),
-                                   "hada_w2_b": _g(4, 288)}, CTX)),
-    ("lokr", LINEAR, LoKr("m", {"lokr_w1": _g(4, 4), "lokr_w2_a": _g(16, 2), "lokr_w2_b": _g(2, 12),
-                                "alpha": torch.tensor(1.)}, CTX)),
-    ("lokr-conv-tucker", CONV, LoKr("m", {"lokr_w1": _g(8, 4), "lokr_w2_a": _g(2, 8), "lokr_w2_b": _g(2, 8),
-                                          "lokr_t2": _g(2, 2, 3, 3), "alpha": torch.tensor(2.)}, CTX)),
+    (
+        "loha",
+        LINEAR,
+        LoHa(
+            "m", {"hada_w1_a": _g(64, 4), "hada_w1_b": _g(4, 48), "hada_w2_a": _g(64, 4), "hada_w2_b": _g(4, 48)}, CTX
+        ),
+    ),
+    (
+        "loha-conv",
+        CONV,
+        LoHa(
+            "m", {"hada_w1_a": _g(64, 4), "hada_w1_b": _g(4, 288), "hada_w2_a": _g(64, 4), "hada_w2_b": _g(4, 288)}, CTX
+        ),
+    ),
+    (
+        "lokr",
+        LINEAR,
+        LoKr(
+            "m", {"lokr_w1": _g(4, 4), "lokr_w2_a": _g(16, 2), "lokr_w2_b": _g(2, 12), "alpha": torch.tensor(1.0)}, CTX
+        ),
+    ),
+    (
+        "lokr-conv-tucker",
+        CONV,
+        LoKr(
+            "m",
+            {
+                "lokr_w1": _g(8, 4),
+                "lokr_w2_a": _g(2, 8),
+                "lokr_w2_b": _g(2, 8),
+                "lokr_t2": _g(2, 2, 3, 3),
+                "alpha": torch.tensor(2.0),
+            },
+            CTX,
+        ),
+    ),
     ("lokr-conv-flat", CONV, LoKr("m", {"lokr_w1": _g(8, 4), "lokr_w2": _g(8, 72)}, CTX)),
     ("full", CONV, Full("m", {"diff": _g(64, 32, 3, 3)}, CTX)),
 ]
@@ -69,8 +116,9 @@ def test_bypass_matches_merged_weight(case, strength):
     x = _g(2, 48) if isinstance(layer, torch.nn.Linear) else _g(2, 32, *([9, 9] if call.conv_dims == 2 else [11]))
     with torch.no_grad():
         merged_bias = module.bias_update(layer.bias, strength)
-        merged = _run(layer, module.apply(layer.weight, strength),
-                      layer.bias if merged_bias is None else merged_bias, x)
+        merged = _run(
+            layer, module.apply(layer.weight, strength), layer.bias if merged_bias is None else merged_bias, x
+        )
         base = layer(x)
         bypassed = base + module.bypass_delta(x, call, strength)
     # fp32: merging rounds W + m·ΔW once (relative to W), bypass rounds the branch alone
@@ -78,11 +126,15 @@ def test_bypass_matches_merged_weight(case, strength):
     assert (bypassed - merged).abs().max() <= tolerance
 
 
-@pytest.mark.parametrize("module", [
-    DiagOFT("m", {"oft_blocks": _g(2, 32, 32)}, CTX),
-    BOFT("m", {"oft_blocks": _g(2, 2, 32, 32)}, CTX),
-    LoRA("m", {"lora_up.weight": _g(64, 4), "lora_down.weight": _g(4, 48), "dora_scale": _g(64, 1)}, CTX),
-], ids=["oft", "boft", "dora"])
+@pytest.mark.parametrize(
+    "module",
+    [
+        DiagOFT("m", {"oft_blocks": _g(2, 32, 32)}, CTX),
+        BOFT("m", {"oft_blocks": _g(2, 2, 32, 32)}, CTX),
+        LoRA("m", {"lora_up.weight": _g(64, 4), "lora_down.weight": _g(4, 48), "dora_scale": _g(64, 1)}, CTX),
+    ],
+    ids=["oft", "boft", "dora"],
+)
 def test_weight_dependent_methods_are_refused(module):
     with pytest.raises(AdapterError, match="cannot run in bypass mode: its result depends on the base weight"):
         check(module, LINEAR)
@@ -99,9 +151,13 @@ def _host_geometry(layer) -> dict:
     geometry, never the layer or its weight."""
     if isinstance(layer, torch.nn.Linear):
         return {}
-    return {"conv_dims": len(layer.kernel_size), "kernel": tuple(layer.kernel_size), "in_channels": layer.in_channels,
-            "out_channels": layer.out_channels, "kw": {"stride": layer.stride, "padding": layer.padding,
-                                                       "dilation": layer.dilation, "groups": layer.groups}}
+    return {
+        "conv_dims": len(layer.kernel_size),
+        "kernel": tuple(layer.kernel_size),
+        "in_channels": layer.in_channels,
+        "out_channels": layer.out_channels,
+        "kw": {"stride": layer.stride, "padding": layer.padding, "dilation": layer.dilation, "groups": layer.groups},
+    }
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])

@@ -1,5 +1,6 @@
 """The CLI subcommands convert, to-lora, resize, merge, extract and bake on small fixtures: outputs, printed
 errors, batch inputs, help, and exit codes (0 success, 2 refused with the reason on stderr)."""
+
 from __future__ import annotations
 
 import subprocess
@@ -24,11 +25,16 @@ def files(lyco_cases, tmp_path_factory):
     folder = tmp_path_factory.mktemp("cli")
     base = lyco_cases["lycoris-loha"].base
     save_file(base, str(folder / "base.safetensors"))
-    tuned = {k: v + 0.02 * torch.randn(v.shape, generator=torch.Generator().manual_seed(30)) if v.ndim >= 2 else v
-             for k, v in base.items()}
+    tuned = {
+        k: v + 0.02 * torch.randn(v.shape, generator=torch.Generator().manual_seed(30)) if v.ndim >= 2 else v
+        for k, v in base.items()
+    }
     save_file(tuned, str(folder / "tuned.safetensors"))
-    return {"base": folder / "base.safetensors", "tuned": folder / "tuned.safetensors",
-            **{name.removeprefix("lycoris-"): lyco_cases[name].path for name in lyco_cases}}
+    return {
+        "base": folder / "base.safetensors",
+        "tuned": folder / "tuned.safetensors",
+        **{name.removeprefix("lycoris-"): lyco_cases[name].path for name in lyco_cases},
+    }
 
 
 def run(capsys, *argv) -> tuple[int, str, str]:
@@ -51,8 +57,18 @@ def test_help_for_every_subcommand(capsys):
 
 
 def test_convert_batch_and_refusal(files, tmp_path, capsys):
-    code, out, _ = run(capsys, "convert", files["loha"], files["lokr"], "--to", "peft", "-o", tmp_path / "peft",
-                       "--base", files["base"])
+    code, out, _ = run(
+        capsys,
+        "convert",
+        files["loha"],
+        files["lokr"],
+        "--to",
+        "peft",
+        "-o",
+        tmp_path / "peft",
+        "--base",
+        files["base"],
+    )
     assert code == 0 and out.count("convert (lycoris → peft)") == 2
     assert (tmp_path / "peft" / "lycoris-loha" / "adapter_config.json").is_file()
     assert lyco_core.load_adapter(tmp_path / "peft" / "lycoris-lokr").layout == "peft"
@@ -63,17 +79,54 @@ def test_convert_batch_and_refusal(files, tmp_path, capsys):
 
 
 def test_to_lora_prints_errors_and_needs_base_for_oft(files, tmp_path, capsys):
-    code, out, _ = run(capsys, "to-lora", files["loha"], "-o", tmp_path / "a.safetensors", "--rank", "4",
-                       "--conv-rank", "2", "--base", files["base"])
+    code, out, _ = run(
+        capsys,
+        "to-lora",
+        files["loha"],
+        "-o",
+        tmp_path / "a.safetensors",
+        "--rank",
+        "4",
+        "--conv-rank",
+        "2",
+        "--base",
+        files["base"],
+    )
     assert code == 0 and "total relative error" in out and "lycoris_fc1" in out and "loha → lora r4" in out
     assert lyco_core.load_adapter(tmp_path / "a.safetensors").modules["lycoris_conv3"].rank() == 2
     code, _, err = run(capsys, "to-lora", files["oft"], "-o", tmp_path / "b.safetensors", "--energy", "0.9")
     assert code == 2 and "needs the base weights" in err
-    code, out, _ = run(capsys, "to-lora", files["oft"], "-o", tmp_path / "b.safetensors", "--energy", "0.9",
-                       "--base", files["base"], "--layout", "peft", "--dtype", "fp16")
+    code, out, _ = run(
+        capsys,
+        "to-lora",
+        files["oft"],
+        "-o",
+        tmp_path / "b.safetensors",
+        "--energy",
+        "0.9",
+        "--base",
+        files["base"],
+        "--layout",
+        "peft",
+        "--dtype",
+        "fp16",
+    )
     assert code == 2  # a PEFT folder is not a .safetensors name
-    code, out, _ = run(capsys, "to-lora", files["oft"], "-o", tmp_path / "b", "--energy", "0.9",
-                       "--base", files["base"], "--layout", "peft", "--dtype", "fp16")
+    code, out, _ = run(
+        capsys,
+        "to-lora",
+        files["oft"],
+        "-o",
+        tmp_path / "b",
+        "--energy",
+        "0.9",
+        "--base",
+        files["base"],
+        "--layout",
+        "peft",
+        "--dtype",
+        "fp16",
+    )
     assert code == 0 and lyco_core.load_adapter(tmp_path / "b").layout == "peft"
     code, _, err = run(capsys, "to-lora", files["loha"], "-o", tmp_path / "a.safetensors", "--rank", "4")
     assert code == 2 and "refusing to overwrite" in err
@@ -87,8 +140,17 @@ def test_resize_batch(files, tmp_path, capsys):
 
 
 def test_merge_full_and_lora(files, tmp_path, capsys, lyco_cases):
-    code, out, _ = run(capsys, "merge", f"{files['loha']}:0.5", f"{files['locon']}:-1", "-o",
-                       tmp_path / "m.safetensors", "--full", "--base", files["base"])
+    code, out, _ = run(
+        capsys,
+        "merge",
+        f"{files['loha']}:0.5",
+        f"{files['locon']}:-1",
+        "-o",
+        tmp_path / "m.safetensors",
+        "--full",
+        "--base",
+        files["base"],
+    )
     assert code == 0
     base = lyco_cases["lycoris-loha"].base
     loha, locon = (lyco_core.load_adapter(files[n]) for n in ("loha", "locon"))
@@ -101,16 +163,29 @@ def test_merge_full_and_lora(files, tmp_path, capsys, lyco_cases):
 
 
 def test_extract_and_bake(files, tmp_path, capsys):
-    code, out, _ = run(capsys, "extract", files["base"], files["tuned"], "-o", tmp_path / "e.safetensors",
-                       "--rank", "8", "--method", "lokr")
+    code, out, _ = run(
+        capsys,
+        "extract",
+        files["base"],
+        files["tuned"],
+        "-o",
+        tmp_path / "e.safetensors",
+        "--rank",
+        "8",
+        "--method",
+        "lokr",
+    )
     assert code == 0 and "diff → lokr" in out and "total relative error" in out
-    code, out, _ = run(capsys, "extract", files["base"], files["tuned"], "-o", tmp_path / "l.safetensors",
-                       "--energy", "0.5")
+    code, out, _ = run(
+        capsys, "extract", files["base"], files["tuned"], "-o", tmp_path / "l.safetensors", "--energy", "0.5"
+    )
     assert code == 0 and lyco_core.load_adapter(tmp_path / "l.safetensors").method_counts() == {"lora": 4}
-    code, out, _ = run(capsys, "bake", files["base"], f"{files['loha']}:0.5", files["oft"], "-o",
-                       tmp_path / "baked.safetensors")
+    code, out, _ = run(
+        capsys, "bake", files["base"], f"{files['loha']}:0.5", files["oft"], "-o", tmp_path / "baked.safetensors"
+    )
     assert code == 0 and "wrote" in out
     from safetensors.torch import load_file
+
     baked, base = load_file(str(tmp_path / "baked.safetensors")), load_file(str(files["base"]))
     loha, oft = (lyco_core.load_adapter(files[n]) for n in ("loha", "oft"))
     chained = {**base, **loha.patch(base, 0.5)}

@@ -2,6 +2,7 @@
 refusals naming the modules it cannot, and interop with the real libraries: converted LyCORIS-layout files load in
 ``lycoris`` (``create_lycoris_from_weights``) and converted PEFT folders in ``PeftModel.from_pretrained`` with the
 same effective weights."""
+
 from __future__ import annotations
 
 import warnings
@@ -61,8 +62,7 @@ def _round_trip(case, target, component=None):
     back, _ = convert(there, adapter.layout, model_keys=case.base.keys())
     assert len(back.modules) == len(adapter.modules)
     assert component is not None or set(back.modules) == set(adapter.modules)
-    return relative(there.patch(case.base), reference, case.base), relative(back.patch(case.base), reference,
-                                                                             case.base)
+    return relative(there.patch(case.base), reference, case.base), relative(back.patch(case.base), reference, case.base)
 
 
 @pytest.mark.parametrize("name,target", [(n, t) for n, ts in LYCORIS_TARGETS.items() for t in ts])
@@ -113,7 +113,11 @@ def test_component_names_and_text_encoders(peft_cases):
     with pytest.raises(AdapterError, match="pipeline component"):
         convert(generic, "diffusers")
     assert set(convert(generic, "lycoris", component="unet")[0].modules) == {
-        "lora_unet_fc1", "lora_unet_fc2", "lora_unet_conv1", "lora_unet_conv3"}
+        "lora_unet_fc1",
+        "lora_unet_fc2",
+        "lora_unet_conv1",
+        "lora_unet_conv3",
+    }
 
 
 def test_full_matrix_lokr_scale_is_folded_for_lycoris(peft_cases):
@@ -130,16 +134,31 @@ def test_full_matrix_lokr_scale_is_folded_for_lycoris(peft_cases):
 def _lycoris_forward(file, model) -> dict[str, torch.Tensor]:
     """Effective weights of ``model`` with the LyCORIS network from ``file`` applied (library forward, probed)."""
     from lycoris import create_lycoris_from_weights
+
     with lycoris_oracle._quiet_lycoris():
         network, _ = create_lycoris_from_weights(1.0, str(file), model)
         network.apply_to()
     layers = dict(model.named_modules())
-    return {f"{lora.lora_name[len('lycoris_'):]}.weight": lycoris_oracle.probe_layer(layers[
-        lora.lora_name[len("lycoris_"):]])[0] for lora in network.loras}
+    return {
+        f"{lora.lora_name[len('lycoris_') :]}.weight": lycoris_oracle.probe_layer(
+            layers[lora.lora_name[len("lycoris_") :]]
+        )[0]
+        for lora in network.loras
+    }
 
 
-@pytest.mark.parametrize("name", ["peft-lora-patterns", "peft-lora-rslora", "peft-dora", "peft-loha",
-                                  "peft-loha-tucker", "peft-lokr", "peft-lokr-full-full"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "peft-lora-patterns",
+        "peft-lora-rslora",
+        "peft-dora",
+        "peft-loha",
+        "peft-loha-tucker",
+        "peft-lokr",
+        "peft-lokr-full-full",
+    ],
+)
 def test_converted_lycoris_file_loads_in_lycoris(name, peft_cases, tmp_path):
     pytest.importorskip("lycoris")
     case = peft_cases[name]
@@ -150,14 +169,26 @@ def test_converted_lycoris_file_loads_in_lycoris(name, peft_cases, tmp_path):
     assert set(effective) == {k for k in case.reference[1.0] if k.endswith("weight")}
 
 
-@pytest.mark.parametrize("name", ["lycoris-locon", "lycoris-loha", "lycoris-loha-tucker", "lycoris-lokr",
-                                  "lycoris-lokr-full-matrix", "lycoris-lokr-tucker", "lycoris-lokr-decompose-both",
-                                  "lycoris-locon-dora-out", "lycoris-ia3-on-input"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "lycoris-locon",
+        "lycoris-loha",
+        "lycoris-loha-tucker",
+        "lycoris-lokr",
+        "lycoris-lokr-full-matrix",
+        "lycoris-lokr-tucker",
+        "lycoris-lokr-decompose-both",
+        "lycoris-locon-dora-out",
+        "lycoris-ia3-on-input",
+    ],
+)
 def test_converted_peft_folder_loads_in_peft(name, lyco_cases, tmp_path):
     peft = pytest.importorskip("peft")
     case = lyco_cases[name]
-    folder = lyco_core.save_adapter(lyco_core.load_adapter(case.path), tmp_path / name, "peft",
-                                    model_keys=case.base.keys())
+    folder = lyco_core.save_adapter(
+        lyco_core.load_adapter(case.path), tmp_path / name, "peft", model_keys=case.base.keys()
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = peft.PeftModel.from_pretrained(lycoris_oracle.tiny_model(), str(folder))

@@ -1,6 +1,7 @@
 """The math under to-LoRA, resize and extract: truncated SVD under each rank policy (checked against
 torch.linalg.svd's optimal tail), the randomized path, the LoRA fast path on factors, Tucker, the nearest
 Kronecker product and LyCORIS' / PEFT's factorization rules."""
+
 from __future__ import annotations
 
 import math

@@ -1,6 +1,7 @@
 """to-LoRA, resize, merge, extract and bake: exact where the rank allows (error ~0), the SVD tail otherwise (checked
 against torch.linalg.svd), the energy policy, W-dependent methods only with base weights, nearest-Kronecker
 extraction, and results that load in the real LyCORIS library."""
+
 from __future__ import annotations
 
 import math
@@ -28,11 +29,25 @@ def tail(delta: torch.Tensor, rank: int) -> float:
     return math.sqrt(float(s[rank:].square().sum() / s.square().sum()))
 
 
-@pytest.mark.parametrize("name,needs_base", [
-    ("lycoris-locon", False), ("lycoris-locon-tucker", False), ("lycoris-loha", False), ("lycoris-loha-tucker", False),
-    ("lycoris-lokr", False), ("lycoris-lokr-tucker", False), ("lycoris-full", False), ("lycoris-norm", False),
-    ("lycoris-oft", True), ("lycoris-boft", True), ("lycoris-glora", True), ("lycoris-ia3", True),
-    ("lycoris-locon-dora-out", True), ("lycoris-mixed", True)])
+@pytest.mark.parametrize(
+    "name,needs_base",
+    [
+        ("lycoris-locon", False),
+        ("lycoris-locon-tucker", False),
+        ("lycoris-loha", False),
+        ("lycoris-loha-tucker", False),
+        ("lycoris-lokr", False),
+        ("lycoris-lokr-tucker", False),
+        ("lycoris-full", False),
+        ("lycoris-norm", False),
+        ("lycoris-oft", True),
+        ("lycoris-boft", True),
+        ("lycoris-glora", True),
+        ("lycoris-ia3", True),
+        ("lycoris-locon-dora-out", True),
+        ("lycoris-mixed", True),
+    ],
+)
 def test_to_lora_at_full_rank_is_exact(name, needs_base, lyco_cases):
     case = lyco_cases[name]
     adapter = lyco_core.load_adapter(case.path)
@@ -54,8 +69,9 @@ def test_to_lora_error_is_each_modules_svd_tail(lyco_cases):
     adapter = lyco_core.load_adapter(case.path)
     lora, report = to_lora(adapter, RankPolicy(rank=3, exact=True))
     for entry in report.modules:
-        delta, _ = module_delta(adapter.modules[entry.name], shape=case.base[entry.name[len("lycoris_"):] + ".weight"]
-                                .shape)
+        delta, _ = module_delta(
+            adapter.modules[entry.name], shape=case.base[entry.name[len("lycoris_") :] + ".weight"].shape
+        )
         assert entry.error == pytest.approx(tail(delta, 3), rel=1e-4)
         assert lora.modules[entry.name].rank() == 3
     squares = [m.err_sq for m in report.modules]
@@ -70,7 +86,7 @@ def test_to_lora_energy_policy_and_conv_rank(lyco_cases):
         if entry.name.endswith("conv3") or entry.name.endswith("conv1"):
             assert entry.result == "lora r5"
         else:
-            assert 1 - entry.error ** 2 >= 0.9 - 1e-6
+            assert 1 - entry.error**2 >= 0.9 - 1e-6
     lora, _ = to_lora(adapter, RankPolicy(rank=4), base=case.base)
     assert lora.modules["lycoris_conv3"].params["lora_down.weight"].shape == (4, 32, 3, 3)  # kernel from the base
 
@@ -81,8 +97,9 @@ def test_resize_lora_on_factors_and_dora_kept(lyco_cases):
     small, report = resize(adapter, RankPolicy(rank=2))
     for entry in report.modules:
         module = adapter.modules[entry.name]
-        delta = module.delta(torch.Size(case.base[entry.name[len("lycoris_"):] + ".weight"].shape), "cpu",
-                             torch.float32)
+        delta = module.delta(
+            torch.Size(case.base[entry.name[len("lycoris_") :] + ".weight"].shape), "cpu", torch.float32
+        )
         assert entry.error == pytest.approx(tail(delta, 2), rel=1e-4)
     assert {m.rank() for m in small.modules.values()} == {2}
     dora = lyco_core.load_adapter(lyco_cases["lycoris-locon-dora-out"].path)
@@ -136,8 +153,11 @@ def test_merge_with_weight_dependent_methods_follows_the_chain(lyco_cases):
 
 def test_extract_lora_recovers_known_rank_and_reports_the_tail():
     gen = torch.Generator().manual_seed(11)
-    base = {"fc.weight": torch.randn(48, 32, generator=gen), "conv.weight": torch.randn(24, 16, 3, 3, generator=gen),
-            "fc.bias": torch.randn(48, generator=gen)}
+    base = {
+        "fc.weight": torch.randn(48, 32, generator=gen),
+        "conv.weight": torch.randn(24, 16, 3, 3, generator=gen),
+        "fc.bias": torch.randn(48, generator=gen),
+    }
     tuned = dict(base)
     tuned["fc.weight"] = base["fc.weight"] + low_rank(48, 32, 4, seed=12, decay=0.7)
     tuned["conv.weight"] = base["conv.weight"] + low_rank(24, 16, 6, seed=13, decay=0.7, kernel=(3, 3))
@@ -146,7 +166,7 @@ def test_extract_lora_recovers_known_rank_and_reports_the_tail():
     assert relative(exact.patch(base), {k: tuned[k] for k in ("fc.weight", "conv.weight")}, base) < 1e-4
     lossy, report = extract(base, tuned, RankPolicy(rank=2, exact=True))
     for entry in report.modules:
-        key = entry.name[len("lycoris_"):] + ".weight"
+        key = entry.name[len("lycoris_") :] + ".weight"
         assert entry.error == pytest.approx(tail(tuned[key] - base[key], 2), rel=1e-4)
     assert lossy.metadata["ss_training_comment"].startswith("lyco_core extract")
 
@@ -158,23 +178,27 @@ def test_extract_lokr_recovers_an_exact_kronecker_delta_and_loads_in_lycoris(tmp
     gen = torch.Generator().manual_seed(14)
     tuned = dict(base)
     # fc1 96×64 → factors (8,12)x(8,8); conv3 48×32×3×3 → (6,8)x(4,8), W2 full with its kernel
-    tuned["fc1.weight"] = base["fc1.weight"] + torch.kron(torch.randn(8, 8, generator=gen),
-                                                          torch.randn(12, 8, generator=gen)) * 0.1
+    tuned["fc1.weight"] = (
+        base["fc1.weight"] + torch.kron(torch.randn(8, 8, generator=gen), torch.randn(12, 8, generator=gen)) * 0.1
+    )
     w2 = torch.randn(8, 8, 3, 3, generator=gen)
     tuned["conv3.weight"] = base["conv3.weight"] + 0.1 * torch.kron(
-        torch.randn(6, 4, generator=gen), w2.reshape(8, -1)).reshape(48, 32, 3, 3)
+        torch.randn(6, 4, generator=gen), w2.reshape(8, -1)
+    ).reshape(48, 32, 3, 3)
     adapter, report = extract(base, tuned, RankPolicy(rank=64), method="lokr")
     assert report.total_error() < 1e-5, report.text()
     assert adapter.modules["lycoris_fc1"].full_matrix and adapter.modules["lycoris_conv3"].full_matrix
     path = lyco_core.save_adapter(adapter, tmp_path / "kron.safetensors")
     from lycoris import create_lycoris_from_weights
+
     with lycoris_oracle._quiet_lycoris(), torch.no_grad():
         network, _ = create_lycoris_from_weights(1.0, str(path), model)
         network.apply_to()
         for key in ("fc1", "conv3"):
             effective = lycoris_oracle.probe_layer(getattr(model, key))[0]
             assert float((effective - tuned[f"{key}.weight"]).abs().max()) < 1e-4 * float(
-                (tuned[f"{key}.weight"] - base[f"{key}.weight"]).abs().max())
+                (tuned[f"{key}.weight"] - base[f"{key}.weight"]).abs().max()
+            )
     low, report = extract(base, tuned, RankPolicy(rank=2), method="lokr")
     assert "lokr r2" in report.modules[0].result and low.modules["lycoris_fc1"].rank() == 2
 
@@ -186,11 +210,13 @@ def test_to_lora_output_loads_in_lycoris_with_conv_kernels(lyco_cases, tmp_path)
     path = lyco_core.save_adapter(lora, tmp_path / "as_lora.safetensors")
     model = lycoris_oracle.tiny_model()
     from lycoris import create_lycoris_from_weights
+
     with lycoris_oracle._quiet_lycoris(), torch.no_grad():
         network, _ = create_lycoris_from_weights(1.0, str(path), model)
         network.apply_to()
-        effective = {f"{n}.weight": lycoris_oracle.probe_layer(getattr(model, n))[0]
-                     for n in ("fc1", "fc2", "conv3", "conv1")}
+        effective = {
+            f"{n}.weight": lycoris_oracle.probe_layer(getattr(model, n))[0] for n in ("fc1", "fc2", "conv3", "conv1")
+        }
     assert relative(effective, weights_only(case.reference[1.0]), case.base) < 1e-4
 
 

@@ -6,6 +6,7 @@ max|ΔW| in float32; within one rounding of the float32 result in fp16/bf16. Tem
 scratch chunk (≤ ¼ of the float32 weight), except one float32 working copy of an fp16 weight where rows are not
 independent.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -14,8 +15,14 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from lyco_core.algorithms.base import ScaleContext
 from lyco_core.algorithms.boft import BOFT, butterfly_order
-from lyco_core.algorithms.inplace import (bf16_pieces, bf16_split_product, chunk_elements, fast_bf16_gemm, scratch,
-                                         single_rounding_gemm)
+from lyco_core.algorithms.inplace import (
+    bf16_pieces,
+    bf16_split_product,
+    chunk_elements,
+    fast_bf16_gemm,
+    scratch,
+    single_rounding_gemm,
+)
 from lyco_core.algorithms.loha import LoHa
 from lyco_core.algorithms.lokr import LoKr
 from lyco_core.algorithms.lora import LoRA
@@ -37,33 +44,166 @@ def _cases():
     """(id, module, weight shape). Shapes exceed one scratch chunk so that chunking really happens."""
     lin, conv = (1280, 1024), (256, 128, 3, 3)
     return [
-        ("lora", LoRA("m", {"lora_up.weight": _g(1280, 32), "lora_down.weight": _g(32, 1024), "alpha": torch.tensor(8.)},
-                      CTX), lin),
-        ("locon-conv", LoRA("m", {"lora_up.weight": _g(256, 8, 1, 1), "lora_down.weight": _g(8, 128, 3, 3)}, CTX), conv),
-        ("locon-tucker", LoRA("m", {"lora_up.weight": _g(256, 8, 1, 1), "lora_down.weight": _g(8, 128, 1, 1),
-                                    "lora_mid.weight": _g(8, 8, 3, 3), "alpha": torch.tensor(4.)}, CTX), conv),
-        ("dora-out", LoRA("m", {"lora_up.weight": _g(1280, 32), "lora_down.weight": _g(32, 1024),
-                                "dora_scale": _g(1280, 1).abs() * 20}, CTX), lin),
-        ("dora-in-conv", LoRA("m", {"lora_up.weight": _g(256, 8, 1, 1), "lora_down.weight": _g(8, 128, 3, 3),
-                                    "dora_scale": _g(1, 128, 1, 1).abs() * 20}, CTX), conv),
-        ("peft-dora", LoRA("m", {"lora_up.weight": _g(1280, 8), "lora_down.weight": _g(8, 1024),
-                                 "magnitude": _g(1280).abs() * 20}, PEFT_CTX), lin),
-        ("peft-dora-conv", LoRA("m", {"lora_up.weight": _g(256, 8, 1, 1), "lora_down.weight": _g(8, 128, 3, 3),
-                                      "magnitude": _g(1, 256, 1, 1).abs() * 20}, PEFT_CTX), conv),  # PEFT's shape
-        ("loha", LoHa("m", {"hada_w1_a": _g(1280, 16), "hada_w1_b": _g(16, 1024), "hada_w2_a": _g(1280, 16),
-                            "hada_w2_b": _g(16, 1024), "alpha": torch.tensor(4.)}, CTX), lin),
-        ("loha-ranks", LoHa("m", {"hada_w1_a": _g(1280, 16), "hada_w1_b": _g(16, 1024), "hada_w2_a": _g(1280, 4),
-                                  "hada_w2_b": _g(4, 1024), "alpha": torch.tensor(4.)}, CTX), lin),  # unequal ranks
-        ("loha-tucker", LoHa("m", {"hada_w1_a": _g(8, 256), "hada_w1_b": _g(8, 128), "hada_t1": _g(8, 8, 3, 3),
-                                   "hada_w2_a": _g(8, 256), "hada_w2_b": _g(8, 128), "hada_t2": _g(8, 8, 3, 3)},
-                             CTX), conv),
+        (
+            "lora",
+            LoRA(
+                "m", {"lora_up.weight": _g(1280, 32), "lora_down.weight": _g(32, 1024), "alpha": torch.tensor(8.0)}, CTX
+            ),
+            lin,
+        ),
+        (
+            "locon-conv",
+            LoRA("m", {"lora_up.weight": _g(256, 8, 1, 1), "lora_down.weight": _g(8, 128, 3, 3)}, CTX),
+            conv,
+        ),
+        (
+            "locon-tucker",
+            LoRA(
+                "m",
+                {
+                    "lora_up.weight": _g(256, 8, 1, 1),
+                    "lora_down.weight": _g(8, 128, 1, 1),
+                    "lora_mid.weight": _g(8, 8, 3, 3),
+                    "alpha": torch.tensor(4.0),
+                },
+                CTX,
+            ),
+            conv,
+        ),
+        (
+            "dora-out",
+            LoRA(
+                "m",
+                {
+                    "lora_up.weight": _g(1280, 32),
+                    "lora_down.weight": _g(32, 1024),
+                    "dora_scale": _g(1280, 1).abs() * 20,
+                },
+                CTX,
+            ),
+            lin,
+        ),
+        (
+            "dora-in-conv",
+            LoRA(
+                "m",
+                {
+                    "lora_up.weight": _g(256, 8, 1, 1),
+                    "lora_down.weight": _g(8, 128, 3, 3),
+                    "dora_scale": _g(1, 128, 1, 1).abs() * 20,
+                },
+                CTX,
+            ),
+            conv,
+        ),
+        (
+            "peft-dora",
+            LoRA(
+                "m",
+                {"lora_up.weight": _g(1280, 8), "lora_down.weight": _g(8, 1024), "magnitude": _g(1280).abs() * 20},
+                PEFT_CTX,
+            ),
+            lin,
+        ),
+        (
+            "peft-dora-conv",
+            LoRA(
+                "m",
+                {
+                    "lora_up.weight": _g(256, 8, 1, 1),
+                    "lora_down.weight": _g(8, 128, 3, 3),
+                    "magnitude": _g(1, 256, 1, 1).abs() * 20,
+                },
+                PEFT_CTX,
+            ),
+            conv,
+        ),  # PEFT's shape
+        (
+            "loha",
+            LoHa(
+                "m",
+                {
+                    "hada_w1_a": _g(1280, 16),
+                    "hada_w1_b": _g(16, 1024),
+                    "hada_w2_a": _g(1280, 16),
+                    "hada_w2_b": _g(16, 1024),
+                    "alpha": torch.tensor(4.0),
+                },
+                CTX,
+            ),
+            lin,
+        ),
+        (
+            "loha-ranks",
+            LoHa(
+                "m",
+                {
+                    "hada_w1_a": _g(1280, 16),
+                    "hada_w1_b": _g(16, 1024),
+                    "hada_w2_a": _g(1280, 4),
+                    "hada_w2_b": _g(4, 1024),
+                    "alpha": torch.tensor(4.0),
+                },
+                CTX,
+            ),
+            lin,
+        ),  # unequal ranks
+        (
+            "loha-tucker",
+            LoHa(
+                "m",
+                {
+                    "hada_w1_a": _g(8, 256),
+                    "hada_w1_b": _g(8, 128),
+                    "hada_t1": _g(8, 8, 3, 3),
+                    "hada_w2_a": _g(8, 256),
+                    "hada_w2_b": _g(8, 128),
+                    "hada_t2": _g(8, 8, 3, 3),
+                },
+                CTX,
+            ),
+            conv,
+        ),
         ("lokr-full", LoKr("m", {"lokr_w1": _g(8, 8), "lokr_w2": _g(160, 128)}, CTX), lin),
-        ("lokr-decomposed", LoKr("m", {"lokr_w1_a": _g(8, 4), "lokr_w1_b": _g(4, 8), "lokr_w2_a": _g(160, 4),
-                                       "lokr_w2_b": _g(4, 128), "alpha": torch.tensor(2.)}, CTX), lin),
-        ("lokr-tucker-conv", LoKr("m", {"lokr_w1": _g(8, 8), "lokr_w2_a": _g(4, 32), "lokr_w2_b": _g(4, 16),
-                                        "lokr_t2": _g(4, 4, 3, 3), "alpha": torch.tensor(2.)}, CTX), conv),
-        ("oft", DiagOFT("m", {"oft_blocks": _g(40, 32, 32, scale=0.05), "alpha": torch.tensor(1e-3),
-                              "rescale": _g(1280, 1).abs()}, CTX), lin),
+        (
+            "lokr-decomposed",
+            LoKr(
+                "m",
+                {
+                    "lokr_w1_a": _g(8, 4),
+                    "lokr_w1_b": _g(4, 8),
+                    "lokr_w2_a": _g(160, 4),
+                    "lokr_w2_b": _g(4, 128),
+                    "alpha": torch.tensor(2.0),
+                },
+                CTX,
+            ),
+            lin,
+        ),
+        (
+            "lokr-tucker-conv",
+            LoKr(
+                "m",
+                {
+                    "lokr_w1": _g(8, 8),
+                    "lokr_w2_a": _g(4, 32),
+                    "lokr_w2_b": _g(4, 16),
+                    "lokr_t2": _g(4, 4, 3, 3),
+                    "alpha": torch.tensor(2.0),
+                },
+                CTX,
+            ),
+            conv,
+        ),
+        (
+            "oft",
+            DiagOFT(
+                "m",
+                {"oft_blocks": _g(40, 32, 32, scale=0.05), "alpha": torch.tensor(1e-3), "rescale": _g(1280, 1).abs()},
+                CTX,
+            ),
+            lin,
+        ),
         ("oft-diag", DiagOFT("m", {"oft_diag": cayley(_g(8, 32, 32, scale=0.05), plus_first=True)}, CTX), conv),
         ("boft", BOFT("m", {"oft_blocks": _g(4, 64, 20, 20, scale=0.05), "rescale": _g(1280, 1).abs()}, CTX), lin),
     ]
@@ -105,10 +245,20 @@ def test_half_in_place_within_one_rounding(case, dtype):
     assert bool(((out.float() - exact).abs() <= bound).all())
 
 
-@pytest.mark.parametrize("dtype,file_dtype", [(torch.float16, torch.float16), (torch.bfloat16, torch.bfloat16),
-                                              (torch.bfloat16, torch.float16), (torch.bfloat16, torch.float32)])
-@pytest.mark.parametrize("shape,tucker", [((1280, 1024), False), ((256, 128, 3, 3), False),
-                                          ((256, 128, 3, 3), True)], ids=["linear", "conv", "tucker"])
+@pytest.mark.parametrize(
+    "dtype,file_dtype",
+    [
+        (torch.float16, torch.float16),
+        (torch.bfloat16, torch.bfloat16),
+        (torch.bfloat16, torch.float16),
+        (torch.bfloat16, torch.float32),
+    ],
+)
+@pytest.mark.parametrize(
+    "shape,tucker",
+    [((1280, 1024), False), ((256, 128, 3, 3), False), ((256, 128, 3, 3), True)],
+    ids=["linear", "conv", "tucker"],
+)
 def test_half_factors_go_straight_into_a_half_weight(shape, tucker, dtype, file_dtype):
     """Factors into an fp16/bf16 weight — of its own dtype, or (bf16 weights) fp16/float32 factors and folded
     Tucker cores as exact bf16 pieces: one addmm_ into W where the backend rounds once (probed), else the float32
@@ -116,7 +266,7 @@ def test_half_factors_go_straight_into_a_half_weight(shape, tucker, dtype, file_
     kernel = shape[2:]
     up = _g(shape[0], 16, *[1] * len(kernel))
     down = _g(16, shape[1], *([1] * len(kernel) if tucker else kernel), scale=0.1)
-    params = {"lora_up.weight": up.to(file_dtype), "lora_down.weight": down.to(file_dtype), "alpha": torch.tensor(8.)}
+    params = {"lora_up.weight": up.to(file_dtype), "lora_down.weight": down.to(file_dtype), "alpha": torch.tensor(8.0)}
     if tucker:
         params["lora_mid.weight"] = _g(16, 16, *kernel).to(file_dtype)
     module = LoRA("m", params, CTX)
@@ -139,7 +289,7 @@ def test_bf16_pieces_reproduce_the_product_term_for_term(dtype):
     """The bf16 pieces sum to every fp16/float32 value exactly (extremes and tiny values included), so the
     pieced product equals the factors' product in float64 up to summation order."""
     tiny = 6e-8 if dtype == torch.float16 else 1e-30
-    extremes = torch.tensor([65504., -65504., tiny, -tiny, 6.1e-5, 1 / 3, -2 / 3, 0.])
+    extremes = torch.tensor([65504.0, -65504.0, tiny, -tiny, 6.1e-5, 1 / 3, -2 / 3, 0.0])
     left = torch.cat([_g(64, 24, scale=3.0), extremes.repeat(8, 1).t().reshape(64, 1)], 1).to(dtype)
     right = torch.cat([_g(24, 48, scale=0.01), extremes.repeat(6).reshape(1, 48)], 0).to(dtype)
     for x in (left, right):
@@ -157,17 +307,21 @@ def test_half_gemm_needs_matching_dtypes():
     weight = torch.zeros(8, 8, dtype=torch.float16)
     assert not single_rounding_gemm(weight, torch.zeros(8, 2), torch.zeros(2, 8, dtype=torch.float16))
     assert not single_rounding_gemm(weight.float(), torch.zeros(8, 2), torch.zeros(2, 8))
-    assert not single_rounding_gemm(torch.zeros(8, 16, dtype=torch.float16)[:, ::2], torch.zeros(8, 2,
-                                    dtype=torch.float16), torch.zeros(2, 8, dtype=torch.float16))
+    assert not single_rounding_gemm(
+        torch.zeros(8, 16, dtype=torch.float16)[:, ::2],
+        torch.zeros(8, 2, dtype=torch.float16),
+        torch.zeros(2, 8, dtype=torch.float16),
+    )
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if c[0] in ("lora", "loha", "lokr-full", "oft", "boft")],
-                         ids=lambda c: c[0])
+@pytest.mark.parametrize(
+    "case", [c for c in CASES if c[0] in ("lora", "loha", "lokr-full", "oft", "boft")], ids=lambda c: c[0]
+)
 def test_strided_and_sliced_weights_are_written_through(case):
     _, module, shape = case
     fused = _g(shape[0] * 2, shape[1])
     expected = fused.clone()
-    expected[shape[0]:] = _reference(module, fused[shape[0]:], 0.5)
+    expected[shape[0] :] = _reference(module, fused[shape[0] :], 0.5)
     tolerance = 1e-5 * (expected - fused).abs().max().item()
     module.apply_(fused.narrow(0, shape[0], shape[0]), 0.5)  # a contiguous slice: updated where it lies
     assert (fused - expected).abs().max() <= tolerance
@@ -200,7 +354,7 @@ def test_boft_matches_dense_butterfly_product():
     stages, _, bs, _ = rotations.shape
     x = weight.clone()
     for stage in range(stages):
-        permutation = torch.eye(shape[0])[butterfly_order(shape[0], (2 ** stage) * bs // 2, "cpu")]
+        permutation = torch.eye(shape[0])[butterfly_order(shape[0], (2**stage) * bs // 2, "cpu")]
         stage_r = 0.7 * rotations[stage] + 0.3 * torch.eye(bs)
         x = permutation.t() @ torch.block_diag(*stage_r) @ permutation @ x
     dense = x * module.params["rescale"]
@@ -208,8 +362,14 @@ def test_boft_matches_dense_butterfly_product():
     assert (out - dense).abs().max() / (dense - weight).abs().max() <= 1e-5
 
 
-@pytest.mark.parametrize("module", [DiagOFT("m", {"oft_blocks": _g(40, 32, 32, scale=0.05)}, CTX),
-                                    BOFT("m", {"oft_blocks": _g(4, 64, 20, 20, scale=0.05)}, CTX)], ids=["oft", "boft"])
+@pytest.mark.parametrize(
+    "module",
+    [
+        DiagOFT("m", {"oft_blocks": _g(40, 32, 32, scale=0.05)}, CTX),
+        BOFT("m", {"oft_blocks": _g(4, 64, 20, 20, scale=0.05)}, CTX),
+    ],
+    ids=["oft", "boft"],
+)
 def test_rotation_is_solved_once_per_dtype(module, monkeypatch):
     solves = []
     original = module.rotation
@@ -241,8 +401,11 @@ class _NewStorages(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        owned = {t.untyped_storage().data_ptr() for t in torch.utils._pytree.tree_leaves((args, kwargs))
-                 if isinstance(t, torch.Tensor)}
+        owned = {
+            t.untyped_storage().data_ptr()
+            for t in torch.utils._pytree.tree_leaves((args, kwargs))
+            if isinstance(t, torch.Tensor)
+        }
         out = func(*args, **kwargs)
         for t in torch.utils._pytree.tree_leaves(out):
             if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in owned:

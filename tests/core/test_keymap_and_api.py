@@ -1,4 +1,5 @@
 """Automatic name matching, strength semantics and the CLI, on small generated files."""
+
 from __future__ import annotations
 
 import json
@@ -16,9 +17,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _lora(prefix, out=8, inp=6, rank=2, seed=0):
     gen = torch.Generator().manual_seed(seed)
-    return {f"{prefix}.lora_up.weight": torch.randn(out, rank, generator=gen),
-            f"{prefix}.lora_down.weight": torch.randn(rank, inp, generator=gen),
-            f"{prefix}.alpha": torch.tensor(1.0)}
+    return {
+        f"{prefix}.lora_up.weight": torch.randn(out, rank, generator=gen),
+        f"{prefix}.lora_down.weight": torch.randn(rank, inp, generator=gen),
+        f"{prefix}.alpha": torch.tensor(1.0),
+    }
 
 
 def test_mangled_names_map_forward_including_text_model_and_trailing_underscore(tmp_path):
@@ -57,11 +60,16 @@ def test_comfy_layout_spellings(tmp_path):
     save_file(tensors, str(path))
     adapter = lyco_core.load_adapter(path)
     assert adapter.layout == "comfy"
-    assert set(adapter.modules) == {"diffusion_model.input_blocks.1.1.proj_in", "diffusion_model.out.2",
-                                    "diffusion_model.mid"}
-    weights = {"model.diffusion_model.input_blocks.1.1.proj_in.weight": torch.zeros(8, 6),
-               "model.diffusion_model.out.2.weight": torch.zeros(4, 5),
-               "model.diffusion_model.mid.weight": torch.zeros(3, 3)}
+    assert set(adapter.modules) == {
+        "diffusion_model.input_blocks.1.1.proj_in",
+        "diffusion_model.out.2",
+        "diffusion_model.mid",
+    }
+    weights = {
+        "model.diffusion_model.input_blocks.1.1.proj_in.weight": torch.zeros(8, 6),
+        "model.diffusion_model.out.2.weight": torch.zeros(4, 5),
+        "model.diffusion_model.mid.weight": torch.zeros(3, 3),
+    }
     new = adapter.patch(weights)
     up, down = tensors["diffusion_model.out.2_lora.up.weight"], tensors["diffusion_model.out.2_lora.down.weight"]
     assert torch.allclose(new["model.diffusion_model.out.2.weight"], up @ down)  # no alpha: scale 1
@@ -82,13 +90,31 @@ def test_strength_zero_changes_nothing_and_inputs_untouched(tmp_path):
 def test_cli_inspect_json_matches_file(tmp_path):
     path = tmp_path / "cli.safetensors"
     tensors = _lora("lora_unet_fc1", rank=4)
-    tensors.update({"lora_unet_fc2.hada_w1_a": torch.randn(8, 2), "lora_unet_fc2.hada_w1_b": torch.randn(2, 6),
-                    "lora_unet_fc2.hada_w2_a": torch.randn(8, 2), "lora_unet_fc2.hada_w2_b": torch.randn(2, 6),
-                    "lora_unet_fc2.alpha": torch.tensor(1.0)})
-    save_file(tensors, str(path), metadata={"ss_base_model_version": "sd_v1", "modelspec.trigger_phrase": "zzz style",
-                                            "ss_network_module": "lycoris.kohya"})
-    done = subprocess.run([sys.executable, "-m", "lyco_core", "inspect", str(path), "--json"], cwd=ROOT,
-                          capture_output=True, text=True, check=True)
+    tensors.update(
+        {
+            "lora_unet_fc2.hada_w1_a": torch.randn(8, 2),
+            "lora_unet_fc2.hada_w1_b": torch.randn(2, 6),
+            "lora_unet_fc2.hada_w2_a": torch.randn(8, 2),
+            "lora_unet_fc2.hada_w2_b": torch.randn(2, 6),
+            "lora_unet_fc2.alpha": torch.tensor(1.0),
+        }
+    )
+    save_file(
+        tensors,
+        str(path),
+        metadata={
+            "ss_base_model_version": "sd_v1",
+            "modelspec.trigger_phrase": "zzz style",
+            "ss_network_module": "lycoris.kohya",
+        },
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "lyco_core", "inspect", str(path), "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     summary = json.loads(done.stdout)
     assert summary["layout"] == "lycoris" and summary["modules"] == 2
     assert summary["methods"] == {"lora": 1, "loha": 1}
@@ -97,25 +123,34 @@ def test_cli_inspect_json_matches_file(tmp_path):
     assert summary["per_module"]["lora_unet_fc2"]["scale"] == 0.5
     assert summary["metadata"]["base_model"] == "sd_v1"
     assert summary["metadata"]["trigger_words"] == ["zzz style"]
-    text = subprocess.run([sys.executable, "-m", "lyco_core", "inspect", str(path)], cwd=ROOT,
-                          capture_output=True, text=True, check=True).stdout
+    text = subprocess.run(
+        [sys.executable, "-m", "lyco_core", "inspect", str(path)], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
     assert "lora_unet_fc2" in text and "loha" in text and "sd_v1" in text
 
 
 def test_cli_reports_bad_file(tmp_path):
     path = tmp_path / "bad.safetensors"
     path.write_bytes(b"xx")
-    done = subprocess.run([sys.executable, "-m", "lyco_core", "inspect", str(path)], cwd=ROOT,
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "lyco_core", "inspect", str(path)], cwd=ROOT, capture_output=True, text=True
+    )
     assert done.returncode == 2 and "too short" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_header_only_summary_equals_full_summary(tmp_path):
     path = tmp_path / "h.safetensors"
     tensors = _lora("lora_unet_fc1", rank=4)
-    tensors.update({"lora_unet_conv.oft_blocks": torch.randn(4, 2, 2) * 0.01, "lora_unet_conv.alpha": torch.tensor(0.5),
-                    "lora_unet_fc2.lokr_w1": torch.randn(2, 3), "lora_unet_fc2.lokr_w2_a": torch.randn(4, 1),
-                    "lora_unet_fc2.lokr_w2_b": torch.randn(1, 2), "lora_unet_fc2.alpha": torch.tensor(1.0)})
+    tensors.update(
+        {
+            "lora_unet_conv.oft_blocks": torch.randn(4, 2, 2) * 0.01,
+            "lora_unet_conv.alpha": torch.tensor(0.5),
+            "lora_unet_fc2.lokr_w1": torch.randn(2, 3),
+            "lora_unet_fc2.lokr_w2_a": torch.randn(4, 1),
+            "lora_unet_fc2.lokr_w2_b": torch.randn(1, 2),
+            "lora_unet_fc2.alpha": torch.tensor(1.0),
+        }
+    )
     save_file(tensors, str(path))
     full = lyco_core.load_adapter(path).summary()
     light = lyco_core.load_adapter(path, header_only=True)

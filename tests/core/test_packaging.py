@@ -4,6 +4,7 @@ command (the ComfyUI face is installed by cloning into ``custom_nodes/``, never 
 The wheel is built from a copy of the project files in a temporary folder (the checkout stays clean) and installed
 ``--no-deps --target`` beside the test environment's torch; every pip call carries the constraints file.
 """
+
 from __future__ import annotations
 
 import os
@@ -38,10 +39,13 @@ def test_pip_install_gives_lyco_command_and_core(tmp_path):
     site = tmp_path / "site"
     _pip("install", "--no-deps", "--target", str(site), str(wheel), cwd=tmp_path)
     env = dict(os.environ, PYTHONPATH=str(site))
-    probe = ("import sys, lyco_core; assert 'comfy' not in sys.modules and 'folder_paths' not in sys.modules; "
-             "print(lyco_core.__file__)")
+    probe = (
+        "import sys, lyco_core; assert 'comfy' not in sys.modules and 'folder_paths' not in sys.modules; "
+        "print(lyco_core.__file__)"
+    )
     where = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert where.returncode == 0 and where.stdout.startswith(str(site)), where.stdout + where.stderr
-    command = subprocess.run([str(site / "bin" / "lyco"), "--help"], cwd=tmp_path, env=env, capture_output=True,
-                             text=True, timeout=120)
+    command = subprocess.run(
+        [str(site / "bin" / "lyco"), "--help"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
     assert command.returncode == 0 and "inspect" in command.stdout, command.stdout + command.stderr

@@ -6,6 +6,7 @@ effective weights/biases probed from the library's forward at several strengths.
 file (layout, module names, algorithms, DoRA) and produce the same tensors from ``patch``, mapping the LyCORIS /
 kohya module names (``lycoris_fc1``, ``lora_unet_down_blocks_0_...``) onto the state-dict keys by itself.
 """
+
 from __future__ import annotations
 
 

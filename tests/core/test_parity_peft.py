@@ -4,6 +4,7 @@ The cases are built once per session by ``tests/core/oracles/peft_oracle.py`` (r
 adapter, the base state dict, and PEFT's merged tensors per strength. lyco_core must read the same file (layout,
 module names, methods, DoRA) and produce the same tensors from ``patch``.
 """
+
 from __future__ import annotations
 
 import json

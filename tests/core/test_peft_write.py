@@ -2,6 +2,7 @@
 ``nn.Embedding``, dense differences — save as PEFT folders that ``PeftModel.from_pretrained`` loads with our outputs
 and merged weights, and that our own reader patches to the same weights; what PEFT cannot express is refused by name.
 """
+
 from __future__ import annotations
 
 import json
@@ -45,16 +46,24 @@ def tokens():
 
 MODELS = {"tiny": (tiny_model, inputs), "embedding": (embedding_model, tokens)}
 CASES = [
-    ("oft-peft", "tiny", OFTConfig(oft_block_size=8, use_cayley_neumann=False, module_dropout=0.1,
-                                   target_modules=ALL)),
+    ("oft-peft", "tiny", OFTConfig(oft_block_size=8, use_cayley_neumann=False, module_dropout=0.1, target_modules=ALL)),
     ("oft-peft-neumann-coft", "tiny", OFTConfig(r=4, oft_block_size=0, coft=True, eps=1e-2, target_modules=LINEAR)),
     ("oft-peft-shared", "tiny", OFTConfig(oft_block_size=16, block_share=True, target_modules=LINEAR)),
-    ("boft-peft", "tiny", BOFTConfig(boft_block_size=8, boft_n_butterfly_factor=2, boft_dropout=0.1,
-                                     target_modules=LINEAR)),
-    ("modules-to-save", "tiny", LoraConfig(r=4, lora_alpha=8, target_modules=["fc1", "conv3"],
-                                           modules_to_save=["ln", "conv1", "gn"])),
-    ("ia3-modules-to-save", "tiny", IA3Config(target_modules=LINEAR, feedforward_modules=["fc2"],
-                                              modules_to_save=["gn", "conv1"])),
+    (
+        "boft-peft",
+        "tiny",
+        BOFTConfig(boft_block_size=8, boft_n_butterfly_factor=2, boft_dropout=0.1, target_modules=LINEAR),
+    ),
+    (
+        "modules-to-save",
+        "tiny",
+        LoraConfig(r=4, lora_alpha=8, target_modules=["fc1", "conv3"], modules_to_save=["ln", "conv1", "gn"]),
+    ),
+    (
+        "ia3-modules-to-save",
+        "tiny",
+        IA3Config(target_modules=LINEAR, feedforward_modules=["fc2"], modules_to_save=["gn", "conv1"]),
+    ),
     ("embedding", "embedding", LoraConfig(r=4, lora_alpha=8, target_modules=["emb", "fc"])),
     ("dense-lora", "tiny", LoraConfig(r=40, lora_alpha=20, target_modules=ALL)),
     ("dense-loha", "tiny", LoHaConfig(r=20, alpha=10, use_effective_conv2d=True, target_modules=ALL)),
@@ -145,12 +154,19 @@ def test_peft_oft_converts_to_peft_unchanged(tmp_path):
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
 
 
-@pytest.mark.parametrize("config, names, why", [
-    (OFTConfig(oft_block_size=8, variant="lycoris", constraint=1e-2, target_modules=LINEAR), "fc1",
-     "save it in the lycoris layout, or convert it to LoRA"),
-    (BOFTConfig(boft_block_size=8, variant="lycoris", target_modules=LINEAR), "fc1", "lycoris layout"),
-    (LoraConfig(r=40, use_dora=True, target_modules=ALL), "(all)", "DoRA is on some modules only"),
-], ids=["oft-lycoris", "boft-lycoris", "dora-with-dense"])
+@pytest.mark.parametrize(
+    "config, names, why",
+    [
+        (
+            OFTConfig(oft_block_size=8, variant="lycoris", constraint=1e-2, target_modules=LINEAR),
+            "fc1",
+            "save it in the lycoris layout, or convert it to LoRA",
+        ),
+        (BOFTConfig(boft_block_size=8, variant="lycoris", target_modules=LINEAR), "fc1", "lycoris layout"),
+        (LoraConfig(r=40, use_dora=True, target_modules=ALL), "(all)", "DoRA is on some modules only"),
+    ],
+    ids=["oft-lycoris", "boft-lycoris", "dora-with-dense"],
+)
 def test_what_peft_cannot_express_is_refused(config, names, why, tmp_path):
     tuner, _ = _trained("tiny", config)
     with pytest.raises(AdapterError, match="cannot write") as error:
@@ -164,8 +180,9 @@ def test_norm_difference_without_base_is_refused(tmp_path):
     tuner, _ = _trained("tiny", CONFIGS["modules-to-save"])
     path = save_trained(tuner.adapter(), tmp_path / "lycoris.safetensors")
     with pytest.raises(AdapterError, match="norm-difference"):
-        lyco_core.save_adapter(lyco_core.load_adapter(path), tmp_path / "peft", "peft",
-                               model_keys=tiny_model().state_dict().keys())
+        lyco_core.save_adapter(
+            lyco_core.load_adapter(path), tmp_path / "peft", "peft", model_keys=tiny_model().state_dict().keys()
+        )
 
 
 def test_full_difference_converts_to_exact_lora(lyco_cases):
@@ -187,8 +204,9 @@ def test_peft_own_embedding_and_modules_to_save_folder_reads(tmp_path):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = get_peft_model(embedding_model(), PeftLoraConfig(r=4, lora_alpha=8, target_modules=["emb"],
-                                                                 modules_to_save=["fc"]))
+        model = get_peft_model(
+            embedding_model(), PeftLoraConfig(r=4, lora_alpha=8, target_modules=["emb"], modules_to_save=["fc"])
+        )
     generator = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for name, parameter in model.named_parameters():

@@ -1,6 +1,7 @@
 """Training-time dropouts behave as specified: rank dropout keeps each row of ΔW with probability 1−p (rescaled by
 the kept fraction where the method rescales), module dropout leaves the layer unadapted with probability p, PEFT
 OFT/BOFT block dropout turns exactly ⌊p·n⌋ blocks into the identity; nothing is dropped in eval mode."""
+
 from __future__ import annotations
 
 import torch
@@ -69,9 +70,10 @@ def test_module_dropout_skips_the_whole_adapter():
 @torch.no_grad()
 def test_peft_oft_and_boft_block_dropout_set_blocks_to_identity():
     torch.manual_seed(3)
-    for config, blocks in ((OFTConfig(r=8, oft_block_size=0, module_dropout=0.5, target_modules=["fc1"]), 8),
-                           (BOFTConfig(boft_block_num=8, boft_block_size=0, boft_dropout=0.3,
-                                       target_modules=["fc1"]), 8)):
+    for config, blocks in (
+        (OFTConfig(r=8, oft_block_size=0, module_dropout=0.5, target_modules=["fc1"]), 8),
+        (BOFTConfig(boft_block_num=8, boft_block_size=0, boft_dropout=0.3, target_modules=["fc1"]), 8),
+    ):
         trainable, weight = _adapter(config)
         if hasattr(trainable, "boft_s"):
             trainable.boft_s.fill_(1.0)  # the row scale would touch every column
@@ -87,8 +89,9 @@ def test_peft_oft_and_boft_block_dropout_set_blocks_to_identity():
 @torch.no_grad()
 def test_lycoris_oft_module_dropout_is_whole_skip():
     torch.manual_seed(4)
-    trainable, weight = _adapter(OFTConfig(oft_block_size=8, variant="lycoris", module_dropout=0.5,
-                                           target_modules=["fc1"]))
+    trainable, weight = _adapter(
+        OFTConfig(oft_block_size=8, variant="lycoris", module_dropout=0.5, target_modules=["fc1"])
+    )
     trainable.train()
     skipped = sum(torch.equal(trainable(weight), weight) for _ in range(DRAWS))
     assert abs(skipped / DRAWS - 0.5) < 0.08

@@ -1,6 +1,7 @@
 """The fused LoHa/LoKr weight updates (train/methods/fused.py): in float64 their values and hand-written gradients
 equal autograd's through the plain formulas — for the bare functions (and torch's numerical gradcheck), and for
 every LoHa/LoKr trainable variant against the algorithm's own ΔW (rank dropout included)."""
+
 from __future__ import annotations
 
 import pytest
@@ -36,15 +37,21 @@ def _assert_same(fused, plain, leaves):
 
 def test_hadamard_update_matches_autograd_of_the_formula():
     leaves = _leaves((6, 10), (6, 3), (3, 10), (6, 3), (3, 10))
-    _assert_same(lambda w, l1, r1, l2, r2: hadamard_update(w, l1, r1, l2, r2, 0.7),
-                 lambda w, l1, r1, l2, r2: w + 0.7 * (l1 @ r1) * (l2 @ r2), leaves)
+    _assert_same(
+        lambda w, l1, r1, l2, r2: hadamard_update(w, l1, r1, l2, r2, 0.7),
+        lambda w, l1, r1, l2, r2: w + 0.7 * (l1 @ r1) * (l2 @ r2),
+        leaves,
+    )
     assert torch.autograd.gradcheck(lambda *t: hadamard_update(*t, 0.7), leaves)
 
 
 def test_kronecker_update_matches_autograd_of_the_formula():
     leaves = _leaves((12, 3, 5), (4, 3), (3, 5))  # a conv weight: 4·3 rows of 3·5 values
-    _assert_same(lambda w, first, second: kronecker_update(w, first, second, 1.5),
-                 lambda w, first, second: w + 1.5 * torch.kron(first, second).reshape(w.shape), leaves)
+    _assert_same(
+        lambda w, first, second: kronecker_update(w, first, second, 1.5),
+        lambda w, first, second: w + 1.5 * torch.kron(first, second).reshape(w.shape),
+        leaves,
+    )
     assert torch.autograd.gradcheck(lambda *t: kronecker_update(*t, 1.5), leaves)
 
 
@@ -58,8 +65,10 @@ def test_only_the_needed_gradients_are_formed():
 
 FUSED_CASES = [c for c in CASES if c[0].startswith(("loha", "lokr"))] + [
     ("loha-rank-dropout", LoHaConfig(r=4, alpha=2, rank_dropout=0.5, target_modules=["fc1", "conv3"])),
-    ("lokr-rank-dropout", LoKrConfig(r=4, alpha=2, rank_dropout=0.5, rank_dropout_scale=True,
-                                     target_modules=["fc1", "conv3"])),
+    (
+        "lokr-rank-dropout",
+        LoKrConfig(r=4, alpha=2, rank_dropout=0.5, rank_dropout_scale=True, target_modules=["fc1", "conv3"]),
+    ),
 ]
 
 
@@ -84,8 +93,7 @@ def test_trainables_match_autograd_through_the_algorithm(case):
             module = trainable.inference()
             delta = module.delta(weight.shape, weight.device, weight.dtype)
             if trainable.rank_dropout:
-                delta = delta * row_mask(delta.shape[0], trainable.rank_dropout, trainable.rank_dropout_rescales,
-                                         delta)
+                delta = delta * row_mask(delta.shape[0], trainable.rank_dropout, trainable.rank_dropout_rescales, delta)
             return weight + delta
 
         _assert_same(fused, plain, leaves)

@@ -2,6 +2,7 @@
 in ``lycoris.create_lycoris_from_weights`` and in our own loader (``lyco_core.load_adapter(...).patch``); layouts
 that cannot hold a module refuse it (``lyco_core.save_adapter``). The PEFT variants of OFT/BOFT are also checked
 tensor for tensor inside a real PEFT model built from our config (test_peft_write.py covers the other PEFT forms)."""
+
 from __future__ import annotations
 
 import logging
@@ -17,11 +18,35 @@ from .train_fixtures import one_thread, CASES, inputs, randomize, tiny_model  # 
 
 TOL = 1e-5
 # Which layouts each case can be saved in (the others must refuse with a clear message).
-PEFT_OK = {"lora", "lora-dora-rslora", "lora-balanced", "loha", "loha-tucker", "lokr", "lokr-both-tucker",
-           "lokr-full", "ia3-peft", "oft-peft", "oft-peft-neumann-coft", "boft-peft"}
+PEFT_OK = {
+    "lora",
+    "lora-dora-rslora",
+    "lora-balanced",
+    "loha",
+    "loha-tucker",
+    "lokr",
+    "lokr-both-tucker",
+    "lokr-full",
+    "ia3-peft",
+    "oft-peft",
+    "oft-peft-neumann-coft",
+    "boft-peft",
+}
 PEFT_MATH = {"oft-peft", "oft-peft-neumann-coft", "boft-peft"}
-LYCORIS_OK = {"lora", "lora-dora-rslora", "lora-balanced", "loha", "loha-tucker", "lokr", "lokr-both-tucker",
-              "lokr-full", "oft-lycoris", "boft-lycoris", "glora", "ia3-lycoris"}
+LYCORIS_OK = {
+    "lora",
+    "lora-dora-rslora",
+    "lora-balanced",
+    "loha",
+    "loha-tucker",
+    "lokr",
+    "lokr-both-tucker",
+    "lokr-full",
+    "oft-lycoris",
+    "boft-lycoris",
+    "glora",
+    "ia3-lycoris",
+}
 # lycoris-lora 4.1.3's IA3Module.make_module_from_state_dict takes 4 arguments where its loader passes 5.
 LYCORIS_LIB_BROKEN = {"ia3-lycoris"}
 
@@ -104,8 +129,11 @@ def test_peft_variant_math_equals_peft(case):
     with warnings.catch_warnings(), boft_extension(stand_in=False):
         warnings.simplefilter("ignore")
         model = get_peft_model(tiny_model(), peft_config)
-    state = {f"base_model.model.{path}.{key}": tensor.detach() for path, t in tuner.adapter().modules.items()
-             for key, tensor in t.tensors().items()}
+    state = {
+        f"base_model.model.{path}.{key}": tensor.detach()
+        for path, t in tuner.adapter().modules.items()
+        for key, tensor in t.tensors().items()
+    }
     result = set_peft_model_state_dict(model, state)
     assert not [k for k in result.unexpected_keys]
     with torch.no_grad():

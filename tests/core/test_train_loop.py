@@ -2,6 +2,7 @@
 with the gradient scaler too), resume reproduces the uninterrupted run exactly (float16: scaler state included),
 an overflowing float16 step is skipped and recorded, schedules, checkpoints and cancellation, gradient
 checkpointing, metadata and resuming from a saved file."""
+
 from __future__ import annotations
 
 import json
@@ -12,9 +13,25 @@ import torch
 from torch import nn
 
 import lyco_core
-from lyco_core.train import (BOFTConfig, GLoRAConfig, IA3Config, LoHaConfig, LoKrConfig, LoraConfig, OFTConfig,
-                             TrainingRecord, TrainSettings, load_state, load_weights, resume_state, save_state,
-                             save_trained, state_path, train, wrap)
+from lyco_core.train import (
+    BOFTConfig,
+    GLoRAConfig,
+    IA3Config,
+    LoHaConfig,
+    LoKrConfig,
+    LoraConfig,
+    OFTConfig,
+    TrainingRecord,
+    TrainSettings,
+    load_state,
+    load_weights,
+    resume_state,
+    save_state,
+    save_trained,
+    state_path,
+    train,
+    wrap,
+)
 from lyco_core.train.optim import lr_multiplier
 from .train_fixtures import one_thread, randomize  # noqa: F401  (autouse fixture)
 
@@ -69,8 +86,12 @@ def test_a_few_hundred_steps_fit_a_synthetic_target(case, dtype):
     data = dataset()
     target = teacher_outputs(config, data)
     tuner = wrap(mlp(), config)
-    state = train(tuner.adapter().parameters(), mse_loss(tuner, data, target), len(data),
-                  TrainSettings(steps=300, learning_rate=lr, batch_size=16, seed=0, dtype=dtype))
+    state = train(
+        tuner.adapter().parameters(),
+        mse_loss(tuner, data, target),
+        len(data),
+        TrainSettings(steps=300, learning_rate=lr, batch_size=16, seed=0, dtype=dtype),
+    )
     first, last = state.loss_history[0], sum(state.loss_history[-10:]) / 10
     assert state.step == 300 and len(state.loss_history) == 300
     assert last * FIT_FACTOR < first, (first, last)
@@ -88,8 +109,17 @@ def _resumable_run(stop_at=None, resume=None, dtype="fp32"):
     target = teacher_outputs(LoHaConfig(r=2, target_modules=TARGETS), data)
     tuner = wrap(mlp(), LoHaConfig(r=2, rank_dropout=0.2, module_dropout=0.1, target_modules=TARGETS))
     modules = tuner.adapter().modules.values()
-    settings = TrainSettings(steps=12, learning_rate=1e-2, scheduler="cosine", warmup_steps=3, batch_size=3,
-                             grad_accumulation=2, seed=4, checkpoint_every=6, dtype=dtype)
+    settings = TrainSettings(
+        steps=12,
+        learning_rate=1e-2,
+        scheduler="cosine",
+        warmup_steps=3,
+        batch_size=3,
+        grad_accumulation=2,
+        seed=4,
+        checkpoint_every=6,
+        dtype=dtype,
+    )
     state = None
     if resume is not None:
         state, weights = resume
@@ -108,8 +138,15 @@ def _resumable_run(stop_at=None, resume=None, dtype="fp32"):
         loss_fn = mse_loss(tuner, data, target)
         if dtype == "fp16":
             loss_fn = overflowing(loss_fn, {2, 15})  # micro-batch 2 is in step 2, micro-batch 15 in step 8
-        result = train(tuner.adapter().parameters(), loss_fn, len(data), settings, state=state, on_checkpoint=keep,
-                       progress=progress)
+        result = train(
+            tuner.adapter().parameters(),
+            loss_fn,
+            len(data),
+            settings,
+            state=state,
+            on_checkpoint=keep,
+            progress=progress,
+        )
     except Stop:
         result = None
     return result, checkpoints
@@ -127,7 +164,7 @@ def test_resume_continues_exactly(tmp_path, dtype):
     assert resumed.loss_history == straight.loss_history
     assert resumed.scaler == straight.scaler and resumed.skipped_steps == straight.skipped_steps
     if dtype == "fp16":  # two halvings of the initial 2¹⁶, one before and one after the checkpoint
-        assert straight.skipped_steps == [2, 8] and straight.scaler["scale"] == 2.0 ** 14
+        assert straight.skipped_steps == [2, 8] and straight.scaler["scale"] == 2.0**14
 
 
 def test_fp16_overflowing_step_is_skipped_and_recorded():
@@ -135,12 +172,16 @@ def test_fp16_overflowing_step_is_skipped_and_recorded():
     config = LoraConfig(r=2, target_modules=TARGETS)
     tuner = wrap(mlp(), config)
     weights = []
-    state = train(tuner.adapter().parameters(),
-                  overflowing(mse_loss(tuner, data, teacher_outputs(config, data)), {2}), len(data),
-                  TrainSettings(steps=5, learning_rate=1e-2, batch_size=4, dtype="fp16"),
-                  progress=lambda step, total, loss: weights.append(torch.cat([p.detach().flatten().clone()
-                                                                               for p in tuner.adapter().parameters()])))
-    assert state.skipped_steps == [3] and state.scaler["scale"] == 2.0 ** 15 and len(state.loss_history) == 5
+    state = train(
+        tuner.adapter().parameters(),
+        overflowing(mse_loss(tuner, data, teacher_outputs(config, data)), {2}),
+        len(data),
+        TrainSettings(steps=5, learning_rate=1e-2, batch_size=4, dtype="fp16"),
+        progress=lambda step, total, loss: weights.append(
+            torch.cat([p.detach().flatten().clone() for p in tuner.adapter().parameters()])
+        ),
+    )
+    assert state.skipped_steps == [3] and state.scaler["scale"] == 2.0**15 and len(state.loss_history) == 5
     assert torch.equal(weights[2], weights[1])  # step 3 left the weights as they were …
     assert not torch.equal(weights[3], weights[2]) and not torch.equal(weights[1], weights[0])
     assert state.optimizer["state"][0]["step"] == 4  # … and AdamW's state: four real optimizer steps
@@ -167,8 +208,14 @@ def test_checkpoints_and_cancel_keep_the_last_checkpoint():
             raise KeyboardInterrupt("cancelled")
 
     with pytest.raises(KeyboardInterrupt):
-        train(tuner.adapter().parameters(), mse_loss(tuner, data, data), len(data),
-              TrainSettings(steps=20, checkpoint_every=3), progress=progress, on_checkpoint=saved.append)
+        train(
+            tuner.adapter().parameters(),
+            mse_loss(tuner, data, data),
+            len(data),
+            TrainSettings(steps=20, checkpoint_every=3),
+            progress=progress,
+            on_checkpoint=saved.append,
+        )
     assert calls == list(range(1, 8)) and [s.step for s in saved] == [3, 6]
     assert len(saved[-1].loss_history) == 6 and saved[-1].optimizer["state"]
 
@@ -179,9 +226,13 @@ def test_gradient_checkpointing_changes_nothing_but_memory():
     for checkpointed in (False, True):
         model = mlp()
         tuner = wrap(model, LoKrConfig(r=2, module_dropout=0.3, target_modules=TARGETS))
-        train(tuner.adapter().parameters(), mse_loss(tuner, data, data * 0.5), len(data),
-              TrainSettings(steps=5, learning_rate=1e-2, batch_size=4),
-              checkpointed=[model[0], model[2]] if checkpointed else [])
+        train(
+            tuner.adapter().parameters(),
+            mse_loss(tuner, data, data * 0.5),
+            len(data),
+            TrainSettings(steps=5, learning_rate=1e-2, batch_size=4),
+            checkpointed=[model[0], model[2]] if checkpointed else [],
+        )
         assert "forward" not in model[0].__dict__ or model[0].forward.__name__ == "forward"
         histories.append(tuner.adapter().modules["0"].lokr_w1.detach().clone())
     assert torch.equal(histories[0], histories[1])
@@ -190,8 +241,12 @@ def test_gradient_checkpointing_changes_nothing_but_memory():
 def test_bf16_autocast_trains():
     data = dataset(8)
     tuner = wrap(mlp(), LoraConfig(r=2, target_modules=TARGETS))
-    state = train(tuner.adapter().parameters(), mse_loss(tuner, data, data), len(data),
-                  TrainSettings(steps=3, dtype="bf16", optimizer="SGD", learning_rate=1e-2))
+    state = train(
+        tuner.adapter().parameters(),
+        mse_loss(tuner, data, data),
+        len(data),
+        TrainSettings(steps=3, dtype="bf16", optimizer="SGD", learning_rate=1e-2),
+    )
     assert all(math.isfinite(x) for x in state.loss_history)
 
 
@@ -199,14 +254,30 @@ def test_saved_metadata_and_resume_from_the_file(tmp_path):
     data = dataset(8)
     config = LoKrConfig(r=2, alpha=4, decompose_factor=4, target_modules=TARGETS)
     tuner = wrap(mlp(), config)
-    state = train(tuner.adapter().parameters(), mse_loss(tuner, data, data), len(data),
-                  TrainSettings(steps=4, learning_rate=1e-2, seed=9))
-    record = TrainingRecord(steps=state.step, learning_rate=1e-2, optimizer="AdamW", scheduler="constant", seed=9,
-                            dataset_size=8, base_model="tiny-mlp", loss_history=state.loss_history)
+    state = train(
+        tuner.adapter().parameters(),
+        mse_loss(tuner, data, data),
+        len(data),
+        TrainSettings(steps=4, learning_rate=1e-2, seed=9),
+    )
+    record = TrainingRecord(
+        steps=state.step,
+        learning_rate=1e-2,
+        optimizer="AdamW",
+        scheduler="constant",
+        seed=9,
+        dataset_size=8,
+        base_model="tiny-mlp",
+        loss_history=state.loss_history,
+    )
     path = save_trained(tuner.adapter(), tmp_path / "lokr.safetensors", record=record)
     meta = lyco_core.load_adapter(path).metadata
-    assert (meta["ss_steps"], meta["ss_learning_rate"], meta["ss_optimizer"], meta["ss_seed"]) == ("4", "0.01",
-                                                                                                 "AdamW", "9")
+    assert (meta["ss_steps"], meta["ss_learning_rate"], meta["ss_optimizer"], meta["ss_seed"]) == (
+        "4",
+        "0.01",
+        "AdamW",
+        "9",
+    )
     assert meta["ss_num_train_images"] == "8" and meta["ss_sd_model_name"] == "tiny-mlp"
     assert json.loads(meta["ss_network_args"])["algo"] == "lokr" and meta["ss_network_dim"] == "2"
     assert json.loads(meta["lyco_loss_history"]) == pytest.approx(state.loss_history, rel=1e-5)

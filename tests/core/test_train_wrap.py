@@ -1,5 +1,6 @@
 """wrap(): the initial delta is exactly zero, merge/unmerge/detach restore bits, the balanced conv decomposition
 equals its composed weight, scaling and can_adapt."""
+
 from __future__ import annotations
 
 import pytest
@@ -101,8 +102,9 @@ def test_balanced_conv_equals_its_composed_weight():
     x = torch.randn(2, 6, 11, 13)
     with torch.no_grad():
         separable = model(x)  # two convolutions, 1×kw then kh×1
-        composed = F.conv2d(x, layer.weight + trainable.composed_delta(), layer.bias, layer.stride, layer.padding,
-                            layer.dilation)
+        composed = F.conv2d(
+            x, layer.weight + trainable.composed_delta(), layer.bias, layer.stride, layer.padding, layer.dilation
+        )
         up, down = trainable.locon_factors()  # the saved rank-(r·kh) LoCon rebuilds the same ΔW
         locon = (up.flatten(1) @ down.flatten(1)).reshape(layer.weight.shape) * trainable.scaling
     torch.testing.assert_close(separable, composed, rtol=1e-5, atol=1e-5)

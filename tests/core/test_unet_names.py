@@ -3,6 +3,7 @@ diffusers' own LDM converter on tiny SD1.x- and SDXL-shaped UNets, matching of e
 CLI (bake, to-lora --base, convert --base) on an LDM checkpoint against the same adapter on the diffusers-keyed
 model, and the OpenCLIP text encoders of SDXL and SD2 (1:1 layers matched; q/k/v modules applied to their third of
 the fused in_proj_weight/bias, checked against the same adapter baked on the HF-keyed encoder and re-fused)."""
+
 from __future__ import annotations
 
 import math
@@ -24,32 +25,68 @@ from lyco_core.layouts.lycoris import PREFIX_HINTS
 from .convert_fixtures import float32_agreement, relative
 
 LDM_ROOT = "model.diffusion_model."
-SD1 = dict(block_out_channels=(16, 16, 32, 32), layers_per_block=2, cross_attention_dim=16, attention_head_dim=8,
-           norm_num_groups=8, down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-           up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
-SDXL = dict(block_out_channels=(16, 32, 32), layers_per_block=2, cross_attention_dim=16, attention_head_dim=8,
-            norm_num_groups=8, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-            transformer_layers_per_block=(1, 2, 2), use_linear_projection=True, addition_embed_type="text_time",
-            addition_time_embed_dim=8, projection_class_embeddings_input_dim=8 * 6 + 16)
+SD1 = dict(
+    block_out_channels=(16, 16, 32, 32),
+    layers_per_block=2,
+    cross_attention_dim=16,
+    attention_head_dim=8,
+    norm_num_groups=8,
+    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+)
+SDXL = dict(
+    block_out_channels=(16, 32, 32),
+    layers_per_block=2,
+    cross_attention_dim=16,
+    attention_head_dim=8,
+    norm_num_groups=8,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    transformer_layers_per_block=(1, 2, 2),
+    use_linear_projection=True,
+    addition_embed_type="text_time",
+    addition_time_embed_dim=8,
+    projection_class_embeddings_input_dim=8 * 6 + 16,
+)
 # modules of every kind (attention linears, 1x1 and 3x3 convs, shortcut, samplers, top-level layers)
 MODULES = {
-    "sd1": ["conv_in", "time_embedding.linear_1", "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q",
-            "down_blocks.0.attentions.1.proj_in", "down_blocks.1.resnets.0.conv1",
-            "down_blocks.2.resnets.0.conv_shortcut", "down_blocks.2.downsamplers.0.conv",
-            "mid_block.attentions.0.transformer_blocks.0.attn2.to_k", "mid_block.resnets.1.conv2",
-            "up_blocks.0.upsamplers.0.conv", "up_blocks.1.resnets.2.time_emb_proj", "up_blocks.2.attentions.2.proj_out",
-            "up_blocks.3.attentions.0.transformer_blocks.0.ff.net.0.proj", "conv_out"],
-    "sdxl": ["conv_in", "add_embedding.linear_2", "down_blocks.0.resnets.1.conv2", "down_blocks.1.downsamplers.0.conv",
-             "down_blocks.2.attentions.1.transformer_blocks.1.attn2.to_k", "down_blocks.1.resnets.0.conv_shortcut",
-             "mid_block.attentions.0.transformer_blocks.1.ff.net.2", "up_blocks.0.attentions.2.proj_in",
-             "up_blocks.1.upsamplers.0.conv", "up_blocks.2.resnets.0.norm1", "conv_norm_out"],
+    "sd1": [
+        "conv_in",
+        "time_embedding.linear_1",
+        "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q",
+        "down_blocks.0.attentions.1.proj_in",
+        "down_blocks.1.resnets.0.conv1",
+        "down_blocks.2.resnets.0.conv_shortcut",
+        "down_blocks.2.downsamplers.0.conv",
+        "mid_block.attentions.0.transformer_blocks.0.attn2.to_k",
+        "mid_block.resnets.1.conv2",
+        "up_blocks.0.upsamplers.0.conv",
+        "up_blocks.1.resnets.2.time_emb_proj",
+        "up_blocks.2.attentions.2.proj_out",
+        "up_blocks.3.attentions.0.transformer_blocks.0.ff.net.0.proj",
+        "conv_out",
+    ],
+    "sdxl": [
+        "conv_in",
+        "add_embedding.linear_2",
+        "down_blocks.0.resnets.1.conv2",
+        "down_blocks.1.downsamplers.0.conv",
+        "down_blocks.2.attentions.1.transformer_blocks.1.attn2.to_k",
+        "down_blocks.1.resnets.0.conv_shortcut",
+        "mid_block.attentions.0.transformer_blocks.1.ff.net.2",
+        "up_blocks.0.attentions.2.proj_in",
+        "up_blocks.1.upsamplers.0.conv",
+        "up_blocks.2.resnets.0.norm1",
+        "conv_norm_out",
+    ],
 }
 # weights a full LDM checkpoint also holds that share names with the UNet's (VAE, text encoder)
-OTHERS = {"first_stage_model.encoder.conv_in.weight": (8, 3, 3, 3),
-          "first_stage_model.decoder.conv_out.weight": (3, 8, 3, 3),
-          "first_stage_model.decoder.conv_norm_out.weight": (8,),
-          "cond_stage_model.transformer.text_model.encoder.layers.0.self_attn.q_proj.weight": (8, 8)}
+OTHERS = {
+    "first_stage_model.encoder.conv_in.weight": (8, 3, 3, 3),
+    "first_stage_model.decoder.conv_out.weight": (3, 8, 3, 3),
+    "first_stage_model.decoder.conv_norm_out.weight": (8,),
+    "cond_stage_model.transformer.text_model.encoder.layers.0.self_attn.q_proj.weight": (8, 8),
+}
 
 
 def _ldm_key(key: str, table: dict[str, str]) -> str:
@@ -61,6 +98,7 @@ def _ldm_key(key: str, table: dict[str, str]) -> str:
 class TinyUNet:
     """A diffusers UNet's ``state`` (its own keys), the same tensors as a pipeline (``unet.`` keys) and as an LDM
     checkpoint (``ldm``, with a few VAE/text-encoder weights beside), our ``table`` {diffusers path: LDM path}."""
+
     name: str
     state: dict[str, torch.Tensor]
     ldm: dict[str, torch.Tensor]
@@ -73,12 +111,13 @@ class TinyUNet:
 
     def as_ldm(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """``unet.``-keyed tensors under their LDM keys."""
-        return {_ldm_key(key[len("unet."):], self.table): value for key, value in tensors.items()}
+        return {_ldm_key(key[len("unet.") :], self.table): value for key, value in tensors.items()}
 
 
 @pytest.fixture(scope="module", params=["sd1", "sdxl"])
 def unet(request) -> TinyUNet:
     from diffusers import UNet2DConditionModel
+
     torch.manual_seed(7)
     model = UNet2DConditionModel(sample_size=8, **(SD1 if request.param == "sd1" else SDXL))
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -105,6 +144,7 @@ def files(unet, tmp_path_factory):
 def test_table_agrees_with_diffusers_converter(unet):
     """diffusers' LDM → diffusers converter takes our LDM dict back to every diffusers key, tensor for tensor."""
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
+
     back = convert_ldm_unet_checkpoint(unet.ldm, unet.config)
     assert set(back) == set(unet.state)
     assert all(back[key] is unet.state[key] for key in unet.state)
@@ -114,7 +154,7 @@ def test_table_agrees_with_diffusers_converter(unet):
 @pytest.mark.parametrize("root", [LDM_ROOT, "diffusion_model.", ""])
 def test_every_diffusers_weight_resolves_to_the_ldm_key_holding_it(unet, mangled, root):
     state = unet.state
-    ldm = {root + key[len(LDM_ROOT):] if key.startswith(LDM_ROOT) else key: value for key, value in unet.ldm.items()}
+    ldm = {root + key[len(LDM_ROOT) :] if key.startswith(LDM_ROOT) else key: value for key, value in unet.ldm.items()}
     holder = {id(tensor): key for key, tensor in ldm.items()}
     index = WeightIndex(ldm)
     hints = PREFIX_HINTS["lora_unet_"] if mangled else ("unet", "diffusion_model")
@@ -129,9 +169,11 @@ def test_reverse_ldm_names_resolve_on_a_diffusers_keyed_unet(unet):
     holder = {id(tensor): key for key, tensor in state.items()}
     index = WeightIndex({"unet." + key for key in state})
     for key in (k for k in ldm if k.startswith(LDM_ROOT) and k.endswith(".weight")):
-        path = key[len(LDM_ROOT): -len(".weight")]
-        for target in (ModulePath(path.replace(".", "_"), True, PREFIX_HINTS["lora_unet_"]),
-                       ModulePath(path, False, ("diffusion_model",))):
+        path = key[len(LDM_ROOT) : -len(".weight")]
+        for target in (
+            ModulePath(path.replace(".", "_"), True, PREFIX_HINTS["lora_unet_"]),
+            ModulePath(path, False, ("diffusion_model",)),
+        ):
             assert resolve(target, index) == ("unet." + holder[id(ldm[key])], ""), key
 
 
@@ -154,8 +196,12 @@ def _factors(method: str, shape: torch.Size, gen: torch.Generator) -> dict[str, 
         if method == "dora":
             params["dora_scale"] = 1 + randn(out, *[1] * (len(shape) - 1))
     elif method == "loha":
-        params = {"hada_w1_a": randn(out, rank), "hada_w1_b": randn(rank, flat),
-                  "hada_w2_a": randn(out, rank), "hada_w2_b": randn(rank, flat)}
+        params = {
+            "hada_w1_a": randn(out, rank),
+            "hada_w1_b": randn(rank, flat),
+            "hada_w2_a": randn(out, rank),
+            "hada_w2_b": randn(rank, flat),
+        }
     else:
         f_out, f_in = (2 if out % 2 == 0 else 1), (2 if inp % 2 == 0 else 1)
         params = {"lokr_w1": randn(f_out, f_in), "lokr_w2": randn(out // f_out, inp // f_in, *kernel)}
@@ -204,8 +250,17 @@ def test_to_lora_and_convert_with_an_ldm_base(unet, files, tmp_path, capsys):
     state = unet.state
     linear = [m for m in MODULES[unet.name] if state[m + ".weight"].ndim == 2]
     dora = _kohya_file(tmp_path / "dora.safetensors", state, linear, "dora", seed=12)
-    _run(capsys, "to-lora", dora, "-o", tmp_path / "lora.safetensors", "--rank", "64",
-         "--base", files / "ldm.safetensors")
+    _run(
+        capsys,
+        "to-lora",
+        dora,
+        "-o",
+        tmp_path / "lora.safetensors",
+        "--rank",
+        "64",
+        "--base",
+        files / "ldm.safetensors",
+    )
     _run(capsys, "bake", files / "diffusers.safetensors", dora, "-o", tmp_path / "ref.safetensors")
     _run(capsys, "bake", files / "ldm.safetensors", tmp_path / "lora.safetensors", "-o", tmp_path / "new.safetensors")
     ref = unet.as_ldm(_changed(unet.pipeline, load_file(str(tmp_path / "ref.safetensors"))))
@@ -240,18 +295,34 @@ def test_ldm_named_adapter_on_diffusers_keyed_unet(unet, prefix):
 
 def _openclip(prefix: str, width: int, layers: int, gen) -> dict[str, torch.Tensor]:
     """An OpenCLIP text transformer's weights as LDM checkpoints hold them."""
-    shapes = {"attn.in_proj_weight": (3 * width, width), "attn.in_proj_bias": (3 * width,),
-              "attn.out_proj.weight": (width, width), "attn.out_proj.bias": (width,), "ln_1.weight": (width,),
-              "ln_1.bias": (width,), "ln_2.weight": (width,), "ln_2.bias": (width,),
-              "mlp.c_fc.weight": (4 * width, width), "mlp.c_fc.bias": (4 * width,),
-              "mlp.c_proj.weight": (width, 4 * width), "mlp.c_proj.bias": (width,)}
-    state = {f"{prefix}transformer.resblocks.{i}.{k}": torch.randn(s, generator=gen)
-             for i in range(layers) for k, s in shapes.items()}
-    state.update({f"{prefix}ln_final.weight": torch.randn(width, generator=gen),
-                  f"{prefix}ln_final.bias": torch.randn(width, generator=gen),
-                  f"{prefix}token_embedding.weight": torch.randn(50, width, generator=gen),
-                  f"{prefix}positional_embedding": torch.randn(7, width, generator=gen),
-                  f"{prefix}text_projection": torch.randn(width, width, generator=gen)})
+    shapes = {
+        "attn.in_proj_weight": (3 * width, width),
+        "attn.in_proj_bias": (3 * width,),
+        "attn.out_proj.weight": (width, width),
+        "attn.out_proj.bias": (width,),
+        "ln_1.weight": (width,),
+        "ln_1.bias": (width,),
+        "ln_2.weight": (width,),
+        "ln_2.bias": (width,),
+        "mlp.c_fc.weight": (4 * width, width),
+        "mlp.c_fc.bias": (4 * width,),
+        "mlp.c_proj.weight": (width, 4 * width),
+        "mlp.c_proj.bias": (width,),
+    }
+    state = {
+        f"{prefix}transformer.resblocks.{i}.{k}": torch.randn(s, generator=gen)
+        for i in range(layers)
+        for k, s in shapes.items()
+    }
+    state.update(
+        {
+            f"{prefix}ln_final.weight": torch.randn(width, generator=gen),
+            f"{prefix}ln_final.bias": torch.randn(width, generator=gen),
+            f"{prefix}token_embedding.weight": torch.randn(50, width, generator=gen),
+            f"{prefix}positional_embedding": torch.randn(7, width, generator=gen),
+            f"{prefix}text_projection": torch.randn(width, width, generator=gen),
+        }
+    )
     return state
 
 
@@ -263,6 +334,7 @@ def _clip_l(prefix: str, width: int, gen) -> dict[str, torch.Tensor]:
 def _to_hf(model: dict[str, torch.Tensor], root: str, width: int) -> dict[str, torch.Tensor]:
     """diffusers' OpenCLIP converter: the HF CLIP text encoder of the OpenCLIP weights under ``root``."""
     from diffusers.loaders.single_file_utils import convert_open_clip_checkpoint
+
     return convert_open_clip_checkpoint(SimpleNamespace(config=SimpleNamespace(hidden_size=width)), model, root)
 
 
@@ -300,21 +372,23 @@ def test_sdxl_openclip_text_encoder():
     tensors = {}
     for prefix, fc1 in (("lora_te1_", (12, 12)), ("lora_te2_", (48, 12))):
         for layer, shape in (("self_attn_q_proj", (12, 12)), ("self_attn_out_proj", (12, 12)), ("mlp_fc1", fc1)):
-            tensors.update({f"{prefix}text_model_encoder_layers_0_{layer}.{p}": t
-                            for p, t in _factors("lora", torch.Size(shape), gen).items()})
+            tensors.update(
+                {
+                    f"{prefix}text_model_encoder_layers_0_{layer}.{p}": t
+                    for p, t in _factors("lora", torch.Size(shape), gen).items()
+                }
+            )
     adapter = lyco_core.adapter_from_tensors(tensors)
     report = adapter.match(model)
+    te1_layer = "conditioner.embedders.0.transformer.text_model.encoder.layers.0."
     assert report.matched == {
-        "lora_te1_text_model_encoder_layers_0_self_attn_q_proj":
-            "conditioner.embedders.0.transformer.text_model.encoder.layers.0.self_attn.q_proj.weight",
-        "lora_te1_text_model_encoder_layers_0_self_attn_out_proj":
-            "conditioner.embedders.0.transformer.text_model.encoder.layers.0.self_attn.out_proj.weight",
-        "lora_te1_text_model_encoder_layers_0_mlp_fc1":
-            "conditioner.embedders.0.transformer.text_model.encoder.layers.0.mlp.fc1.weight",
-        "lora_te2_text_model_encoder_layers_0_self_attn_q_proj":
-            te2_root + "transformer.resblocks.0.attn.in_proj_weight[part 1 of 3]",
-        "lora_te2_text_model_encoder_layers_0_self_attn_out_proj":
-            te2_root + "transformer.resblocks.0.attn.out_proj.weight",
+        "lora_te1_text_model_encoder_layers_0_self_attn_q_proj": te1_layer + "self_attn.q_proj.weight",
+        "lora_te1_text_model_encoder_layers_0_self_attn_out_proj": te1_layer + "self_attn.out_proj.weight",
+        "lora_te1_text_model_encoder_layers_0_mlp_fc1": te1_layer + "mlp.fc1.weight",
+        "lora_te2_text_model_encoder_layers_0_self_attn_q_proj": te2_root
+        + "transformer.resblocks.0.attn.in_proj_weight[part 1 of 3]",
+        "lora_te2_text_model_encoder_layers_0_self_attn_out_proj": te2_root
+        + "transformer.resblocks.0.attn.out_proj.weight",
         "lora_te2_text_model_encoder_layers_0_mlp_fc1": te2_root + "transformer.resblocks.0.mlp.c_fc.weight",
     }
     assert report.unmatched == {}
@@ -328,6 +402,7 @@ QKV = ("q_proj", "k_proj", "v_proj")
 class OpenCLIPModel:
     """One OpenCLIP text encoder (width 12, 2 layers) as an LDM checkpoint holds it under ``root`` (SDXL's second
     beside a CLIP-L, or SD2's), and as the HF-keyed encoder diffusers' converter makes of it (``hf``)."""
+
     name: str
     root: str
     prefix: str
@@ -379,12 +454,15 @@ def test_bake_qkv_modules_into_fused_in_proj(openclip, openclip_files, tmp_path,
     """kohya q/k/v modules baked into the LDM checkpoint give its in_proj_weight/bias the values of the same
     adapter baked into the HF-keyed encoder, re-fused; every module is reported matched; strengths 1 and 0.7."""
     modules = openclip.modules(method)
-    adapter = _kohya_file(tmp_path / f"{method}.safetensors", openclip.hf, modules, method, seed=25,
-                          prefix=openclip.prefix)
+    adapter = _kohya_file(
+        tmp_path / f"{method}.safetensors", openclip.hf, modules, method, seed=25, prefix=openclip.prefix
+    )
     report = lyco_core.load_adapter(adapter).match(openclip.ldm)
     assert report.unmatched == {} and len(report.slices) == len(modules) - 1
-    assert report.matched[f"{openclip.prefix}text_model_encoder_layers_1_self_attn_v_proj"] == \
-        f"{openclip.root}transformer.resblocks.1.attn.in_proj_weight[part 3 of 3]"
+    assert (
+        report.matched[f"{openclip.prefix}text_model_encoder_layers_1_self_attn_v_proj"]
+        == f"{openclip.root}transformer.resblocks.1.attn.in_proj_weight[part 3 of 3]"
+    )
     for strength in (1.0, 0.7):
         on_ldm, on_hf = tmp_path / f"ldm_{strength}.safetensors", tmp_path / f"hf_{strength}.safetensors"
         out = _run(capsys, "bake", openclip_files / "ldm.safetensors", f"{adapter}:{strength}", "-o", on_ldm)
@@ -404,8 +482,9 @@ def test_to_lora_and_convert_with_fused_qkv_in_the_base(openclip, openclip_files
     """A W-dependent adapter on q/k/v goes to LoRA against the LDM checkpoint (each module sees its third of
     in_proj_weight as W); that LoRA converted to PEFT against the same checkpoint keeps each module's HF name."""
     modules = openclip.modules(method)
-    adapter = _kohya_file(tmp_path / f"{method}.safetensors", openclip.hf, modules, method, seed=26,
-                          prefix=openclip.prefix)
+    adapter = _kohya_file(
+        tmp_path / f"{method}.safetensors", openclip.hf, modules, method, seed=26, prefix=openclip.prefix
+    )
     base = openclip_files / "ldm.safetensors"
     _run(capsys, "to-lora", adapter, "-o", tmp_path / "lora.safetensors", "--rank", "12", "--base", base)
     _run(capsys, "bake", base, adapter, "-o", tmp_path / "ref.safetensors")
@@ -424,26 +503,40 @@ def test_to_lora_and_convert_with_fused_qkv_in_the_base(openclip, openclip_files
 def test_sd1_text_encoder_keeps_matching_by_suffix():
     gen = torch.Generator().manual_seed(22)
     model = _clip_l("cond_stage_model.transformer.", 8, gen)
-    tensors = {f"lora_te_text_model_encoder_layers_0_mlp_fc1.{p}": t
-               for p, t in _factors("lora", torch.Size((8, 8)), gen).items()}
+    tensors = {
+        f"lora_te_text_model_encoder_layers_0_mlp_fc1.{p}": t
+        for p, t in _factors("lora", torch.Size((8, 8)), gen).items()
+    }
     assert lyco_core.adapter_from_tensors(tensors).match(model).matched == {
-        "lora_te_text_model_encoder_layers_0_mlp_fc1":
-            "cond_stage_model.transformer.text_model.encoder.layers.0.mlp.fc1.weight"}
+        "lora_te_text_model_encoder_layers_0_mlp_fc1": "cond_stage_model.transformer.text_model.encoder.layers.0."
+        "mlp.fc1.weight"
+    }
 
 
 def test_index_of_a_full_sdxl_checkpoint_is_fast():
     """Every key of an SDXL-sized LDM checkpoint (UNet from diffusers' real SDXL config, both text encoders)."""
     from diffusers import UNet2DConditionModel
-    config = dict(SDXL, block_out_channels=(320, 640, 1280), attention_head_dim=(5, 10, 20), norm_num_groups=32,
-                  cross_attention_dim=2048, transformer_layers_per_block=(1, 2, 10), addition_time_embed_dim=256,
-                  projection_class_embeddings_input_dim=2816)
+
+    config = dict(
+        SDXL,
+        block_out_channels=(320, 640, 1280),
+        attention_head_dim=(5, 10, 20),
+        norm_num_groups=32,
+        cross_attention_dim=2048,
+        transformer_layers_per_block=(1, 2, 10),
+        addition_time_embed_dim=256,
+        projection_class_embeddings_input_dim=2816,
+    )
     with torch.device("meta"):
         keys = list(UNet2DConditionModel(**config).state_dict())
     table = diffusers_to_ldm({key.rpartition(".")[0] for key in keys})
     gen = torch.Generator().manual_seed(23)
     model = [_ldm_key(key, table) for key in keys] + list(_openclip("conditioner.embedders.1.model.", 4, 32, gen))
-    model += [key.replace("layers.0.", f"layers.{i}.") for i in range(12)
-              for key in _clip_l("conditioner.embedders.0.transformer.", 4, gen)]
+    model += [
+        key.replace("layers.0.", f"layers.{i}.")
+        for i in range(12)
+        for key in _clip_l("conditioner.embedders.0.transformer.", 4, gen)
+    ]
     assert len(keys) == 1680
     timings = []
     for _ in range(3):

@@ -1,12 +1,13 @@
 """Shared pieces of the training tests: a tiny model with Linear, 3×3/1×1 Conv and norm layers, one config per
 method and variant, and a way to give an adapter non-trivial weights without training."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 from torch import nn
 
-from lyco_core.train import (BOFTConfig, GLoRAConfig, IA3Config, LoHaConfig, LoKrConfig, LoraConfig, OFTConfig)
+from lyco_core.train import BOFTConfig, GLoRAConfig, IA3Config, LoHaConfig, LoKrConfig, LoraConfig, OFTConfig
 
 LINEAR = ["fc1", "fc2"]
 ALL = ["fc1", "fc2", "conv3", "conv1"]
@@ -46,13 +47,16 @@ CASES = [
     ("loha", LoHaConfig(r=4, alpha=2, target_modules=ALL)),
     ("loha-tucker", LoHaConfig(r=4, alpha=2, use_effective_conv2d=True, target_modules=ALL)),
     ("lokr", LoKrConfig(r=4, alpha=2, target_modules=ALL)),
-    ("lokr-both-tucker", LoKrConfig(r=1, alpha=4, decompose_both=True, use_effective_conv2d=True,
-                                    decompose_factor=4, target_modules=ALL)),
+    (
+        "lokr-both-tucker",
+        LoKrConfig(
+            r=1, alpha=4, decompose_both=True, use_effective_conv2d=True, decompose_factor=4, target_modules=ALL
+        ),
+    ),
     ("lokr-full", LoKrConfig(r=64, alpha=16, target_modules=ALL)),
     ("oft-peft", OFTConfig(oft_block_size=8, use_cayley_neumann=False, target_modules=LINEAR)),
     ("oft-peft-neumann-coft", OFTConfig(r=4, oft_block_size=0, coft=True, eps=1e-2, target_modules=LINEAR)),
-    ("oft-lycoris", OFTConfig(oft_block_size=8, variant="lycoris", constraint=1e-2, rescaled=True,
-                              target_modules=ALL)),
+    ("oft-lycoris", OFTConfig(oft_block_size=8, variant="lycoris", constraint=1e-2, rescaled=True, target_modules=ALL)),
     ("boft-peft", BOFTConfig(boft_block_size=8, target_modules=LINEAR)),
     ("boft-lycoris", BOFTConfig(boft_block_size=8, variant="lycoris", rescaled=True, target_modules=ALL)),
     ("glora", GLoRAConfig(r=4, alpha=2, target_modules=ALL)),

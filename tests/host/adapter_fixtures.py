@@ -21,6 +21,7 @@ ComfyUI paths, so the names the libraries emit are the ones ComfyUI's key maps e
 
 No ComfyUI import here: the caller passes the base weights (fp32 copies of the model's tensors).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -44,9 +45,9 @@ CLIP_PREFIX = "clip_l.transformer."
 
 @dataclass(frozen=True)
 class Layer:
-    side: str   # "unet" | "clip"
-    path: str   # module path inside the component (ldm UNet path / transformers CLIP path)
-    kind: str   # "linear" | "conv" | "groupnorm" | "layernorm"
+    side: str  # "unet" | "clip"
+    path: str  # module path inside the component (ldm UNet path / transformers CLIP path)
+    kind: str  # "linear" | "conv" | "groupnorm" | "layernorm"
     label: str  # short name for reports
 
     @property
@@ -66,18 +67,18 @@ class Layer:
 _TB = "input_blocks.1.1.transformer_blocks.0."
 _TE = "text_model.encoder.layers.0."
 LAYERS: tuple[Layer, ...] = (
-    Layer("unet", _TB + "attn1.to_q", "linear", "attn1.to_q"),              # 320x320, no bias
-    Layer("unet", _TB + "attn2.to_k", "linear", "attn2.to_k"),              # 320x768 (cross-attention), no bias
-    Layer("unet", _TB + "attn1.to_out.0", "linear", "attn1.to_out.0"),      # 320x320 + bias
-    Layer("unet", _TB + "ff.net.0.proj", "linear", "ff.proj"),              # 2560x320 + bias (GEGLU proj)
+    Layer("unet", _TB + "attn1.to_q", "linear", "attn1.to_q"),  # 320x320, no bias
+    Layer("unet", _TB + "attn2.to_k", "linear", "attn2.to_k"),  # 320x768 (cross-attention), no bias
+    Layer("unet", _TB + "attn1.to_out.0", "linear", "attn1.to_out.0"),  # 320x320 + bias
+    Layer("unet", _TB + "ff.net.0.proj", "linear", "ff.proj"),  # 2560x320 + bias (GEGLU proj)
     Layer("unet", "input_blocks.1.0.in_layers.2", "conv", "resnet conv3x3"),  # 320->320 3x3 + bias
-    Layer("unet", "input_blocks.1.1.proj_in", "conv", "proj_in 1x1"),       # 320->320 1x1 + bias
-    Layer("unet", "input_blocks.1.1.norm", "groupnorm", "GroupNorm"),       # GroupNorm(32, 320)
-    Layer("unet", _TB + "norm1", "layernorm", "LayerNorm"),                 # LayerNorm(320)
-    Layer("clip", _TE + "self_attn.q_proj", "linear", "te q_proj"),         # 768x768 + bias
+    Layer("unet", "input_blocks.1.1.proj_in", "conv", "proj_in 1x1"),  # 320->320 1x1 + bias
+    Layer("unet", "input_blocks.1.1.norm", "groupnorm", "GroupNorm"),  # GroupNorm(32, 320)
+    Layer("unet", _TB + "norm1", "layernorm", "LayerNorm"),  # LayerNorm(320)
+    Layer("clip", _TE + "self_attn.q_proj", "linear", "te q_proj"),  # 768x768 + bias
     Layer("clip", _TE + "self_attn.v_proj", "linear", "te v_proj"),
     Layer("clip", _TE + "self_attn.out_proj", "linear", "te out_proj"),
-    Layer("clip", _TE + "mlp.fc1", "linear", "te fc1"),                     # 3072x768 + bias
+    Layer("clip", _TE + "mlp.fc1", "linear", "te fc1"),  # 3072x768 + bias
 )
 ADAPTER_LAYERS = tuple(layer for layer in LAYERS if not layer.norm)
 NORM_LAYERS = tuple(layer for layer in LAYERS if layer.norm)
@@ -87,10 +88,10 @@ FEEDFORWARD = (_TB + "ff.net.0.proj", _TE + "mlp.fc1")  # PEFT IA3 feed-forward 
 
 @dataclass
 class Fixture:
-    name: str                 # file stem / folder name
-    family: str               # "lycoris" | "peft"
-    method: str               # short description for the table
-    lora_name: str = ""       # the name ComfyUI lists (set when copied into models/loras)
+    name: str  # file stem / folder name
+    family: str  # "lycoris" | "peft"
+    method: str  # short description for the table
+    lora_name: str = ""  # the name ComfyUI lists (set when copied into models/loras)
     path: Path | None = None
     layers: tuple[Layer, ...] = ()
     # reference[m][comfy key] = effective fp32 tensor for every weight/bias the adapter changes at strength m
@@ -147,40 +148,62 @@ def build_container(layers, base: dict[str, torch.Tensor], root_of) -> tuple[nn.
 
 
 # ------------------------------------------------------------------------------------------------ LyCORIS
-_ALGO_STD = {"lora": 0.1, "loha": 0.25, "lokr": 0.2, "glora": 0.1, "diag-oft": 0.03, "boft": 0.03, "ia3": 0.2,
-             "full": 0.02, "norm": 0.1}
+_ALGO_STD = {
+    "lora": 0.1,
+    "loha": 0.25,
+    "lokr": 0.2,
+    "glora": 0.1,
+    "diag-oft": 0.03,
+    "boft": 0.03,
+    "ia3": 0.2,
+    "full": 0.02,
+    "norm": 0.1,
+}
 
 # name -> (table label, create_lycoris kwargs); "layers" picks the target set, "save_dtype" the file dtype.
 LYCORIS_SPECS: dict[str, tuple[str, dict]] = {
-    "lyco_lora": ("LoRA / LoCon (linear, conv 3x3, 1x1)",
-                  dict(algo="lora", linear_dim=4, linear_alpha=2.0, conv_dim=4, conv_alpha=1.0)),
-    "lyco_locon_tucker": ("LoCon Tucker (lora_mid)",
-                          dict(algo="lora", linear_dim=4, linear_alpha=2.0, conv_dim=4, conv_alpha=3.0,
-                               use_tucker=True)),
+    "lyco_lora": (
+        "LoRA / LoCon (linear, conv 3x3, 1x1)",
+        dict(algo="lora", linear_dim=4, linear_alpha=2.0, conv_dim=4, conv_alpha=1.0),
+    ),
+    "lyco_locon_tucker": (
+        "LoCon Tucker (lora_mid)",
+        dict(algo="lora", linear_dim=4, linear_alpha=2.0, conv_dim=4, conv_alpha=3.0, use_tucker=True),
+    ),
     "lyco_loha": ("LoHa", dict(algo="loha", linear_dim=4, linear_alpha=2.0, conv_dim=4, conv_alpha=1.0)),
-    "lyco_loha_tucker": ("LoHa Tucker conv",
-                         dict(algo="loha", linear_dim=4, linear_alpha=2.0, conv_dim=4, conv_alpha=3.0,
-                              use_tucker=True)),
-    "lyco_lokr_factor4": ("LoKr factor 4",
-                          dict(algo="lokr", linear_dim=4, linear_alpha=2.0, conv_dim=4, conv_alpha=1.0, factor=4)),
-    "lyco_lokr_decompose_both": ("LoKr decompose_both",
-                                 dict(algo="lokr", linear_dim=4, linear_alpha=2.0, conv_dim=4, conv_alpha=4.0,
-                                      decompose_both=True)),
-    "lyco_lokr_tucker": ("LoKr Tucker conv (lokr_t2)",
-                         dict(algo="lokr", linear_dim=4, linear_alpha=2.0, conv_dim=4, conv_alpha=1.0,
-                              use_tucker=True)),
-    "lyco_lokr_full_matrix": ("LoKr full_matrix (w1, w2 full)",
-                              dict(algo="lokr", linear_dim=4, linear_alpha=2.0, conv_dim=4, conv_alpha=1.0,
-                                   full_matrix=True)),
-    "lyco_dora_out": ("DoRA (LoCon, wd_on_output=True)",
-                      dict(algo="lora", linear_dim=4, linear_alpha=2.0, conv_dim=4, conv_alpha=1.0, dora_wd=True,
-                           wd_on_output=True)),
-    "lyco_dora_in": ("DoRA (LoCon, wd_on_output=False)",
-                     dict(algo="lora", linear_dim=4, linear_alpha=2.0, conv_dim=4, conv_alpha=1.0, dora_wd=True,
-                          wd_on_output=False)),
+    "lyco_loha_tucker": (
+        "LoHa Tucker conv",
+        dict(algo="loha", linear_dim=4, linear_alpha=2.0, conv_dim=4, conv_alpha=3.0, use_tucker=True),
+    ),
+    "lyco_lokr_factor4": (
+        "LoKr factor 4",
+        dict(algo="lokr", linear_dim=4, linear_alpha=2.0, conv_dim=4, conv_alpha=1.0, factor=4),
+    ),
+    "lyco_lokr_decompose_both": (
+        "LoKr decompose_both",
+        dict(algo="lokr", linear_dim=4, linear_alpha=2.0, conv_dim=4, conv_alpha=4.0, decompose_both=True),
+    ),
+    "lyco_lokr_tucker": (
+        "LoKr Tucker conv (lokr_t2)",
+        dict(algo="lokr", linear_dim=4, linear_alpha=2.0, conv_dim=4, conv_alpha=1.0, use_tucker=True),
+    ),
+    "lyco_lokr_full_matrix": (
+        "LoKr full_matrix (w1, w2 full)",
+        dict(algo="lokr", linear_dim=4, linear_alpha=2.0, conv_dim=4, conv_alpha=1.0, full_matrix=True),
+    ),
+    "lyco_dora_out": (
+        "DoRA (LoCon, wd_on_output=True)",
+        dict(algo="lora", linear_dim=4, linear_alpha=2.0, conv_dim=4, conv_alpha=1.0, dora_wd=True, wd_on_output=True),
+    ),
+    "lyco_dora_in": (
+        "DoRA (LoCon, wd_on_output=False)",
+        dict(algo="lora", linear_dim=4, linear_alpha=2.0, conv_dim=4, conv_alpha=1.0, dora_wd=True, wd_on_output=False),
+    ),
     "lyco_oft": ("diag-OFT", dict(algo="diag-oft", linear_dim=8, conv_dim=8)),
-    "lyco_oft_constraint": ("diag-OFT constraint 1e-3", dict(algo="diag-oft", linear_dim=8, conv_dim=8,
-                                                             constraint=1e-3)),
+    "lyco_oft_constraint": (
+        "diag-OFT constraint 1e-3",
+        dict(algo="diag-oft", linear_dim=8, conv_dim=8, constraint=1e-3),
+    ),
     "lyco_oft_rescaled": ("diag-OFT rescaled", dict(algo="diag-oft", linear_dim=8, conv_dim=8, rescaled=True)),
     "lyco_boft": ("BOFT", dict(algo="boft", linear_dim=16, conv_dim=16)),
     "lyco_glora": ("GLoRA", dict(algo="glora", linear_dim=4, linear_alpha=2.0, conv_dim=4, conv_alpha=2.0)),
@@ -189,8 +212,16 @@ LYCORIS_SPECS: dict[str, tuple[str, dict]] = {
     "lyco_norm": ("norm (w_norm, b_norm)", dict(algo="lora", train_norm=True, layers="norm")),
 }
 
-_NET_ATTRS = ("ENABLE_CONV", "TARGET_REPLACE_MODULE", "TARGET_REPLACE_NAME", "LORA_PREFIX", "MODULE_ALGO_MAP",
-              "NAME_ALGO_MAP", "USE_FNMATCH", "TARGET_EXCLUDE_NAME")
+_NET_ATTRS = (
+    "ENABLE_CONV",
+    "TARGET_REPLACE_MODULE",
+    "TARGET_REPLACE_NAME",
+    "LORA_PREFIX",
+    "MODULE_ALGO_MAP",
+    "NAME_ALGO_MAP",
+    "USE_FNMATCH",
+    "TARGET_EXCLUDE_NAME",
+)
 
 
 @contextlib.contextmanager
@@ -203,10 +234,18 @@ def _lycoris_preset(names: list[str]):
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
-        LycorisNetwork.apply_preset({
-            "enable_conv": True, "target_module": [], "target_name": list(names), "module_algo_map": {},
-            "name_algo_map": {}, "lora_prefix": "lora", "use_fnmatch": False, "exclude_name": [],
-        })
+        LycorisNetwork.apply_preset(
+            {
+                "enable_conv": True,
+                "target_module": [],
+                "target_name": list(names),
+                "module_algo_map": {},
+                "name_algo_map": {},
+                "lora_prefix": "lora",
+                "use_fnmatch": False,
+                "exclude_name": [],
+            }
+        )
         yield
     finally:
         logger.setLevel(level)
@@ -227,8 +266,9 @@ def _functional(layer: nn.Module, x, weight, bias):
     if isinstance(layer, nn.Linear):
         return F.linear(x, weight, bias)
     if isinstance(layer, nn.Conv2d):
-        return F.conv2d(x, weight, bias, stride=layer.stride, padding=layer.padding, dilation=layer.dilation,
-                        groups=layer.groups)
+        return F.conv2d(
+            x, weight, bias, stride=layer.stride, padding=layer.padding, dilation=layer.dilation, groups=layer.groups
+        )
     if isinstance(layer, nn.LayerNorm):
         return F.layer_norm(x, layer.normalized_shape, weight, bias, layer.eps)
     if isinstance(layer, nn.GroupNorm):
@@ -247,8 +287,9 @@ def _probe_input(layer: nn.Module, gen: torch.Generator) -> torch.Tensor:
 
 
 @torch.no_grad()
-def effective_weight(lora, layer: nn.Module, w_base: torch.Tensor, b_base: torch.Tensor | None,
-                     gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+def effective_weight(
+    lora, layer: nn.Module, w_base: torch.Tensor, b_base: torch.Tensor | None, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(weight, bias) the library's training forward effectively uses, at the network's current multiplier.
 
     The forward computes ``org(x) + op(x, ΔW, Δb)`` (or ``op(x, W', b')`` for ``full`` after ``apply_to``); the
@@ -416,12 +457,17 @@ def build_peft(out_dir: Path, name: str, base: dict[str, torch.Tensor]) -> Fixtu
             merged = {m: {k: base[k].float() + m * (v - base[k].float()) for k, v in one.items()} for m in STRENGTHS}
         else:
             merged = {m: _merged(peft_model, name, m, paths) for m in STRENGTHS}
-    reference = {m: {k: v for k, v in ref.items() if not torch.equal(v, base[k].float())}
-                 for m, ref in merged.items()}
+    reference = {m: {k: v for k, v in ref.items() if not torch.equal(v, base[k].float())} for m, ref in merged.items()}
     for m, ref in reference.items():
         assert all(layer.key in ref for layer in layers), f"{name}: PEFT merge left a layer unchanged at {m}"
-    return Fixture(name=name, family="peft", method=label, path=folder / "adapter_model.safetensors",
-                   layers=layers, reference=reference)
+    return Fixture(
+        name=name,
+        family="peft",
+        method=label,
+        path=folder / "adapter_model.safetensors",
+        layers=layers,
+        reference=reference,
+    )
 
 
 def build_all(out_dir: Path, base: dict[str, torch.Tensor]) -> list[Fixture]:

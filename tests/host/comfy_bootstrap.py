@@ -34,8 +34,7 @@ def load_comfyui_env():
     """Import ``tools/comfyui_env.py`` as a module without touching ``sys.path``."""
     mod = sys.modules.get("lyco_tools_comfyui_env")
     if mod is None:
-        spec = importlib.util.spec_from_file_location("lyco_tools_comfyui_env",
-                                                      REPO_ROOT / "tools" / "comfyui_env.py")
+        spec = importlib.util.spec_from_file_location("lyco_tools_comfyui_env", REPO_ROOT / "tools" / "comfyui_env.py")
         mod = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = mod
         spec.loader.exec_module(mod)
@@ -78,7 +77,8 @@ def prepare_import(comfy_root: Path | str, base_dir: Path | str | None = None) -
             raise RuntimeError(
                 f"module {name!r} is already imported from {getattr(mod, '__file__', '?')}: ComfyUI cannot be "
                 "imported into this process. Run the host tests in their own pytest process "
-                "(`python -m pytest tests/host`), never together with tests that import lyco_core/nodes.")
+                "(`python -m pytest tests/host`), never together with tests that import lyco_core/nodes."
+            )
 
     scrub_sys_path()
     if str(comfy_root) in sys.path:

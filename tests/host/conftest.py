@@ -64,6 +64,7 @@ def _timed(label: str):
 
         def __exit__(self, *exc):
             TIMINGS[label] = time.perf_counter() - self.t0
+
     return _T()
 
 
@@ -72,8 +73,9 @@ def host_label() -> str:
     env = comfy_bootstrap.load_comfyui_env()
     root = env.ensure_comfyui()
     frontend = os.environ.get("LYCO_FRONTEND_ROOT")
-    return (f"ComfyUI {env.read_version(root) or 'unknown'} at {root}"
-            + (f", frontend from {frontend}" if frontend else ", its own frontend package"))
+    return f"ComfyUI {env.read_version(root) or 'unknown'} at {root}" + (
+        f", frontend from {frontend}" if frontend else ", its own frontend package"
+    )
 
 
 def pytest_report_header(config):
@@ -90,12 +92,13 @@ def pytest_terminal_summary(terminalreporter):
 
 # --------------------------------------------------------------------------- data classes
 
+
 @dataclass
 class ComfyBase:
-    path: Path                 # the --base-directory
-    ckpt_name: str             # name as ComfyUI lists it in "checkpoints"
-    lora_name: str             # name as ComfyUI lists it in "loras"
-    pack_path: Path            # <base>/custom_nodes/ComfyUI-LyCO (symlink to the repo root)
+    path: Path  # the --base-directory
+    ckpt_name: str  # name as ComfyUI lists it in "checkpoints"
+    lora_name: str  # name as ComfyUI lists it in "loras"
+    pack_path: Path  # <base>/custom_nodes/ComfyUI-LyCO (symlink to the repo root)
 
     @property
     def output_dir(self) -> Path:
@@ -106,14 +109,14 @@ class ComfyBase:
 class ComfyInProcess:
     root: Path
     base: ComfyBase
-    nodes: object                      # ComfyUI's `nodes` module
-    server: object | None              # server.PromptServer instance (not listening)
+    nodes: object  # ComfyUI's `nodes` module
+    server: object | None  # server.PromptServer instance (not listening)
     loop: asyncio.AbstractEventLoop
-    builtin_import_failed: list        # comfy_extras modules that failed to import
-    pack_loaded: bool                  # nodes.load_custom_node(...) result for our pack
-    pack_module_name: str              # sys.modules key ComfyUI used for the pack
+    builtin_import_failed: list  # comfy_extras modules that failed to import
+    pack_loaded: bool  # nodes.load_custom_node(...) result for our pack
+    pack_module_name: str  # sys.modules key ComfyUI used for the pack
     pack_log: list[str] = field(default_factory=list)  # WARNING+ log lines while the pack loaded
-    lyco_nodes: dict = field(default_factory=dict)      # id -> class, ids starting with "LyCO"
+    lyco_nodes: dict = field(default_factory=dict)  # id -> class, ids starting with "LyCO"
 
     @property
     def pack_module(self):
@@ -151,8 +154,9 @@ class ComfyServer:
             return json.loads(r.read())
 
     def post_json(self, path: str, data, timeout: float = 30.0):
-        req = urllib.request.Request(self.url + path, data=json.dumps(data).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            self.url + path, data=json.dumps(data).encode(), method="POST", headers={"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(req, timeout=timeout) as r:
             raw = r.read()
         return json.loads(raw) if raw else None
@@ -171,6 +175,7 @@ class _ListHandler(logging.Handler):
 
 
 # --------------------------------------------------------------------------- fixtures
+
 
 @pytest.fixture(scope="session")
 def comfy_root() -> Path:
@@ -208,8 +213,9 @@ def comfy_base(_comfy_imports, tiny_checkpoint, tiny_lora) -> ComfyBase:
     base = _comfy_imports
     comfy_bootstrap.link_into(tiny_checkpoint, base / "models" / "checkpoints", CKPT_NAME)
     comfy_bootstrap.link_into(tiny_lora, base / "models" / "loras", LORA_NAME)
-    return ComfyBase(path=base, ckpt_name=CKPT_NAME, lora_name=LORA_NAME,
-                     pack_path=base / "custom_nodes" / PACK_DIR_NAME)
+    return ComfyBase(
+        path=base, ckpt_name=CKPT_NAME, lora_name=LORA_NAME, pack_path=base / "custom_nodes" / PACK_DIR_NAME
+    )
 
 
 @pytest.fixture(scope="session")
@@ -236,16 +242,24 @@ def comfy(comfy_root, comfy_base) -> ComfyInProcess:
     t1 = time.perf_counter()
     try:
         loaded = loop.run_until_complete(
-            nodes.load_custom_node(pack_path, ignore=set(nodes.NODE_CLASS_MAPPINGS), module_parent="custom_nodes"))
+            nodes.load_custom_node(pack_path, ignore=set(nodes.NODE_CLASS_MAPPINGS), module_parent="custom_nodes")
+        )
     finally:
         root_logger.removeHandler(handler)
     TIMINGS["in-process pack load"] = time.perf_counter() - t1
 
     env = ComfyInProcess(
-        root=comfy_root, base=comfy_base, nodes=nodes, server=prompt_server, loop=loop,
-        builtin_import_failed=list(failed or []), pack_loaded=bool(loaded),
-        pack_module_name=pack_path.replace(".", "_x_"), pack_log=handler.lines,
-        lyco_nodes={k: v for k, v in nodes.NODE_CLASS_MAPPINGS.items() if k.startswith("LyCO")})
+        root=comfy_root,
+        base=comfy_base,
+        nodes=nodes,
+        server=prompt_server,
+        loop=loop,
+        builtin_import_failed=list(failed or []),
+        pack_loaded=bool(loaded),
+        pack_module_name=pack_path.replace(".", "_x_"),
+        pack_log=handler.lines,
+        lyco_nodes={k: v for k, v in nodes.NODE_CLASS_MAPPINGS.items() if k.startswith("LyCO")},
+    )
     yield env
     loop.close()
     asyncio.set_event_loop(None)
@@ -262,23 +276,40 @@ def comfy_server(comfy_root, comfy_base) -> ComfyServer:
     port = _free_port()
     base = comfy_base.path
     log_path = base / "comfyui-server.log"
-    cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-           "--base-directory", str(base), "--database-url", f"sqlite:///{base}/user/comfyui.db",
-           "--disable-auto-launch", "--log-stdout"]
+    cmd = [
+        sys.executable,
+        "main.py",
+        "--cpu",
+        "--listen",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--base-directory",
+        str(base),
+        "--database-url",
+        f"sqlite:///{base}/user/comfyui.db",
+        "--disable-auto-launch",
+        "--log-stdout",
+    ]
     if os.environ.get("LYCO_FRONTEND_ROOT"):
         cmd += ["--front-end-root", os.environ["LYCO_FRONTEND_ROOT"]]
     url = f"http://127.0.0.1:{port}"
     t0 = time.perf_counter()
     log_fh = open(log_path, "wb")
-    proc = subprocess.Popen(cmd, cwd=str(comfy_root), stdout=log_fh, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, env=workflow.server_env(REPO_ROOT))
+    proc = subprocess.Popen(
+        cmd,
+        cwd=str(comfy_root),
+        stdout=log_fh,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=workflow.server_env(REPO_ROOT),
+    )
     srv = ComfyServer(url=url, port=port, proc=proc, log_path=log_path, base=comfy_base)
     try:
         deadline = time.monotonic() + SERVER_BOOT_TIMEOUT
         while not workflow.server_up(url):
             if proc.poll() is not None:
-                raise RuntimeError(f"ComfyUI server exited with {proc.returncode} during boot:\n"
-                                   f"{srv.log()[-6000:]}")
+                raise RuntimeError(f"ComfyUI server exited with {proc.returncode} during boot:\n{srv.log()[-6000:]}")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"ComfyUI server not up after {SERVER_BOOT_TIMEOUT} s:\n{srv.log()[-6000:]}")
             time.sleep(0.25)
@@ -312,11 +343,12 @@ def one_thread():
 class ParityFiles:
     """The tiny checkpoint loaded in-process and one adapter file per method and layout made by the reference
     libraries for some of its real layers (``adapter_fixtures``), listed in the loras folder."""
+
     model: object
     clip: object
-    fixtures: dict      # name -> adapter_fixtures.Fixture (lora_name set)
-    originals: dict     # key -> original tensor (model dtype)
-    base: dict          # key -> fp32 copy
+    fixtures: dict  # name -> adapter_fixtures.Fixture (lora_name set)
+    originals: dict  # key -> original tensor (model dtype)
+    base: dict  # key -> fp32 copy
     timings: dict
 
 
@@ -349,5 +381,6 @@ def parity_files(comfy) -> ParityFiles:
     for fx in fixtures:
         fx.lora_name = fx.path.relative_to(loras_dir).as_posix()
         assert fx.lora_name in listed, f"{fx.lora_name} not listed by ComfyUI ({sorted(listed)[:5]}…)"
-    return ParityFiles(model=model, clip=clip, fixtures={f.name: f for f in fixtures}, originals=originals,
-                       base=base, timings=timings)
+    return ParityFiles(
+        model=model, clip=clip, fixtures={f.name: f for f in fixtures}, originals=originals, base=base, timings=timings
+    )

@@ -4,6 +4,7 @@ Shared by the host tests and the browser tests (which import this folder's modul
 files the demo shows. ``tools/demo_assets.py`` is imported by file path, so the repository root never enters
 ``sys.path`` (our ``nodes/`` package would shadow ComfyUI's ``nodes.py``).
 """
+
 from __future__ import annotations
 
 import importlib.util

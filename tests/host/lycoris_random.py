@@ -3,6 +3,7 @@
 Shared by the host fixtures (``adapter_fixtures.py``) and the core oracle (``tests/core/oracles/lycoris_oracle.py``,
 which imports it as ``tests.host.lycoris_random``). torch only: no ComfyUI, no repository package.
 """
+
 from __future__ import annotations
 
 from typing import Callable

@@ -1,14 +1,16 @@
 """Bypass mode inside a real ComfyUI: the loaders' ``bypass`` option runs adapters in the layers' forward passes.
 
 On the tiny SD1.5 checkpoint loaded in float32, one UNet step (and a CLIP encode) with the adapter bypassed equals
-(to float32 rounding) the same step with the adapter merged by ComfyUI's full load, for LoRA/LoCon (+Tucker), LoHa and LoKr (+Tucker),
-in full and low-VRAM loads, chained, and through the loader node; weight-dependent methods are refused.
+(to float32 rounding) the same step with the adapter merged by ComfyUI's full load, for LoRA/LoCon (+Tucker), LoHa
+and LoKr (+Tucker), in full and low-VRAM loads, chained, and through the loader node; weight-dependent methods are
+refused.
 
 Where the host has its own bypass (ComfyUI 0.33: ``comfy.weight_adapter.bypass``, the ``LoraLoaderBypass`` node):
 our bypass loader and the host's, in either order on one model, give each layer the sum of both branches and the
 step of both adapters merged; and the host's ``BypassInjectionManager`` runs our patches (``LycoPatch.h``) exactly
 as merged, refusing weight-dependent methods. On a host without it (0.3.75) those tests skip and say so.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -44,8 +46,13 @@ def _tensors(method: str, shapes: dict[str, tuple], seed: int = 0) -> dict[str, 
         elif method == "locon_tucker" and k and k[0] > 1:
             p = {"lora_up.weight": g(o, 4, *ones), "lora_down.weight": g(4, i, *ones), "lora_mid.weight": g(4, 4, *k)}
         elif method == "loha":
-            p = {"hada_w1_a": g(o, 4), "hada_w1_b": g(4, i * (k[0] * k[1] if k else 1)), "hada_w2_a": g(o, 4),
-                 "hada_w2_b": g(4, i * (k[0] * k[1] if k else 1)), "alpha": torch.tensor(2.0)}
+            p = {
+                "hada_w1_a": g(o, 4),
+                "hada_w1_b": g(4, i * (k[0] * k[1] if k else 1)),
+                "hada_w2_a": g(o, 4),
+                "hada_w2_b": g(4, i * (k[0] * k[1] if k else 1)),
+                "alpha": torch.tensor(2.0),
+            }
         elif method == "lokr" and k and k[0] > 1:
             p = {"lokr_w1": g(4, 4), "lokr_w2_a": g(2, o // 4), "lokr_w2_b": g(2, i // 4), "lokr_t2": g(2, 2, *k)}
         elif method == "lokr":
@@ -65,17 +72,25 @@ def env(comfy, comfy_base):
     sd = importlib.import_module("comfy.sd")
     pack = comfy.pack_module_name
     model, clip, _ = sd.load_checkpoint_guess_config(
-        str(comfy_base.path / "models" / "checkpoints" / comfy_base.ckpt_name), output_vae=False,
-        model_options={"dtype": torch.float32}, te_model_options={"dtype": torch.float32})[:3]
+        str(comfy_base.path / "models" / "checkpoints" / comfy_base.ckpt_name),
+        output_vae=False,
+        model_options={"dtype": torch.float32},
+        te_model_options={"dtype": torch.float32},
+    )[:3]
     state = model.model_state_dict()
     shapes = {_name(p): tuple(state[f"diffusion_model.{p}.weight"].shape) for p in (LINEAR, CONV, POINTWISE)}
     gen = torch.Generator().manual_seed(1)
     inputs = (torch.randn(1, 4, 8, 8, generator=gen), torch.tensor([500.0]), torch.randn(1, 77, 768, generator=gen))
-    return {"model": model, "clip": clip, "shapes": shapes, "inputs": inputs,
-            "core": importlib.import_module(f"{pack}.lyco_core"),
-            "host": importlib.import_module(f"{pack}.nodes.host"),
-            "bypass": importlib.import_module(f"{pack}.nodes.bypass"),
-            "node": comfy.lyco_nodes["LyCOLoadAdapter"]}
+    return {
+        "model": model,
+        "clip": clip,
+        "shapes": shapes,
+        "inputs": inputs,
+        "core": importlib.import_module(f"{pack}.lyco_core"),
+        "host": importlib.import_module(f"{pack}.nodes.host"),
+        "bypass": importlib.import_module(f"{pack}.nodes.bypass"),
+        "node": comfy.lyco_nodes["LyCOLoadAdapter"],
+    }
 
 
 def _step(patcher, inputs, lowvram: int = 0) -> torch.Tensor:
@@ -127,8 +142,10 @@ def test_chained_bypass_loaders_add_up(env):
 def test_clip_bypass_equals_merged(env):
     clip = env["clip"]
     gen = torch.Generator().manual_seed(4)
-    tensors = {f"{CLIP_Q}.lora_up.weight": torch.randn(768, 4, generator=gen) * 0.05,
-               f"{CLIP_Q}.lora_down.weight": torch.randn(4, 768, generator=gen) * 0.05}
+    tensors = {
+        f"{CLIP_Q}.lora_up.weight": torch.randn(768, 4, generator=gen) * 0.05,
+        f"{CLIP_Q}.lora_down.weight": torch.randn(4, 768, generator=gen) * 0.05,
+    }
     adapter = env["core"].adapter_from_tensors(tensors, file="clip")
     tokens = clip.tokenize("a photo of a cat")
     base = clip.encode_from_tokens(tokens)
@@ -140,8 +157,9 @@ def test_clip_bypass_equals_merged(env):
 
 
 def test_weight_dependent_methods_are_refused(env):
-    adapter = env["core"].adapter_from_tensors(_tensors("oft", {_name(LINEAR): env["shapes"][_name(LINEAR)]}),
-                                               file="oft")
+    adapter = env["core"].adapter_from_tensors(
+        _tensors("oft", {_name(LINEAR): env["shapes"][_name(LINEAR)]}), file="oft"
+    )
     with pytest.raises(env["core"].AdapterError, match="oft cannot run in bypass mode"):
         env["bypass"].apply_bypass(adapter, env["model"], None, 1.0, 0.0)
 
@@ -168,8 +186,10 @@ def native(comfy):
         module = None
     if module is None or "LoraLoaderBypass" not in comfy.nodes.NODE_CLASS_MAPPINGS:
         version = importlib.import_module("comfyui_version").__version__
-        pytest.skip(f"ComfyUI {version} has no bypass of its own (comfy.weight_adapter.bypass, LoraLoaderBypass): "
-                    "nothing to coexist with; our bypass option is covered by the tests above")
+        pytest.skip(
+            f"ComfyUI {version} has no bypass of its own (comfy.weight_adapter.bypass, LoraLoaderBypass): "
+            "nothing to coexist with; our bypass option is covered by the tests above"
+        )
     return module
 
 
@@ -195,8 +215,9 @@ def _relative(got, want) -> float:
 
 def _layer_input(shape: tuple, seed: int) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
-    return torch.randn(2, 7, shape[1], generator=gen) if len(shape) == 2 else torch.randn(1, shape[1], 8, 8,
-                                                                                            generator=gen)
+    return (
+        torch.randn(2, 7, shape[1], generator=gen) if len(shape) == 2 else torch.randn(1, shape[1], 8, 8, generator=gen)
+    )
 
 
 @pytest.mark.parametrize("order", ["native-then-lyco", "lyco-then-native"])
@@ -205,9 +226,11 @@ def test_chain_with_native_bypass_loader(env, comfy, comfy_base, native, order):
     whichever loader came first, so each layer gets both branches, and the step equals both adapters merged."""
     folder_paths = importlib.import_module("folder_paths")
     clip_gen = torch.Generator().manual_seed(5)
-    tensors = {**{k: v * 4 for k, v in _tensors("lokr", env["shapes"], seed=3).items()},
-               f"{CLIP_Q}.lora_up.weight": torch.randn(768, 4, generator=clip_gen) * 0.05,
-               f"{CLIP_Q}.lora_down.weight": torch.randn(4, 768, generator=clip_gen) * 0.05}
+    tensors = {
+        **{k: v * 4 for k, v in _tensors("lokr", env["shapes"], seed=3).items()},
+        f"{CLIP_Q}.lora_up.weight": torch.randn(768, 4, generator=clip_gen) * 0.05,
+        f"{CLIP_Q}.lora_down.weight": torch.randn(4, 768, generator=clip_gen) * 0.05,
+    }
     save_file(tensors, str(comfy_base.path / "models" / "loras" / "bypass_chain_lokr.safetensors"))
     folder_paths.filename_list_cache.pop("loras", None)
     classes = comfy.nodes.NODE_CLASS_MAPPINGS
@@ -243,8 +266,10 @@ def test_chain_with_native_bypass_loader(env, comfy, comfy_base, native, order):
     merged_step = _step(merged[0], env["inputs"])
     for lowvram in (0, 1):
         ok, error = _close(_step(chain[0], env["inputs"], lowvram), merged_step, base)
-        print(f"{order} lowvram={lowvram}: step max |chain − merged| {error:.2e} (|merged| ≤ "
-              f"{merged_step.abs().max():.0f})")
+        print(
+            f"{order} lowvram={lowvram}: step max |chain − merged| {error:.2e} (|merged| ≤ "
+            f"{merged_step.abs().max():.0f})"
+        )
         assert ok, f"{order} lowvram={lowvram}: max |chain − merged| = {error}"
     tokens = clip.tokenize("a photo of a cat")
     base_c = clip.encode_from_tokens(tokens)
@@ -283,8 +308,10 @@ def test_host_bypass_manager_runs_our_patches(env, native, method):
     for lowvram in (0, 1):
         got = _step(patcher, env["inputs"], lowvram)
         ok, error = _close(got, merged, base)
-        print(f"host manager {method} lowvram={lowvram}: step max |bypass − merged| {error:.2e} "
-              f"(|merged| ≤ {merged.abs().max():.0f}), |host hook − our bypass| {(got - ours).abs().max():.1e}")
+        print(
+            f"host manager {method} lowvram={lowvram}: step max |bypass − merged| {error:.2e} "
+            f"(|merged| ≤ {merged.abs().max():.0f}), |host hook − our bypass| {(got - ours).abs().max():.1e}"
+        )
         assert ok, f"{method} lowvram={lowvram}: max |host bypass − merged| = {error}"
         assert torch.allclose(got, ours, rtol=0, atol=1e-6 * ours.abs().max().item())  # the same branch math
 
@@ -294,16 +321,18 @@ def test_host_bypass_from_our_patcher_patches(env, native):
     adapter = env["core"].adapter_from_tensors(_tensors("lora", env["shapes"], seed=8), file="from-patches")
     merged_model = env["host"].apply_adapter(adapter, env["model"], None, 0.9, 0.0)[0]
     patcher = env["model"].clone()
-    patcher.set_injections("lyco_test", native.create_bypass_injections_from_patches(patcher.model,
-                                                                                     merged_model.patches))
+    patcher.set_injections(
+        "lyco_test", native.create_bypass_injections_from_patches(patcher.model, merged_model.patches)
+    )
     base = _step(env["model"], env["inputs"])
     ok, error = _close(_step(patcher, env["inputs"]), _step(merged_model, env["inputs"]), base)
     assert ok, error
 
 
 def test_host_bypass_refuses_weight_dependent_patches(env, native):
-    adapter = env["core"].adapter_from_tensors(_tensors("oft", {_name(LINEAR): env["shapes"][_name(LINEAR)]}),
-                                               file="oft")
+    adapter = env["core"].adapter_from_tensors(
+        _tensors("oft", {_name(LINEAR): env["shapes"][_name(LINEAR)]}), file="oft"
+    )
     unet_patches, _, _ = env["host"].build_patches(adapter, env["model"], None)
     manager = native.BypassInjectionManager()
     for key, patch in unet_patches.items():

@@ -25,6 +25,7 @@ def _render(nodes, model, clip, vae, seed=0):
 
 # --------------------------------------------------------------------------- (a) in-process
 
+
 def test_inprocess_checkpoint_detected_as_sd15_with_taesd(comfy):
     supported_models = importlib.import_module("comfy.supported_models")
     taesd = importlib.import_module("comfy.taesd.taesd")
@@ -36,8 +37,9 @@ def test_inprocess_checkpoint_detected_as_sd15_with_taesd(comfy):
     assert (cfg["model_channels"], cfg["context_dim"], cfg["channel_mult"]) == (320, 768, [1])
     assert isinstance(vae.first_stage_model, taesd.TAESD)
     assert vae.first_stage_model.vae_scale.detach().item() == pytest.approx(0.18215, rel=1e-3)
-    assert any(k.startswith("clip_l.transformer.text_model.encoder.layers.11.")
-               for k in clip.cond_stage_model.state_dict())
+    assert any(
+        k.startswith("clip_l.transformer.text_model.encoder.layers.11.") for k in clip.cond_stage_model.state_dict()
+    )
 
 
 def test_inprocess_ksampler_with_core_lora(comfy, caplog):
@@ -50,11 +52,10 @@ def test_inprocess_ksampler_with_core_lora(comfy, caplog):
 
     with caplog.at_level(logging.WARNING):
         m_lora, c_lora = nodes.LoraLoader().load_lora(model, clip, comfy.base.lora_name, 1.0, 1.0)
-    assert not [r for r in caplog.records if "lora key not loaded" in r.getMessage()
-                or "NOT LOADED" in r.getMessage()]
-    assert len(m_lora.patches) == 40          # 4 transformer blocks x (attn1/2 q,k,v,out + ff 0,2)
+    assert not [r for r in caplog.records if "lora key not loaded" in r.getMessage() or "NOT LOADED" in r.getMessage()]
+    assert len(m_lora.patches) == 40  # 4 transformer blocks x (attn1/2 q,k,v,out + ff 0,2)
     assert len(c_lora.patcher.patches) == 72  # 12 CLIP-L layers x (q,k,v,out_proj,fc1,fc2)
-    assert not model.patches                  # the loader cloned; the input is untouched
+    assert not model.patches  # the loader cloned; the input is untouched
 
     lora_img = _render(nodes, m_lora, c_lora, vae)
     diff = (lora_img - base_img).abs().mean().item() * 255
@@ -66,6 +67,7 @@ def test_inprocess_ksampler_with_core_lora(comfy, caplog):
 
 
 # --------------------------------------------------------------------------- (b) server
+
 
 def _saved_image(server, outputs) -> Path:
     images = workflow.output_images(outputs)
@@ -84,11 +86,19 @@ def test_server_object_info_and_txt2img(comfy_server):
 
     # CheckpointLoaderSimple -> CLIPTextEncode x2 -> EmptyLatentImage 64x64 -> KSampler 2 steps
     # -> VAEDecode -> SaveImage, then the same with core LoraLoader in between
-    plain = _saved_image(comfy_server, workflow.run_prompt(
-        comfy_server.url, workflow.txt2img_graph(comfy_server.base.ckpt_name, prefix="boot_plain")))
-    lora = _saved_image(comfy_server, workflow.run_prompt(
-        comfy_server.url, workflow.txt2img_graph(comfy_server.base.ckpt_name, prefix="boot_lora",
-                                                 lora_name=comfy_server.base.lora_name)))
+    plain = _saved_image(
+        comfy_server,
+        workflow.run_prompt(comfy_server.url, workflow.txt2img_graph(comfy_server.base.ckpt_name, prefix="boot_plain")),
+    )
+    lora = _saved_image(
+        comfy_server,
+        workflow.run_prompt(
+            comfy_server.url,
+            workflow.txt2img_graph(
+                comfy_server.base.ckpt_name, prefix="boot_lora", lora_name=comfy_server.base.lora_name
+            ),
+        ),
+    )
     a = np.asarray(Image.open(plain).convert("RGB"), dtype=np.float32)
     b = np.asarray(Image.open(lora).convert("RGB"), dtype=np.float32)
     assert a.shape == b.shape == (64, 64, 3)
@@ -99,14 +109,13 @@ def test_server_object_info_and_txt2img(comfy_server):
 def test_server_log_has_no_import_failure_for_our_pack(comfy_server):
     comfy_server.wait_for_log(r"Import times for custom nodes", timeout=10)
     log = comfy_server.log()
-    bad = [ln for ln in log.splitlines()
-           if "IMPORT FAILED" in ln and "ComfyUI-LyCO" in ln]
-    bad += [ln for ln in log.splitlines()
-            if re.search(r"Cannot import .*ComfyUI-LyCO", ln)]
+    bad = [ln for ln in log.splitlines() if "IMPORT FAILED" in ln and "ComfyUI-LyCO" in ln]
+    bad += [ln for ln in log.splitlines() if re.search(r"Cannot import .*ComfyUI-LyCO", ln)]
     assert not bad, "\n".join(bad)
 
 
 # --------------------------------------------------------------------------- (c) our pack
+
 
 def test_pack_imported_through_comfyui_loader(comfy):
     init = comfy.base.pack_path / "__init__.py"

@@ -4,6 +4,7 @@ merge, bake (Save-Checkpoint-ready MODEL) and extraction from two MODELs; safety
 
 The pack is reached only through ComfyUI (``comfy.pack_module``), never imported from the repository.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -14,8 +15,17 @@ import torch
 
 import adapter_fixtures as af
 
-NODE_IDS = ("LyCOAdapterLoad", "LyCOAdapterConvert", "LyCOAdapterToLoRA", "LyCOAdapterResize", "LyCOAdapterMerge",
-            "LyCOExtractAdapter", "LyCOSaveAdapter", "LyCOApplyAdapter", "LyCOBakeCheckpoint")
+NODE_IDS = (
+    "LyCOAdapterLoad",
+    "LyCOAdapterConvert",
+    "LyCOAdapterToLoRA",
+    "LyCOAdapterResize",
+    "LyCOAdapterMerge",
+    "LyCOExtractAdapter",
+    "LyCOSaveAdapter",
+    "LyCOApplyAdapter",
+    "LyCOBakeCheckpoint",
+)
 MEASURED: dict[str, str] = {}
 
 
@@ -64,13 +74,18 @@ def test_load_to_lora_save_and_load_with_our_and_native_loader(comfy, tiny):
     assert path.endswith("lyco_test/tolora.safetensors") and "saved 112 modules" in out.ui.as_dict()["text"][0]
     relist("lyco_test/tolora.safetensors")
 
-    ours_m, ours_c, _ = comfy.lyco_nodes["LyCOLoadAdapter"].execute(model, clip, "lyco_test/tolora.safetensors",
-                                                                      1.0, 1.0).result
+    ours_m, ours_c, _ = (
+        comfy.lyco_nodes["LyCOLoadAdapter"].execute(model, clip, "lyco_test/tolora.safetensors", 1.0, 1.0).result
+    )
     native_m, native_c = comfy.nodes.LoraLoader().load_lora(model, clip, "lyco_test/tolora.safetensors", 1.0, 1.0)
     orig_m, orig_c = comfy.nodes.LoraLoader().load_lora(model, clip, comfy.base.lora_name, 1.0, 1.0)
     assert len(native_m.patches) == 40 and len(native_c.patcher.patches) == 72
-    modules = {m.name: m for m in comfy.pack_module.lyco_core.convert.to_lora(
-        adapter, comfy.pack_module.lyco_core.convert.RankPolicy(rank=2))[1].modules}
+    modules = {
+        m.name: m
+        for m in comfy.pack_module.lyco_core.convert.to_lora(
+            adapter, comfy.pack_module.lyco_core.convert.RankPolicy(rank=2)
+        )[1].modules
+    }
     for key in list(native_m.patches)[:4]:
         base = model.model_state_dict()[key].float()
         ours, native, original = patched(ours_m, key), patched(native_m, key), patched(orig_m, key)
@@ -93,8 +108,9 @@ def test_oft_to_lora_makes_the_native_loader_exact(comfy, tiny, tmp_path):
     adapter = comfy.pack_module.lyco_core.load_adapter(fixture.path)
     with pytest.raises(Exception, match="needs the base weights"):
         run(comfy, "LyCOAdapterToLoRA", adapter, "rank", 512, 0.99, 0, False)
-    lora, report = run(comfy, "LyCOAdapterToLoRA", adapter, "energy", 4096, 0.9999999, 0, False, model=model,
-                       clip=clip).result
+    lora, report = run(
+        comfy, "LyCOAdapterToLoRA", adapter, "energy", 4096, 0.9999999, 0, False, model=model, clip=clip
+    ).result
     assert "oft → lora" in report
     run(comfy, "LyCOSaveAdapter", lora, "lyco_test/oft_as_lora", "lycoris", "fp32", False)
     relist("lyco_test/oft_as_lora.safetensors")
@@ -109,13 +125,14 @@ def test_merge_bake_and_convert(comfy, tiny):
     adapter, _ = run(comfy, "LyCOAdapterLoad", comfy.base.lora_name).result
     small, _ = run(comfy, "LyCOAdapterToLoRA", adapter, "rank", 2, 0.99, 0, False).result
     t0 = time.perf_counter()
-    merged, report = run(comfy, "LyCOAdapterMerge", adapter, 0.7, small, 0.3, "lora", "rank", 4, 0.99, 0,
-                         False).result
-    MEASURED["merge lora r4 + lora r2 → lora r4"] = f"{report.splitlines()[0]} (node wall " \
-                                                    f"{time.perf_counter() - t0:.2f} s)"
+    merged, report = run(comfy, "LyCOAdapterMerge", adapter, 0.7, small, 0.3, "lora", "rank", 4, 0.99, 0, False).result
+    MEASURED["merge lora r4 + lora r2 → lora r4"] = (
+        f"{report.splitlines()[0]} (node wall {time.perf_counter() - t0:.2f} s)"
+    )
     assert "lora → lora r4" in report or "lora r4" in report
-    full, report = run(comfy, "LyCOAdapterMerge", adapter, 0.5, adapter, 0.5, "full diff", "rank", 4, 0.99, 0,
-                       False).result
+    full, report = run(
+        comfy, "LyCOAdapterMerge", adapter, 0.5, adapter, 0.5, "full diff", "rank", 4, 0.99, 0, False
+    ).result
     assert {m.algo for m in full.modules.values()} == {"full"}
     baked_m, baked_c, text = run(comfy, "LyCOBakeCheckpoint", model, clip, full, 1.0, 1.0).result
     assert "baked 112 of 112" in text

@@ -12,6 +12,7 @@ such setting and always hands float32 on a full load — that part is skipped an
 ``load_models_gpu`` full load. The low-VRAM form (``LowVramPatch`` on an fp16 weight) runs on both hosts. Native
 ``LoraLoader`` is measured beside ours on the same forced full load and written to the artifact table.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -22,7 +23,7 @@ import torch
 from comfy_bootstrap import REPO_ROOT
 from test_loader_parity import read_full_load
 
-FP16_UNIT_ROUNDOFF = 2.0 ** -11
+FP16_UNIT_ROUNDOFF = 2.0**-11
 STRENGTH = 0.6
 ARTIFACT = REPO_ROOT / "test-artifacts" / "fp16_intermediate.md"
 RESULTS: dict[str, tuple[float, float]] = {}
@@ -31,14 +32,15 @@ RESULTS: dict[str, tuple[float, float]] = {}
 def excess(got: torch.Tensor, exact: torch.Tensor) -> float:
     """max of |got − exact| beyond one fp16 rounding of ``exact``, relative to max|exact| (0 = correctly rounded)."""
     diff = (got.float() - exact).abs_()
-    allowance = exact.abs().mul_(FP16_UNIT_ROUNDOFF).add_(2.0 ** -25)
+    allowance = exact.abs().mul_(FP16_UNIT_ROUNDOFF).add_(2.0**-25)
     return (diff - allowance).clamp_min_(0).max().item() / max(exact.abs().max().item(), 1e-30)
 
 
 def _ours(comfy, parity_files, name):
     node = comfy.lyco_nodes["LyCOLoadAdapter"]
-    return node.execute(parity_files.model, parity_files.clip, parity_files.fixtures[name].lora_name,
-                        STRENGTH, STRENGTH).result[:2]
+    return node.execute(
+        parity_files.model, parity_files.clip, parity_files.fixtures[name].lora_name, STRENGTH, STRENGTH
+    ).result[:2]
 
 
 def _fp32_on(patcher, key, weight16: torch.Tensor) -> torch.Tensor:
@@ -72,6 +74,7 @@ def forced_fp16():
 
 def _names():
     import adapter_fixtures as af
+
     return [*af.LYCORIS_SPECS, *af.PEFT_NAMES]
 
 
@@ -86,11 +89,14 @@ def test_full_load_with_fp16_intermediate_rounds_once(comfy, parity_files, force
         exact = _fp32_on(patcher, key, parity_files.originals[key].to(torch.float16))
         worst = max(worst, excess(got[key], exact))
 
-    n_model, n_clip = comfy.nodes.LoraLoader().load_lora(parity_files.model, parity_files.clip,
-                                                          parity_files.fixtures[name].lora_name, STRENGTH, STRENGTH)
+    n_model, n_clip = comfy.nodes.LoraLoader().load_lora(
+        parity_files.model, parity_files.clip, parity_files.fixtures[name].lora_name, STRENGTH, STRENGTH
+    )
     native, _ = read_full_load(n_model, n_clip, keys, parity_files.originals)
-    native_worst = max(excess(native[k], _fp32_on(p, k, parity_files.originals[k].to(torch.float16)))
-                       for p, k in _patched_keys(model, clip))
+    native_worst = max(
+        excess(native[k], _fp32_on(p, k, parity_files.originals[k].to(torch.float16)))
+        for p, k in _patched_keys(model, clip)
+    )
     RESULTS[name] = (worst, native_worst)
     assert worst <= 1e-6, f"{name}: {worst:.3e} beyond one fp16 rounding of the float32 result"
 
@@ -111,10 +117,15 @@ def test_write_fp16_table():
     if not RESULTS:
         pytest.skip("no forced-fp16 results on this host (see the skip reason of the tests above)")
     version = importlib.import_module("comfyui_version").__version__
-    lines = [f"# fp16 intermediate weights (ComfyUI {version}, lora_compute_dtype forced to fp16 on CPU)", "",
-             f"Full load at strength {STRENGTH}; error beyond one fp16 rounding of our float32 result on the same",
-             "fp16 weight, relative to max|W'| (0 = correctly rounded).", "",
-             "| fixture | ours | native LoraLoader |", "|---|---|---|"]
+    lines = [
+        f"# fp16 intermediate weights (ComfyUI {version}, lora_compute_dtype forced to fp16 on CPU)",
+        "",
+        f"Full load at strength {STRENGTH}; error beyond one fp16 rounding of our float32 result on the same",
+        "fp16 weight, relative to max|W'| (0 = correctly rounded).",
+        "",
+        "| fixture | ours | native LoraLoader |",
+        "|---|---|---|",
+    ]
     lines += [f"| {n} | {o:.1e} | {nat:.1e} |" for n, (o, nat) in sorted(RESULTS.items())]
     ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
     ARTIFACT.write_text("\n".join(lines) + "\n", encoding="utf-8")

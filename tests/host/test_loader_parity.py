@@ -28,6 +28,7 @@ Side by side, ComfyUI's own ``LoraLoader`` runs on the same files; its errors go
 ``test-artifacts/native_vs_ours.md`` and the known ComfyUI 0.3.75 errors (spec comfyui-host §4) are pinned, so
 the claim "ours is exact where core is not" stays checked.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -44,21 +45,21 @@ from comfy_bootstrap import REPO_ROOT
 from conftest import one_thread
 
 TOL = 1e-4
-NATIVE_EXACT = 1e-3          # "core is right here" (spec: ≤ 5e-4 for LoHa in fp32)
+NATIVE_EXACT = 1e-3  # "core is right here" (spec: ≤ 5e-4 for LoHa in fp32)
 ARTIFACT = REPO_ROOT / "test-artifacts" / "native_vs_ours.md"
 FIXTURE_NAMES = (*af.LYCORIS_SPECS, *af.PEFT_NAMES)
 CPU = torch.device("cpu")
 
 
 # --------------------------------------------------------------------------------------------------- measures
-FP16_UNIT_ROUNDOFF = 2.0 ** -11   # |fp16(x) − x| ≤ u·|x| for normal x (plus 2^-25 in the subnormal range)
+FP16_UNIT_ROUNDOFF = 2.0**-11  # |fp16(x) − x| ≤ u·|x| for normal x (plus 2^-25 in the subnormal range)
 
 
 def rel_err(got: torch.Tensor, ref: torch.Tensor, denom: float) -> float:
     """max|got − ref| / denom (denom = max|ref − base|); for fp16 ``got`` one fp16 rounding is forgiven."""
     diff = (got.float() - ref).abs_()
     if got.dtype == torch.float16:
-        allowance = torch.maximum(got.float().abs_(), ref.abs()).mul_(FP16_UNIT_ROUNDOFF).add_(2.0 ** -25)
+        allowance = torch.maximum(got.float().abs_(), ref.abs()).mul_(FP16_UNIT_ROUNDOFF).add_(2.0**-25)
         diff = diff.sub_(allowance).clamp_min_(0)
     return diff.max().item() / denom if denom > 0 else math.inf
 
@@ -67,18 +68,19 @@ def rel_err(got: torch.Tensor, ref: torch.Tensor, denom: float) -> float:
 @dataclass
 class Outcome:
     """One (fixture, strength): what our node and core's LoraLoader made of it."""
-    error: str = ""                                   # exception from our node, if any
+
+    error: str = ""  # exception from our node, if any
     summary: str = ""
-    patched: set = field(default_factory=set)         # keys our clones carry patches for
-    full: dict = field(default_factory=dict)          # key -> rel err, full load
-    lowvram: dict = field(default_factory=dict)       # key -> rel err, LowVramPatch path
-    full_vs_lowvram: float = 0.0                      # max |full − lowvram| over fp32 keys
-    lowvram_hooked: bool = False                      # every patched module carried a LowVramPatch
-    restored: bool = False                            # unpatch_model restored every original bit-exactly
+    patched: set = field(default_factory=set)  # keys our clones carry patches for
+    full: dict = field(default_factory=dict)  # key -> rel err, full load
+    lowvram: dict = field(default_factory=dict)  # key -> rel err, LowVramPatch path
+    full_vs_lowvram: float = 0.0  # max |full − lowvram| over fp32 keys
+    lowvram_hooked: bool = False  # every patched module carried a LowVramPatch
+    restored: bool = False  # unpatch_model restored every original bit-exactly
     input_untouched: bool = False
     native_patched: set = field(default_factory=set)
-    native: dict = field(default_factory=dict)        # key -> rel err of core LoraLoader
-    native_log: dict = field(default_factory=dict)    # counts of core's warning/error lines
+    native: dict = field(default_factory=dict)  # key -> rel err of core LoraLoader
+    native_log: dict = field(default_factory=dict)  # counts of core's warning/error lines
 
 
 @dataclass
@@ -86,9 +88,9 @@ class Parity:
     model: object
     clip: object
     fixtures: dict
-    originals: dict     # key -> original tensor (model dtype)
-    base: dict          # key -> fp32 copy
-    outcomes: dict      # (fixture, strength) -> Outcome
+    originals: dict  # key -> original tensor (model dtype)
+    base: dict  # key -> fp32 copy
+    outcomes: dict  # (fixture, strength) -> Outcome
     timings: dict
 
 
@@ -203,8 +205,10 @@ def evaluate(env, parity_model, parity_clip, fixture: af.Fixture, s: float, orig
         out.restored = ok_full and ok_low
         out.full = {k: rel_err(full[k], ref[k], denom[k]) for k in keys}
         out.lowvram = {k: rel_err(low[k], ref[k], denom[k]) for k in keys}
-        out.full_vs_lowvram = max([(full[k].float() - low[k].float()).abs().max().item()
-                                   for k in keys if full[k].dtype == torch.float32] or [0.0])
+        out.full_vs_lowvram = max(
+            [(full[k].float() - low[k].float()).abs().max().item() for k in keys if full[k].dtype == torch.float32]
+            or [0.0]
+        )
     except Exception as exc:
         out.error = f"{type(exc).__name__}: {exc}"
     out.input_untouched = _state(parity_model, parity_clip) == before
@@ -232,11 +236,19 @@ def parity(comfy, parity_files) -> Parity:
         outcomes = {}
         for fx in parity_files.fixtures.values():
             for s in af.STRENGTHS:
-                outcomes[(fx.name, s)] = evaluate(comfy, parity_files.model, parity_files.clip, fx, s,
-                                                  parity_files.originals, parity_files.base)
+                outcomes[(fx.name, s)] = evaluate(
+                    comfy, parity_files.model, parity_files.clip, fx, s, parity_files.originals, parity_files.base
+                )
         timings = {**parity_files.timings, "ours + native, all strengths": time.perf_counter() - t0}
-    return Parity(model=parity_files.model, clip=parity_files.clip, fixtures=parity_files.fixtures,
-                  originals=parity_files.originals, base=parity_files.base, outcomes=outcomes, timings=timings)
+    return Parity(
+        model=parity_files.model,
+        clip=parity_files.clip,
+        fixtures=parity_files.fixtures,
+        originals=parity_files.originals,
+        base=parity_files.base,
+        outcomes=outcomes,
+        timings=timings,
+    )
 
 
 # --------------------------------------------------------------------------------------------------- files
@@ -255,8 +267,9 @@ def test_fixture_files_are_what_they_claim(parity, comfy):
     for name, fx in parity.fixtures.items():
         assert fx.lora_name in options, fx.lora_name
         if fx.family == "lycoris":  # kohya names, as ComfyUI's key maps spell them
-            expected = {("lora_unet_" if la.side == "unet" else "lora_te_") + la.path.replace(".", "_")
-                        for la in fx.layers}
+            expected = {
+                ("lora_unet_" if la.side == "unet" else "lora_te_") + la.path.replace(".", "_") for la in fx.layers
+            }
             modules = {k.split(".", 1)[0] for k in files[name]}
         else:  # PEFT: base_model.model.<ComfyUI module path>.<param>
             expected = {"base_model.model." + la.path for la in fx.layers}
@@ -307,7 +320,8 @@ def test_ours_exact_full_and_lowvram(parity, name):
         assert o.input_untouched, f"{where}: the input MODEL/CLIP patch lists changed"
         assert " 0 unmatched" in o.summary and "0 unknown keys" in o.summary, f"{where}: {o.summary}"
         assert o.patched == set(fixture.reference[s]), (
-            f"{where}: patched {sorted(o.patched ^ set(fixture.reference[s]))} differ from the changed keys")
+            f"{where}: patched {sorted(o.patched ^ set(fixture.reference[s]))} differ from the changed keys"
+        )
         bad_full = {k: v for k, v in o.full.items() if not v <= TOL}
         bad_low = {k: v for k, v in o.lowvram.items() if not v <= TOL}
         assert not bad_full, f"{where}: full-load relative error > {TOL}: {bad_full}"
@@ -348,8 +362,9 @@ def _check_strength_zero(node, model, clip, parity):
 
 def test_fresh_checkpoint_with_grad_enabled(parity, comfy):
     """Outside inference mode (scripts, tests, training nodes) a freshly loaded UNet may have weights that require
-    grad (0.3.75 loads them so; 0.33 does not, so here they are set); ComfyUI patches a copy of them. Our patches must work there too (the fused OFT/BOFT kernels
-    once raised "functions with out=... arguments don't support automatic differentiation")."""
+    grad (0.3.75 loads them so; 0.33 does not, so here they are set); ComfyUI patches a copy of them. Our patches
+    must work there too (the fused OFT/BOFT kernels once raised "functions with out=... arguments don't support
+    automatic differentiation")."""
     node = comfy.lyco_nodes["LyCOLoadAdapter"]
     with one_thread():
         model, clip, _ = comfy.nodes.CheckpointLoaderSimple().load_checkpoint(comfy.base.ckpt_name)
@@ -390,15 +405,26 @@ def test_native_known_errors_are_pinned(parity):
     """What spec comfyui-host §4 says core 0.3.75 gets wrong, still wrong here (so 'ours is exact' means
     something), and what it gets right still right (which also cross-checks the references)."""
     p = parity
-    for name in ("lyco_lora", "lyco_locon_tucker", "lyco_loha", "lyco_loha_tucker", "lyco_lokr_factor4",
-                 "lyco_lokr_decompose_both", "lyco_lokr_full_matrix", "lyco_full", "lyco_norm"):
+    for name in (
+        "lyco_lora",
+        "lyco_locon_tucker",
+        "lyco_loha",
+        "lyco_loha_tucker",
+        "lyco_lokr_factor4",
+        "lyco_lokr_decompose_both",
+        "lyco_lokr_full_matrix",
+        "lyco_full",
+        "lyco_norm",
+    ):
         for s in af.STRENGTHS:
             assert _native(p, name, s) <= NATIVE_EXACT, f"core became inexact on {name} at {s}"
     # LoKr + Tucker conv: the 3x3 layer stays unpatched (swallowed 'view size' error); the rest is exact
     for s in af.STRENGTHS:
         assert _native_layer(p, "lyco_lokr_tucker", s, "in_layers.2") >= 0.99
-        assert max(v for k, v in p.outcomes[("lyco_lokr_tucker", s)].native.items()
-                   if "in_layers.2" not in k) <= NATIVE_EXACT
+        assert (
+            max(v for k, v in p.outcomes[("lyco_lokr_tucker", s)].native.items() if "in_layers.2" not in k)
+            <= NATIVE_EXACT
+        )
     assert p.outcomes[("lyco_lokr_tucker", 1.0)].native_log["ERROR"] >= 1
     # OFT: exact at 1, strength applied twice (relerr |s − 1|) elsewhere
     assert _native(p, "lyco_oft", 1.0) <= NATIVE_EXACT
@@ -475,9 +501,13 @@ def render_table(parity) -> str:
         file = fx.path.name if fx.family == "lycoris" else fx.name + "/"
         lines.append(f"| {fx.method} | `{file}` | {' | '.join(ours)} | {' | '.join(native)} | {'; '.join(notes)} |")
     worst_fl = max(o.full_vs_lowvram for o in parity.outcomes.values())
-    lines += ["", f"Ours, full load vs low-VRAM path on the fp32 UNet weights: max |difference| {worst_fl:.1e}. "
-              "CLIP-L is fp16 here: the full load rounds once to fp16, the low-VRAM path stays fp32.",
-              "", "Timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in parity.timings.items())]
+    lines += [
+        "",
+        f"Ours, full load vs low-VRAM path on the fp32 UNet weights: max |difference| {worst_fl:.1e}. "
+        "CLIP-L is fp16 here: the full load rounds once to fp16, the low-VRAM path stays fp32.",
+        "",
+        "Timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in parity.timings.items()),
+    ]
     return "\n".join(lines) + "\n"
 
 

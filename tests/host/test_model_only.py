@@ -1,5 +1,6 @@
 """The model-only loader applies the UNet part of a file and reports its text-encoder part as skipped, not as
 unmatched; a file with nothing but text-encoder modules is a clear error there."""
+
 from __future__ import annotations
 
 import pytest
@@ -15,9 +16,11 @@ def loaded(comfy, comfy_base, tiny_checkpoint):
 
     names = link_demo_adapters(comfy_base.path, tiny_checkpoint)
     gen = torch.Generator().manual_seed(11)
-    te_only = {"lora_te_text_model_encoder_layers_0_mlp_fc1.lora_up.weight": torch.randn(3072, 2, generator=gen),
-               "lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": torch.randn(2, 768, generator=gen),
-               "lora_te_text_model_encoder_layers_0_mlp_fc1.alpha": torch.tensor(2.0)}
+    te_only = {
+        "lora_te_text_model_encoder_layers_0_mlp_fc1.lora_up.weight": torch.randn(3072, 2, generator=gen),
+        "lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": torch.randn(2, 768, generator=gen),
+        "lora_te_text_model_encoder_layers_0_mlp_fc1.alpha": torch.tensor(2.0),
+    }
     save_file(te_only, str(comfy_base.path / "models" / "loras" / "te_only.safetensors"))
     folder_paths.filename_list_cache.pop("loras", None)
     model, _, _ = comfy.nodes.CheckpointLoaderSimple().load_checkpoint(comfy.base.ckpt_name)

@@ -16,6 +16,7 @@ Checked: the rebuilt patches are ours, read their tensors from the staging buffe
 to those before the prefetch; the slice result equals the module applied to that slice alone, with the other rows
 untouched. On a host without prefetch (0.3.75) the test is skipped and says so.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -26,15 +27,17 @@ import torch
 import adapter_fixtures as af
 
 STRENGTHS = (0.6, -0.5)
-STACKED_UNDER = "lyco_oft_rescaled"     # a W-dependent second adapter: its result depends on the first one's
+STACKED_UNDER = "lyco_oft_rescaled"  # a W-dependent second adapter: its result depends on the first one's
 
 
 def _lowvram_patch_class():
     cls = importlib.import_module("comfy.model_patcher").LowVramPatch
     if not hasattr(cls, "prepare"):
         version = importlib.import_module("comfyui_version").__version__
-        pytest.skip(f"ComfyUI {version} has no dynamic-VRAM prefetch (LowVramPatch.prepare): patches are never "
-                    "rebuilt there; the loader parity tests cover its low-VRAM path")
+        pytest.skip(
+            f"ComfyUI {version} has no dynamic-VRAM prefetch (LowVramPatch.prepare): patches are never "
+            "rebuilt there; the loader parity tests cover its low-VRAM path"
+        )
     return cls
 
 
@@ -73,8 +76,10 @@ def _same_through_prefetch(cls, key, patches, weight: torch.Tensor, where: str) 
     rebuilt = _check_rebuilt(lowvram_patch, buffer, where)
     after = lowvram_patch(weight.clone())
     assert after.dtype == before.dtype, where
-    assert torch.equal(after, before), (f"{where}: prefetched patches give other weights, max |diff| "
-                                        f"{(after.float() - before.float()).abs().max().item():.3e}")
+    assert torch.equal(after, before), (
+        f"{where}: prefetched patches give other weights, max |diff| "
+        f"{(after.float() - before.float()).abs().max().item():.3e}"
+    )
     return rebuilt
 
 
@@ -117,8 +122,9 @@ def test_prefetched_patches_on_fused_slices(comfy, parity_files, name):
     module on that slice alone, other rows untouched."""
     cls = _lowvram_patch_class()
     node = comfy.lyco_nodes["LyCOLoadAdapter"]
-    model, clip, _ = node.execute(parity_files.model, parity_files.clip, parity_files.fixtures[name].lora_name,
-                                  0.7, 0.7).result
+    model, clip, _ = node.execute(
+        parity_files.model, parity_files.clip, parity_files.fixtures[name].lora_name, 0.7, 0.7
+    ).result
     gen = torch.Generator().manual_seed(af.seed_of(name))
     tried = 0
     for patcher in _patchers(model, clip).values():
@@ -128,16 +134,16 @@ def test_prefetched_patches_on_fused_slices(comfy, parity_files, name):
                 continue
             weight = parity_files.base[key]
             rows = weight.shape[0]
-            fused = torch.cat([torch.randn(weight.shape, generator=gen), weight, torch.randn(weight.shape,
-                                                                                            generator=gen)])
+            fused = torch.cat(
+                [torch.randn(weight.shape, generator=gen), weight, torch.randn(weight.shape, generator=gen)]
+            )
             fused_key = key + ".fused"
-            sliced = {fused_key: [(p[0], p[1], p[2], (0, rows, rows), p[4]) for p in ours],
-                      key: ours}
+            sliced = {fused_key: [(p[0], p[1], p[2], (0, rows, rows), p[4]) for p in ours], key: ours}
             where = f"{name} {key} slice"
             _same_through_prefetch(cls, fused_key, sliced, fused, where)
             alone = cls(key, sliced)(weight.clone())
             got = cls(fused_key, sliced)(fused.clone())
-            assert torch.equal(got[rows:2 * rows], alone), where
-            assert torch.equal(got[:rows], fused[:rows]) and torch.equal(got[2 * rows:], fused[2 * rows:]), where
+            assert torch.equal(got[rows : 2 * rows], alone), where
+            assert torch.equal(got[:rows], fused[:rows]) and torch.equal(got[2 * rows :], fused[2 * rows :]), where
             tried += 1
     assert tried, f"{name}: no patched weight to slice"

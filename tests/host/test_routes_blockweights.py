@@ -6,6 +6,7 @@ kohya way ComfyUI's key map knows for the tiny model (``tiny_sd15.lora_targets``
 
 Block ids of the tiny UNet's four transformer blocks: IN01 (input_blocks.1), M00, OUT00, OUT01; BASE = CLIP.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -34,6 +35,7 @@ def vector(**weights) -> str:
 
 # --------------------------------------------------------------------------- fixtures
 
+
 @pytest.fixture(scope="module")
 def demo(comfy_base, tiny_checkpoint) -> dict[str, str]:
     return demo_files.link_demo_adapters(comfy_base.path, tiny_checkpoint)
@@ -54,8 +56,11 @@ def _save(comfy, name: str, tensors: dict, algo: str) -> str:
     from safetensors.torch import save_file
 
     path = comfy.base.path / "models" / "loras" / name
-    save_file({k: v.to(torch.float16).contiguous() for k, v in tensors.items()}, str(path),
-              metadata={"ss_network_module": "lycoris.kohya", "ss_network_args": json.dumps({"algo": algo})})
+    save_file(
+        {k: v.to(torch.float16).contiguous() for k, v in tensors.items()},
+        str(path),
+        metadata={"ss_network_module": "lycoris.kohya", "ss_network_args": json.dumps({"algo": algo})},
+    )
     return name
 
 
@@ -75,13 +80,20 @@ def made(comfy, tiny) -> dict[str, str]:
         boft[f"{name}.oft_blocks"] = torch.randn((2, out_f // 8, 8, 8), generator=gen) * 0.05
         down = torch.randn((4, in_f), generator=gen) / math.sqrt(in_f)
         up = torch.randn((out_f, 4), generator=gen) * 0.25
-        dora.update({f"{name}.lora_down.weight": down, f"{name}.lora_up.weight": up,
-                     f"{name}.alpha": torch.tensor(4.0),
-                     f"{name}.dora_scale": weight.norm(dim=1, keepdim=True) * (1 + 0.2 * torch.rand((out_f, 1),
-                                                                                                 generator=gen))})
-    return {"oft_rescaled": _save(comfy, "bw_oft_rescaled.safetensors", oft, "diag-oft"),
-            "boft": _save(comfy, "bw_boft.safetensors", boft, "boft"),
-            "dora": _save(comfy, "bw_dora.safetensors", dora, "lora")}
+        dora.update(
+            {
+                f"{name}.lora_down.weight": down,
+                f"{name}.lora_up.weight": up,
+                f"{name}.alpha": torch.tensor(4.0),
+                f"{name}.dora_scale": weight.norm(dim=1, keepdim=True)
+                * (1 + 0.2 * torch.rand((out_f, 1), generator=gen)),
+            }
+        )
+    return {
+        "oft_rescaled": _save(comfy, "bw_oft_rescaled.safetensors", oft, "diag-oft"),
+        "boft": _save(comfy, "bw_boft.safetensors", boft, "boft"),
+        "dora": _save(comfy, "bw_dora.safetensors", dora, "lora"),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +102,7 @@ def files(demo, made) -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------- helpers
+
 
 def get(server, path: str):
     """(status, JSON body) of a GET, HTTP errors included."""
@@ -123,8 +136,11 @@ def patched(patcher, keys) -> dict[str, torch.Tensor]:
 
 
 def unet_keys(model, block_prefix: str = "") -> list[str]:
-    return [k for k, v in model.model_state_dict().items() if k.startswith("diffusion_model." + block_prefix)
-            and k.endswith(".weight") and v.ndim >= 2]
+    return [
+        k
+        for k, v in model.model_state_dict().items()
+        if k.startswith("diffusion_model." + block_prefix) and k.endswith(".weight") and v.ndim >= 2
+    ]
 
 
 def load(comfy, tiny, name: str, s_model: float = 1.0, s_clip: float = 1.0):
@@ -169,17 +185,20 @@ def test_info_is_served_under_api_too(comfy_server, demo):
     assert status == 200 and body["methods"] == {"lokr": DEMO_MODULES}
 
 
-@pytest.mark.parametrize("raw", [
-    "nope.safetensors",
-    "../checkpoints/tiny_sd15.safetensors",
-    "..%2Fcheckpoints%2Ftiny_sd15.safetensors",
-    "%2E%2E%2Fcheckpoints%2Ftiny_sd15.safetensors",
-    "%252E%252E%252Fcheckpoints%252Ftiny_sd15.safetensors",
-    "..\\checkpoints\\tiny_sd15.safetensors",
-    "/etc/passwd",
-    "%2Fetc%2Fpasswd",
-    "ABSOLUTE_LORA",
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "nope.safetensors",
+        "../checkpoints/tiny_sd15.safetensors",
+        "..%2Fcheckpoints%2Ftiny_sd15.safetensors",
+        "%2E%2E%2Fcheckpoints%2Ftiny_sd15.safetensors",
+        "%252E%252E%252Fcheckpoints%252Ftiny_sd15.safetensors",
+        "..\\checkpoints\\tiny_sd15.safetensors",
+        "/etc/passwd",
+        "%2Fetc%2Fpasswd",
+        "ABSOLUTE_LORA",
+    ],
+)
 def test_info_refuses_traversal_and_unknown_names(comfy_server, demo, raw):
     if raw == "ABSOLUTE_LORA":
         raw = urllib.parse.quote(str(comfy_server.base.path / "models" / "loras" / demo["lora"]), safe="")
@@ -217,8 +236,9 @@ def test_info_cache_follows_the_file_and_its_sidecars(comfy_server, demo):
     assert second["methods"] == {"oft": DEMO_MODULES} and second["sha256"] != first[1]["sha256"]
 
     (loras / "changing.txt").write_text("sidecar word, another word\n", encoding="utf-8")
-    (loras / "changing.civitai.info").write_text(json.dumps({"trainedWords": ["civitai word"],
-                                                             "baseModel": "SD 1.5"}), encoding="utf-8")
+    (loras / "changing.civitai.info").write_text(
+        json.dumps({"trainedWords": ["civitai word"], "baseModel": "SD 1.5"}), encoding="utf-8"
+    )
     third = info(comfy_server, "changing.safetensors")[1]
     assert third["sidecars"] == ["changing.txt", "changing.civitai.info"]
     assert third["trigger_words"][-3:] == ["sidecar word", "another word", "civitai word"]
@@ -229,7 +249,11 @@ def test_block_presets_route(comfy_server):
     status, body = get(comfy_server, "/lyco/block_presets")
     assert status == 200
     assert {name: len(ids) for name, ids in body["block_sets"].items()} == {
-        "sd15_17": 17, "sd15_26": 26, "sdxl_12": 12, "sdxl_20": 20}
+        "sd15_17": 17,
+        "sd15_26": 26,
+        "sdxl_12": 12,
+        "sdxl_20": 20,
+    }
     assert body["block_sets"]["sd15_26"] == BLOCKS_26
     assert {"ALL", "NONE", "INS", "IND", "INALL", "MIDD", "OUTD", "OUTS", "OUTALL"} <= set(body["presets"]["sd15"])
 
@@ -240,6 +264,7 @@ def test_routes_register_in_process_without_listening(comfy):
 
 
 # --------------------------------------------------------------------------- block-weight parsing
+
 
 def test_block_weight_strings(comfy):
     bw = pack(comfy).nodes.block_weights
@@ -339,8 +364,10 @@ def test_base_weight_is_the_text_encoder_strength(comfy, tiny, files):
     assert off[1] is clip  # nothing patched on the text encoder at all
     half = load_blocks(comfy, tiny, files["lora"], vector(BASE=0.5), s_clip=0.8)
     ref = load(comfy, tiny, files["lora"], 1.0, 0.4)
-    assert all(torch.equal(a, b) for a, b in zip(patched(half[1].patcher, keys).values(),
-                                                  patched(ref[1].patcher, keys).values()))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(patched(half[1].patcher, keys).values(), patched(ref[1].patcher, keys).values())
+    )
     assert "BASE  ×0.5 → strength 0.4: 72 modules" in half[2]
 
 
@@ -351,35 +378,42 @@ def test_block_weight_errors_are_clear(comfy, tiny, files):
 
 # --------------------------------------------------------------------------- adapter stack (in-process)
 
+
 def test_stack_applies_enabled_rows_in_order(comfy, tiny, files, base_unet):
     model, clip = tiny
-    rows = [{"name": files["lokr"], "strength_model": 0.7, "strength_clip": 0.5},
-            {"name": files["lora"], "on": False},
-            {"name": files["oft"], "on": True, "strength_model": 1.0, "strength_clip": 1.0}]
+    rows = [
+        {"name": files["lokr"], "strength_model": 0.7, "strength_clip": 0.5},
+        {"name": files["lora"], "on": False},
+        {"name": files["oft"], "on": True, "strength_model": 1.0, "strength_clip": 1.0},
+    ]
     stacked = node(comfy, "LyCOAdapterStack").execute(model, clip, json.dumps(rows))
     first = load(comfy, tiny, files["lokr"], 0.7, 0.5)
     chained = node(comfy, "LyCOLoadAdapter").execute(first[0], first[1], files["oft"], 1.0, 1.0)
     assert _patch_plan(stacked[0]) == _patch_plan(chained[0])
     assert _patch_plan(stacked[1].patcher) == _patch_plan(chained[1].patcher)
     keys = list(base_unet)
-    assert all(torch.equal(a, b) for a, b in zip(patched(stacked[0], keys).values(),
-                                                  patched(chained[0], keys).values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(patched(stacked[0], keys).values(), patched(chained[0], keys).values())
+    )
     lines = stacked[2].splitlines()
     assert lines[0].startswith("1. (model 0.7, clip 0.5) ") and lines[-1].startswith("3. ")
     assert f"2. {files['lora']}: off" in lines
     assert model.patches == {} and clip.patcher.patches == {}  # inputs untouched
 
 
-@pytest.mark.parametrize("stack, message", [
-    ("not json", "stack is not valid JSON"),
-    ('{"name": "x"}', "must be a JSON list"),
-    ('["x"]', "stack row 1 must be an object"),
-    ('[{"name": "missing.safetensors"}]', "'missing.safetensors' is not in ComfyUI's loras folders"),
-    ('[{"adapter": "x"}]', "unknown field(s) adapter"),
-    ('[{"name": "LORA", "on": "yes"}]', "'on' must be true or false"),
-    ('[{"name": "LORA", "strength_model": 11}]', "'strength_model' is 11, outside"),
-    ('[{"name": "LORA", "strength_clip": "1"}]', "'strength_clip' must be a number"),
-])
+@pytest.mark.parametrize(
+    "stack, message",
+    [
+        ("not json", "stack is not valid JSON"),
+        ('{"name": "x"}', "must be a JSON list"),
+        ('["x"]', "stack row 1 must be an object"),
+        ('[{"name": "missing.safetensors"}]', "'missing.safetensors' is not in ComfyUI's loras folders"),
+        ('[{"adapter": "x"}]', "unknown field(s) adapter"),
+        ('[{"name": "LORA", "on": "yes"}]', "'on' must be true or false"),
+        ('[{"name": "LORA", "strength_model": 11}]', "'strength_model' is 11, outside"),
+        ('[{"name": "LORA", "strength_clip": "1"}]', "'strength_clip' must be a number"),
+    ],
+)
 def test_stack_validation_names_row_and_field(comfy, files, stack, message):
     result = node(comfy, "LyCOAdapterStack").validate_inputs(stack.replace("LORA", files["lora"]))
     assert isinstance(result, str) and message in result, result

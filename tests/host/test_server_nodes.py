@@ -69,6 +69,7 @@ TEMPLATE_FILES = sorted((REPO_ROOT / "example_workflows").glob("*.json"))
 
 # --------------------------------------------------------------------------- fixtures
 
+
 def _write_bad_files(loras: Path, lokr: Path) -> None:
     import torch
     from safetensors.torch import save_file
@@ -123,6 +124,7 @@ def object_info(server) -> dict:
 
 
 # --------------------------------------------------------------------------- helpers
+
 
 def _combo_options(spec) -> list:
     typ, opts = spec[0], (spec[1] if len(spec) > 1 else {})
@@ -208,8 +210,16 @@ def _loader_only(loader: str, adapter: str, strength_model=1.0, strength_clip=1.
     """checkpoint -> our loader -> PreviewAny(summary): runs our node without sampling."""
     return {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny_sd15.safetensors"}},
-        "2": {"class_type": loader, "inputs": {"model": ["1", 0], "clip": ["1", 1], "adapter_name": adapter,
-                                               "strength_model": strength_model, "strength_clip": strength_clip}},
+        "2": {
+            "class_type": loader,
+            "inputs": {
+                "model": ["1", 0],
+                "clip": ["1", 1],
+                "adapter_name": adapter,
+                "strength_model": strength_model,
+                "strength_clip": strength_clip,
+            },
+        },
         "3": {"class_type": "PreviewAny", "inputs": {"source": ["2", 2]}},
     }
 
@@ -236,12 +246,14 @@ def _run_failing(server, prompt: dict) -> dict:
 def _assert_still_serving(server) -> None:
     with urllib.request.urlopen(server.url + "/system_stats", timeout=10) as r:
         assert r.status == 200
-    out = workflow.run_prompt(server.url, _loader_only("LyCOLoadAdapter", "lyco_demo_lora.safetensors",
-                                                       _fresh_strength(), 1.0))
+    out = workflow.run_prompt(
+        server.url, _loader_only("LyCOLoadAdapter", "lyco_demo_lora.safetensors", _fresh_strength(), 1.0)
+    )
     assert "lora ×112" in out["2"]["text"][0]
 
 
 # --------------------------------------------------------------------------- registration
+
 
 def test_object_info_lists_our_nodes(object_info, demo_adapters):
     for node_id, (display, category) in OUR_NODES.items():
@@ -273,12 +285,16 @@ def test_extensions_list_nothing_broken(server):
 
 def test_server_log_names_no_import_failure_of_our_pack(server):
     server.wait_for_log(r"Import times for custom nodes", timeout=10)
-    bad = [ln for ln in server.log().splitlines()
-           if ("IMPORT FAILED" in ln or "Cannot import" in ln) and ("ComfyUI-LyCO" in ln or "lyco" in ln.lower())]
+    bad = [
+        ln
+        for ln in server.log().splitlines()
+        if ("IMPORT FAILED" in ln or "Cannot import" in ln) and ("ComfyUI-LyCO" in ln or "lyco" in ln.lower())
+    ]
     assert not bad, "\n".join(bad)
 
 
 # --------------------------------------------------------------------------- example workflows
+
 
 def test_example_workflows_are_generated_and_up_to_date():
     stems = {p.stem for p in TEMPLATE_FILES}
@@ -293,8 +309,15 @@ def test_example_workflows_are_generated_and_up_to_date():
 @pytest.mark.parametrize("path", TEMPLATE_FILES, ids=lambda p: p.stem)
 def test_example_workflow_matches_object_info(path, object_info, demo_adapters):
     wf = json.loads(path.read_text(encoding="utf-8"))
-    assert wf["version"] == 0.4 and {"last_node_id", "last_link_id", "nodes", "links", "groups", "config",
-                                      "extra"} <= set(wf)
+    assert wf["version"] == 0.4 and {
+        "last_node_id",
+        "last_link_id",
+        "nodes",
+        "links",
+        "groups",
+        "config",
+        "extra",
+    } <= set(wf)
     link_ids = {row[0] for row in wf["links"]}
     for node in wf["nodes"]:
         typ = node["type"]
@@ -312,7 +335,7 @@ def test_example_workflow_matches_object_info(path, object_info, demo_adapters):
         # the host's outputs may extend the template's (0.33's SaveImage passes its IMAGE on; the frontend adds the
         # slot when it loads the template), never differ from them
         outputs = [(o["name"], o["type"]) for o in node["outputs"]]
-        assert outputs == list(zip(info["output_name"], info["output"]))[:len(outputs)], (typ, outputs)
+        assert outputs == list(zip(info["output_name"], info["output"]))[: len(outputs)], (typ, outputs)
         if typ.startswith("LyCO"):
             assert len(outputs) == len(info["output"]), (typ, outputs)
         for name, value in zip(widgets, node["widgets_values"]):
@@ -366,6 +389,7 @@ def _assert_saved_adapter_loads(server, name: str, save_text: str) -> None:
 
 # --------------------------------------------------------------------------- strengths and the summary
 
+
 def test_strength_zero_equals_no_adapter_and_differs_from_strength_one(server, demo_adapters):
     base = _template_api("lyco_load_adapter")
     ours = _node_id(base, "LyCOLoadAdapter")
@@ -384,8 +408,9 @@ def test_strength_zero_equals_no_adapter_and_differs_from_strength_one(server, d
     diff = np.abs(img_on - img_off).mean()
     print(f"mean |strength 1 - strength 0| = {diff:.2f}/255")
     assert diff > 1.0, f"the demo LoKr had no visible effect (mean |diff| {diff:.3f}/255)"
-    assert np.array_equal(img_off, img_plain), \
+    assert np.array_equal(img_off, img_plain), (
         f"strength 0 is not the base model (mean |diff| {np.abs(img_off - img_plain).mean():.4f}/255)"
+    )
 
 
 def test_summary_ui_text_in_history(server, demo_adapters):
@@ -411,8 +436,10 @@ def test_summary_ui_text_in_history(server, demo_adapters):
 def test_info_node_reports_file_and_matches(server, demo_adapters):
     prompt = {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny_sd15.safetensors"}},
-        "2": {"class_type": "LyCOAdapterInfo", "inputs": {"adapter_name": demo_adapters["oft"],
-                                                          "model": ["1", 0], "clip": ["1", 1]}},
+        "2": {
+            "class_type": "LyCOAdapterInfo",
+            "inputs": {"adapter_name": demo_adapters["oft"], "model": ["1", 0], "clip": ["1", 1]},
+        },
     }
     text = workflow.run_prompt(server.url, prompt)["2"]["text"][0]
     assert "methods: oft ×112" in text and "lycoris" in text and "UNet 40" in text and "CLIP 72" in text, text
@@ -420,11 +447,15 @@ def test_info_node_reports_file_and_matches(server, demo_adapters):
 
 # --------------------------------------------------------------------------- bad input
 
-@pytest.mark.parametrize("case, problem", [
-    ("truncated", r"truncated"),
-    ("sdxl_only", r"no module matches this model"),
-    ("plain", r"no adapter module recognised"),
-])
+
+@pytest.mark.parametrize(
+    "case, problem",
+    [
+        ("truncated", r"truncated"),
+        ("sdxl_only", r"no module matches this model"),
+        ("plain", r"no adapter module recognised"),
+    ],
+)
 def test_bad_file_gives_node_error_and_server_keeps_serving(server, demo_adapters, case, problem):
     prompt = _loader_only("LyCOLoadAdapter", BAD[case], _fresh_strength(), 1.0)
     err = _run_failing(server, prompt)

@@ -5,6 +5,7 @@ and σ on the MODEL the node returns, i.e. with the saved file applied by our lo
 way in ComfyUI's native LoraLoader (LoRA); resuming from the node's ADAPTER continues the step count, the loss curve
 and the optimizer; cancelling mid-run (ComfyUI's interrupt flag) leaves the last checkpoint whole and loadable.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -58,13 +59,26 @@ def _config(comfy, node_id: str, **fields):
 def _train(comfy, sd15, data, config, **options):
     model, clip, _ = sd15
     latents, conds = data
-    settings = dict(steps=12, batch_size=2, grad_accumulation=1, learning_rate=2e-3, text_encoder_lr=5e-5,
-                    optimizer="AdamW", scheduler="constant", warmup_steps=0, seed=0, training_dtype="fp32",
-                    gradient_checkpointing=False, checkpoint_every=0, name="t")
+    settings = dict(
+        steps=12,
+        batch_size=2,
+        grad_accumulation=1,
+        learning_rate=2e-3,
+        text_encoder_lr=5e-5,
+        optimizer="AdamW",
+        scheduler="constant",
+        warmup_steps=0,
+        seed=0,
+        training_dtype="fp32",
+        gradient_checkpointing=False,
+        checkpoint_every=0,
+        name="t",
+    )
     settings.update(options)
     lists = {k: [v] for k, v in settings.items()}
-    return comfy.lyco_nodes["LyCOTrain"].execute(model=[model], config=[config], latents=latents,
-                                                 positive=conds, **lists)
+    return comfy.lyco_nodes["LyCOTrain"].execute(
+        model=[model], config=[config], latents=latents, positive=conds, **lists
+    )
 
 
 def eval_loss(comfy, patcher, data) -> float:
@@ -72,7 +86,7 @@ def eval_loss(comfy, patcher, data) -> float:
     latents, conds = data
     host = _pack(comfy, "nodes.train_host")
     importlib.import_module("comfy.model_management").load_models_gpu([patcher], force_full_load=True)
-    loss = host.DenoiseLoss(patcher, [l["samples"] for l in latents], conds, seed=123)
+    loss = host.DenoiseLoss(patcher, [latent["samples"] for latent in latents], conds, seed=123)
     with torch.no_grad():
         return sum(float(loss([0, 1], draw)) for draw in range(EVAL_DRAWS)) / EVAL_DRAWS
 
@@ -108,8 +122,11 @@ def test_training_lowers_the_loss_and_the_file_applies(comfy, sd15, data, method
         assert set(native.patches) == set(trained_model.patches)
         assert eval_loss(comfy, native, data) == pytest.approx(after, rel=1e-4)
         # the ADAPTER output feeds Save Adapter, which keeps the training metadata
-        saved = comfy.lyco_nodes["LyCOSaveAdapter"].execute(adapter=adapter, name="trained/lora_t", layout="lycoris",
-                                                            dtype="fp32", overwrite=True).result[0]
+        saved = (
+            comfy.lyco_nodes["LyCOSaveAdapter"]
+            .execute(adapter=adapter, name="trained/lora_t", layout="lycoris", dtype="fp32", overwrite=True)
+            .result[0]
+        )
         copy = _pack(comfy, "lyco_core").load_adapter(saved)
         assert copy.metadata["ss_steps"] == "12" and set(copy.modules) == set(adapter.modules)
 
@@ -169,12 +186,33 @@ def test_text_encoder_trains_from_captions_and_loss_plot(comfy, sd15, data):
     config = _config(comfy, "LyCOLoRAConfig", r=2, lora_alpha=2.0, target_modules="to_q, q_proj")
     model, clip, _ = sd15
     latents, conds = data
-    lists = {k: [v] for k, v in dict(steps=2, batch_size=2, grad_accumulation=1, learning_rate=1e-3,
-                                       text_encoder_lr=1e-2, optimizer="AdamW", scheduler="linear",
-                                       warmup_steps=1, seed=0, training_dtype="fp32", gradient_checkpointing=True,
-                                       checkpoint_every=0, name="te", clip=clip).items()}
-    out = comfy.lyco_nodes["LyCOTrain"].execute(model=[model], config=[config], latents=latents, positive=conds,
-                                                captions=["a red square", "a blue circle"], **lists)
+    lists = {
+        k: [v]
+        for k, v in dict(
+            steps=2,
+            batch_size=2,
+            grad_accumulation=1,
+            learning_rate=1e-3,
+            text_encoder_lr=1e-2,
+            optimizer="AdamW",
+            scheduler="linear",
+            warmup_steps=1,
+            seed=0,
+            training_dtype="fp32",
+            gradient_checkpointing=True,
+            checkpoint_every=0,
+            name="te",
+            clip=clip,
+        ).items()
+    }
+    out = comfy.lyco_nodes["LyCOTrain"].execute(
+        model=[model],
+        config=[config],
+        latents=latents,
+        positive=conds,
+        captions=["a red square", "a blue circle"],
+        **lists,
+    )
     trained_model, trained_clip, adapter, loss_map = out.result
     te = {n: m for n, m in adapter.modules.items() if n.startswith("lora_te")}
     assert len(te) == 12 and len(adapter.modules) == len(te) + 8  # q_proj per CLIP layer; attn1/attn2 to_q × 4

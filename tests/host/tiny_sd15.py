@@ -65,13 +65,16 @@ TAESD_SCALE = 0.18215
 # UNet modules a kohya SD1.x LoRA targets inside each BasicTransformerBlock (ldm names).
 _UNET_TARGET = re.compile(
     r"^diffusion_model\..*\.transformer_blocks\.\d+\."
-    r"(attn[12]\.(to_q|to_k|to_v|to_out\.0)|ff\.net\.(0\.proj|2))\.weight$")
+    r"(attn[12]\.(to_q|to_k|to_v|to_out\.0)|ff\.net\.(0\.proj|2))\.weight$"
+)
 _CLIP_TARGET = re.compile(
     r"^clip_l\.transformer\.text_model\.encoder\.layers\.\d+\."
-    r"(self_attn\.(q_proj|k_proj|v_proj|out_proj)|mlp\.(fc1|fc2))\.weight$")
+    r"(self_attn\.(q_proj|k_proj|v_proj|out_proj)|mlp\.(fc1|fc2))\.weight$"
+)
 
 
 # --------------------------------------------------------------------------- helpers
+
 
 def read_safetensors_metadata(path: Path | str) -> dict | None:
     """The ``__metadata__`` of a .safetensors file (stdlib only), or None if unreadable."""
@@ -159,6 +162,7 @@ def _init_tensor(name: str, shape: tuple[int, ...], gen):
 
 # --------------------------------------------------------------------------- public API
 
+
 def make_tiny_sd15(path: Path | str, seed: int = 0) -> Path:
     """Write the tiny SD1.5 checkpoint to ``path`` unless a matching one is already there."""
     import torch
@@ -172,8 +176,11 @@ def make_tiny_sd15(path: Path | str, seed: int = 0) -> Path:
     tensors = {}
     for name, shape in sorted(_layout()):  # sorted: values independent of module build order
         tensors[name] = _init_tensor(name, shape, gen).contiguous()
-    _save_atomic(tensors, path, {**marker, "modelspec.architecture": "stable-diffusion-v1",
-                                 "lyco.note": "random weights; test fixture only"})
+    _save_atomic(
+        tensors,
+        path,
+        {**marker, "modelspec.architecture": "stable-diffusion-v1", "lyco.note": "random weights; test fixture only"},
+    )
     return path
 
 
@@ -198,22 +205,33 @@ def lora_targets(model_patcher, clip) -> tuple[dict[str, str], dict[str, str]]:
         diffusers = [n for n in names if re.match(r"lora_unet_(down_blocks|mid_block|up_blocks)_", n)]
         unet[sorted(diffusers or names)[0]] = target
 
-    te = {name: target for name, target in clip_map.items()
-          if isinstance(target, str) and name.startswith("lora_te_text_model_encoder_layers_")
-          and _CLIP_TARGET.match(target)}
+    te = {
+        name: target
+        for name, target in clip_map.items()
+        if isinstance(target, str)
+        and name.startswith("lora_te_text_model_encoder_layers_")
+        and _CLIP_TARGET.match(target)
+    }
     return unet, dict(sorted(te.items()))
 
 
-def make_tiny_lora(path: Path | str, checkpoint_path: Path | str, seed: int = 1,
-                   rank: int = 4, alpha: float = 4.0) -> Path:
+def make_tiny_lora(
+    path: Path | str, checkpoint_path: Path | str, seed: int = 1, rank: int = 4, alpha: float = 4.0
+) -> Path:
     """Write a kohya-layout LoRA (rank 4, alpha 4, non-zero up) matching the tiny checkpoint."""
     import torch
 
     path, checkpoint_path = Path(path), Path(checkpoint_path)
     ck_meta = read_safetensors_metadata(checkpoint_path) or {}
     ck_id = f"{ck_meta.get('lyco.fixture')}:{ck_meta.get('lyco.fixture_version')}:{ck_meta.get('lyco.seed')}"
-    marker = {"lyco.fixture": LORA_KIND, "lyco.fixture_version": FIXTURE_VERSION, "lyco.seed": str(seed),
-              "lyco.rank": str(rank), "lyco.alpha": str(alpha), "lyco.checkpoint": ck_id}
+    marker = {
+        "lyco.fixture": LORA_KIND,
+        "lyco.fixture_version": FIXTURE_VERSION,
+        "lyco.seed": str(seed),
+        "lyco.rank": str(rank),
+        "lyco.alpha": str(alpha),
+        "lyco.checkpoint": ck_id,
+    }
     if _marker_matches(path, marker):
         return path
 
@@ -236,9 +254,18 @@ def make_tiny_lora(path: Path | str, checkpoint_path: Path | str, seed: int = 1,
         tensors[f"{name}.lora_down.weight"] = down.to(torch.float16).contiguous()
         tensors[f"{name}.lora_up.weight"] = up.to(torch.float16).contiguous()
         tensors[f"{name}.alpha"] = torch.tensor(float(alpha), dtype=torch.float16)
-    _save_atomic(tensors, path, {**marker, "ss_network_module": "networks.lora", "ss_network_dim": str(rank),
-                                 "ss_network_alpha": str(alpha), "lyco.unet_modules": str(len(unet_names)),
-                                 "lyco.te_modules": str(len(te_names))})
+    _save_atomic(
+        tensors,
+        path,
+        {
+            **marker,
+            "ss_network_module": "networks.lora",
+            "ss_network_dim": str(rank),
+            "ss_network_alpha": str(alpha),
+            "lyco.unet_modules": str(len(unet_names)),
+            "lyco.te_modules": str(len(te_names)),
+        },
+    )
     return path
 
 

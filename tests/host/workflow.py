@@ -62,8 +62,12 @@ def http_json(base_url: str, path: str, data=None, *, method: str | None = None,
     """GET (or POST ``data`` as JSON) and decode the JSON answer; HTTP errors carry their body."""
     url = base_url.rstrip("/") + path
     body = None if data is None else json.dumps(data).encode()
-    req = urllib.request.Request(url, data=body, method=method or ("GET" if body is None else "POST"),
-                                 headers={"Content-Type": "application/json"} if body is not None else {})
+    req = urllib.request.Request(
+        url,
+        data=body,
+        method=method or ("GET" if body is None else "POST"),
+        headers={"Content-Type": "application/json"} if body is not None else {},
+    )
     with urllib.request.urlopen(req, timeout=timeout) as r:
         raw = r.read()
     return json.loads(raw) if raw else None
@@ -113,11 +117,23 @@ def run_prompt(base_url: str, prompt: dict, timeout: float = 180.0) -> dict:
     return entry.get("outputs", {})
 
 
-def txt2img_graph(ckpt_name: str, *, positive: str = "a photo of a cat", negative: str = "blurry",
-                  seed: int = 0, steps: int = 2, cfg: float = 7.0, width: int = 64, height: int = 64,
-                  sampler: str = "euler", scheduler: str = "normal", prefix: str = "lyco_test",
-                  lora_name: str | None = None, strength_model: float = 1.0,
-                  strength_clip: float = 1.0) -> dict:
+def txt2img_graph(
+    ckpt_name: str,
+    *,
+    positive: str = "a photo of a cat",
+    negative: str = "blurry",
+    seed: int = 0,
+    steps: int = 2,
+    cfg: float = 7.0,
+    width: int = 64,
+    height: int = 64,
+    sampler: str = "euler",
+    scheduler: str = "normal",
+    prefix: str = "lyco_test",
+    lora_name: str | None = None,
+    strength_model: float = 1.0,
+    strength_clip: float = 1.0,
+) -> dict:
     """API-format txt2img graph; the SaveImage node has id "9"."""
     g = {
         "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt_name}},
@@ -127,15 +143,34 @@ def txt2img_graph(ckpt_name: str, *, positive: str = "a photo of a cat", negativ
     }
     model, clip = ["4", 0], ["4", 1]
     if lora_name is not None:
-        g["10"] = {"class_type": "LoraLoader", "inputs": {
-            "model": model, "clip": clip, "lora_name": lora_name,
-            "strength_model": strength_model, "strength_clip": strength_clip}}
+        g["10"] = {
+            "class_type": "LoraLoader",
+            "inputs": {
+                "model": model,
+                "clip": clip,
+                "lora_name": lora_name,
+                "strength_model": strength_model,
+                "strength_clip": strength_clip,
+            },
+        }
         model, clip = ["10", 0], ["10", 1]
     g["6"] = {"class_type": "CLIPTextEncode", "inputs": {"text": positive, "clip": clip}}
     g["7"] = {"class_type": "CLIPTextEncode", "inputs": {"text": negative, "clip": clip}}
-    g["3"] = {"class_type": "KSampler", "inputs": {
-        "seed": seed, "steps": steps, "cfg": cfg, "sampler_name": sampler, "scheduler": scheduler,
-        "denoise": 1.0, "model": model, "positive": ["6", 0], "negative": ["7", 0], "latent_image": ["5", 0]}}
+    g["3"] = {
+        "class_type": "KSampler",
+        "inputs": {
+            "seed": seed,
+            "steps": steps,
+            "cfg": cfg,
+            "sampler_name": sampler,
+            "scheduler": scheduler,
+            "denoise": 1.0,
+            "model": model,
+            "positive": ["6", 0],
+            "negative": ["7", 0],
+            "latent_image": ["5", 0],
+        },
+    }
     return g
 
 

@@ -4,6 +4,7 @@ A low-rank module (LoRA, LoHa) whose factors would hold at least as many values 
 (``r·(out + in·∏k) ≥ out·in·∏k``, doubled for LoHa's two pairs; ``r·(out·kh + in·kw)`` for a balanced conv)
 trains a dense ``diff`` instead.
 """
+
 from __future__ import annotations
 
 import math
@@ -42,8 +43,13 @@ def make_trainable(name: str, layer: nn.Module, config: AdapterConfig) -> Traina
     if method in ("lora", "loha", "glora") and rank <= 0:
         raise ValueError(f"{name}: r must be positive, got {rank}")
     shape = tuple(layer.weight.shape)
-    balanced = (method == "lora" and config.conv_decomposition == "balanced" and isinstance(layer, nn.Conv2d)
-                and layer.groups == 1 and math.prod(layer.kernel_size) > 1)
+    balanced = (
+        method == "lora"
+        and config.conv_decomposition == "balanced"
+        and isinstance(layer, nn.Conv2d)
+        and layer.groups == 1
+        and math.prod(layer.kernel_size) > 1
+    )
     count = _factor_count(method, rank, shape, balanced)
     if count is not None and count >= math.prod(shape) and not isinstance(layer, nn.Embedding):
         return DenseTrainable(name, layer, config)

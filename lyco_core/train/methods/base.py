@@ -11,6 +11,7 @@ Training-time extras (only in ``train()`` mode):
 * rank dropout ``p`` (additive methods that have it): rows of ΔW are kept with probability ``1−p``
   (``mask_o ~ Bernoulli(1−p)``), and divided by ``mean(mask)`` when the method rescales.
 """
+
 from __future__ import annotations
 
 from typing import ClassVar
@@ -37,8 +38,9 @@ def functional_forward(layer: nn.Module, x: torch.Tensor, weight: torch.Tensor, 
     if isinstance(layer, CONV):
         return layer._conv_forward(x, weight, bias)
     if isinstance(layer, nn.Embedding):
-        return F.embedding(x, weight, layer.padding_idx, layer.max_norm, layer.norm_type, layer.scale_grad_by_freq,
-                           layer.sparse)
+        return F.embedding(
+            x, weight, layer.padding_idx, layer.max_norm, layer.norm_type, layer.scale_grad_by_freq, layer.sparse
+        )
     if isinstance(layer, nn.LayerNorm):
         return F.layer_norm(x, layer.normalized_shape, weight, bias, layer.eps)
     if isinstance(layer, nn.GroupNorm):
@@ -48,7 +50,7 @@ def functional_forward(layer: nn.Module, x: torch.Tensor, weight: torch.Tensor, 
 
 def kaiming_(tensor: torch.Tensor) -> torch.Tensor:
     """kaiming-uniform with ``a=√5`` (torch's default Linear init), as PEFT and LyCORIS initialise factors."""
-    return nn.init.kaiming_uniform_(tensor, a=5 ** 0.5)
+    return nn.init.kaiming_uniform_(tensor, a=5**0.5)
 
 
 def row_mask(rows: int, p: float, rescale: bool, like: torch.Tensor) -> torch.Tensor:
@@ -61,6 +63,7 @@ def row_mask(rows: int, p: float, rescale: bool, like: torch.Tensor) -> torch.Te
 
 class Trainable(nn.Module):
     """One layer's adapter. Subclasses set ``method``/``algorithm`` and create their tensors in ``__init__``."""
+
     method: ClassVar[str] = ""
     algorithm: ClassVar[type[AdapterModule]]
     rank_dropout_rescales: ClassVar[bool] = True
@@ -76,8 +79,14 @@ class Trainable(nn.Module):
         self.rank_dropout = float(getattr(config, "rank_dropout", 0.0))
         self.canonical: list[str] = []
         self.merged = False  # set by the tuner while W' is written into the layer
-        self._scale = ScaleContext(file=name, config_alpha=alpha, config_rank=rank or None,
-                                   rslora=bool(getattr(config, "use_rslora", False)), peft=True, module_path=name)
+        self._scale = ScaleContext(
+            file=name,
+            config_alpha=alpha,
+            config_rank=rank or None,
+            rslora=bool(getattr(config, "use_rslora", False)),
+            peft=True,
+            module_path=name,
+        )
 
     # --- tensors ---------------------------------------------------------------------------------------------
     def add(self, canonical: str, tensor: torch.Tensor, *, trainable: bool = True) -> None:
@@ -162,8 +171,10 @@ class Trainable(nn.Module):
             source = module.params.get(name, module.params.get(self.aliases.get(name, "")))
             if source is None or source.numel() != target.numel():
                 have = {k: list(v.shape) for k, v in module.params.items()}
-                raise ValueError(f"{self.name}: cannot resume {name} {list(target.shape)} from {have}; "
-                                 "the adapter was trained with another method, rank or shape")
+                raise ValueError(
+                    f"{self.name}: cannot resume {name} {list(target.shape)} from {have}; "
+                    "the adapter was trained with another method, rank or shape"
+                )
             target.copy_(source.reshape(target.shape))
         saved, ours = module.scale_value(), self.scaling
         if saved is not None and ours and saved != ours:
@@ -186,6 +197,7 @@ class AdditiveTrainable(Trainable):
     gives the same ΔW without a weight-sized multiplication. With ``fused`` (no DoRA, no rank dropout at work) ΔW is
     never formed: a copy of W gets the algorithm's own in-place row update (``add_rows_``: LoRA ``addmm_``,
     differentiable in the factors). LoHa and LoKr build W' as single autograd nodes of their own (``fused.py``)."""
+
     fused: ClassVar[bool] = False
 
     def inference(self):
@@ -194,16 +206,23 @@ class AdditiveTrainable(Trainable):
             return super().inference()
         tensors = self.tensors()
         tensors[self.scale_carriers[0]] = tensors[self.scale_carriers[0]] * scale
-        return self.algorithm(self.name, tensors, ScaleContext(file=self.name, config_alpha=1.0, config_rank=1,
-                                                               peft=True, module_path=self.name))
+        return self.algorithm(
+            self.name,
+            tensors,
+            ScaleContext(file=self.name, config_alpha=1.0, config_rank=1, peft=True, module_path=self.name),
+        )
 
     def rebuild(self, weight):
         module = self.inference()
         dtype = compute_dtype(weight)
         if self.fused and not module.dora and not (self.training and self.rank_dropout):
             work = weight.to(dtype, copy=True)
-            module.add_rows_(work.view(work.shape[0], -1), slice(0, work.shape[0]),
-                             module.factors(weight.shape, weight.device, dtype), 1.0)
+            module.add_rows_(
+                work.view(work.shape[0], -1),
+                slice(0, work.shape[0]),
+                module.factors(weight.shape, weight.device, dtype),
+                1.0,
+            )
             return work
         return module.combine(weight.to(dtype), self._delta(module, weight.shape, weight.device, dtype), 1.0)
 

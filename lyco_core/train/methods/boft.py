@@ -8,6 +8,7 @@ LyCORIS (``oft_blocks (M, n, bs, bs)`` zeros, ``alpha`` = constraint, ``rescale`
 ``bs`` = the largest even size ≤ ``boft_block_size`` with ``out/bs`` a power of two, ``M = log2(out/bs) + 1``;
 ``boft_dropout`` skips the adapter per forward.
 """
+
 from __future__ import annotations
 
 import math
@@ -39,8 +40,9 @@ def peft_blocks(columns: int, size: int, count: int, factors: int) -> tuple[int,
         raise ValueError(f"{columns} input columns are not divisible by boft_block_size {size}")
     count = columns // size
     if factors > 1 and (count % 2 or size % 2 or columns % (size * 2 ** (factors - 1))):
-        raise ValueError(f"{factors} butterfly factors need even blocks dividing {columns} columns "
-                         f"(got {count} blocks of {size})")
+        raise ValueError(
+            f"{factors} butterfly factors need even blocks dividing {columns} columns (got {count} blocks of {size})"
+        )
     return count, size
 
 
@@ -61,8 +63,9 @@ class BOFTTrainable(Trainable):
         if self.variant == "peft":
             self.algorithm = PeftBOFT
             self.block_dropout, self.module_dropout = self.module_dropout, 0.0
-            count, size = peft_blocks(columns, config.boft_block_size, config.boft_block_num,
-                                      config.boft_n_butterfly_factor)
+            count, size = peft_blocks(
+                columns, config.boft_block_size, config.boft_block_num, config.boft_n_butterfly_factor
+            )
             self.add("boft_R", _init(torch.zeros(config.boft_n_butterfly_factor, count, size, size), config))
             self.add("boft_s", torch.ones(out, 1))
         else:

@@ -4,6 +4,7 @@ Used where a low-rank factorisation would hold at least as many values as the we
 ``modules_to_save`` (their weights and biases train in full). Saved as LyCORIS ``diff``/``diff_b`` (``w_norm``/
 ``b_norm`` for a norm layer), which the PEFT layout cannot hold.
 """
+
 from __future__ import annotations
 
 import torch

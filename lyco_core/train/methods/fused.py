@@ -11,6 +11,7 @@ with ``flat(W')`` viewed as ``(a, b, c, d)``, ``W'[i,p,j,q] = W[i,p,j,q] + s·W�
 ``addcmul``). Backward: ``Ĝ = G`` permuted to ``(a·c, b·d)`` (one copy), ``∂W₁ = s·Ĝ·vec(W₂)``,
 ``∂W₂ = s·vec(W₁)ᵀ·Ĝ`` (two matrix-vector products).
 """
+
 from __future__ import annotations
 
 import torch
@@ -28,8 +29,9 @@ class _HadamardUpdate(torch.autograd.Function):
         left1, right1, left2, right2 = ctx.saved_tensors
         need = ctx.needs_input_grad
         grads = [grad.to(ctx.weight_dtype) if need[0] else None, None, None, None, None, None]
-        for j, (left, right, other_left, other_right) in enumerate(((left1, right1, left2, right2),
-                                                                     (left2, right2, left1, right1))):
+        for j, (left, right, other_left, other_right) in enumerate(
+            ((left1, right1, left2, right2), (left2, right2, left1, right1))
+        ):
             if not (need[1 + 2 * j] or need[2 + 2 * j]):
                 continue
             weighted = (other_left @ other_right).to(grad.dtype).mul_(grad)  # H_j
@@ -40,8 +42,14 @@ class _HadamardUpdate(torch.autograd.Function):
         return tuple(grads)
 
 
-def hadamard_update(weight: torch.Tensor, left1: torch.Tensor, right1: torch.Tensor, left2: torch.Tensor,
-                    right2: torch.Tensor, scale: float) -> torch.Tensor:
+def hadamard_update(
+    weight: torch.Tensor,
+    left1: torch.Tensor,
+    right1: torch.Tensor,
+    left2: torch.Tensor,
+    right2: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
     """``weight + scale·(left1 @ right1) ⊙ (left2 @ right2)`` (weight ``(out, cols)``, lefts ``(out, r)``, rights
     ``(r, cols)``), differentiable in all five tensors."""
     return _HadamardUpdate.apply(weight, left1, right1, left2, right2, float(scale))
@@ -55,7 +63,8 @@ class _KroneckerUpdate(torch.autograd.Function):
         ctx.scale, ctx.weight_dtype, ctx.weight_shape = scale, weight.dtype, weight.shape
         blocks = weight.reshape(a, b, c, d)
         return torch.addcmul(blocks, first[:, None, :, None], second[None, :, None, :], value=scale).reshape(
-            weight.shape)
+            weight.shape
+        )
 
     @staticmethod
     def backward(ctx, grad):

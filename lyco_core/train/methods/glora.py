@@ -3,6 +3,7 @@
 ``a1 (in,r)``, ``a2 (r,in)``, ``b1 (out,r)`` and ``b2 (r, in·∏k)`` (2-D while training; saved with LyCORIS'
 conv shapes ``(…,1,1)`` and ``b2 (r,in,*k)``). a1, b1 kaiming, a2, b2 zero (``init_weights=False``: all kaiming).
 """
+
 from __future__ import annotations
 
 import math

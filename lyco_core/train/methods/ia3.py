@@ -5,6 +5,7 @@ PEFT (``ia3_l``, ones): ``W' = W ⊙ l`` and, for layers that are not feed-forwa
 ``W' = W ⊙ (1 + w)``, bias untouched. ``l = 1 + w`` where the two agree (no bias to scale), which is when
 ``save_adapter`` writes either in the other's layout.
 """
+
 from __future__ import annotations
 
 import torch

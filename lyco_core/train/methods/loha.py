@@ -10,6 +10,7 @@ each factor as the rank-r product ``L_j @ R_j`` of the algorithm (Tucker: ``L_j 
 through ``hadamard_update``, whose backward recomputes the two products instead of keeping them; rank dropout
 masks the rows of ``L_1``, which masks the same rows of ΔW.
 """
+
 from __future__ import annotations
 
 import math
@@ -62,8 +63,9 @@ class LoHaTrainable(AdditiveTrainable):
         if self.training and self.rank_dropout:
             left1 = left1 * row_mask(left1.shape[0], self.rank_dropout, self.rank_dropout_rescales, left1)
         base = weight.to(dtype)
-        return hadamard_update(base.reshape(base.shape[0], -1), left1, right1, left2, right2,
-                               module.scale_value()).reshape(weight.shape)
+        return hadamard_update(
+            base.reshape(base.shape[0], -1), left1, right1, left2, right2, module.scale_value()
+        ).reshape(weight.shape)
 
     def lycoris_tensors(self):
         return {**self.tensors(), "alpha": self.lycoris_alpha()}

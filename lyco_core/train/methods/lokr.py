@@ -11,6 +11,7 @@ Saved in LyCORIS layout, a whole/whole module (read there with scale 1) carries 
 Training builds ``W' = W + s·kron(W1, W2)`` through ``kronecker_update`` (one pass, no Kronecker temporary, a
 backward of two matrix-vector products); with rank dropout at work the masked ΔW is formed instead.
 """
+
 from __future__ import annotations
 
 import math

@@ -9,6 +9,7 @@ matricisation — run as ``x → conv(V as (r,in,1,kw)) → conv(U as (out,r,kh,
 of width go to the first, of height to the second). It is the LoCon of rank ``r·kh`` with
 ``up[o, p·kh+h] = U[o,p,h]`` and ``down[p·kh+h, i, h', w] = V[p,i,w]·[h = h']``, which is how it is saved.
 """
+
 from __future__ import annotations
 
 import torch
@@ -60,18 +61,20 @@ class LoRATrainable(AdditiveTrainable):
             weight = layer.weight.detach().to(torch.float32)
             self.add("magnitude", torch.linalg.vector_norm(weight.reshape(out, -1), dim=1))
 
-
     def lycoris_tensors(self):
-        tensors = {"lora_down.weight": self.lora_down_weight, "lora_up.weight": self.lora_up_weight,
-                   "alpha": self.lycoris_alpha()}
+        tensors = {
+            "lora_down.weight": self.lora_down_weight,
+            "lora_up.weight": self.lora_up_weight,
+            "alpha": self.lycoris_alpha(),
+        }
         if "magnitude" in self.canonical:
             tensors["dora_scale"] = self.magnitude.reshape(-1, *[1] * (len(self.weight_shape) - 1))
         return tensors
 
 
-
 class BalancedConvLoRA(AdditiveTrainable):
     """Conv2d LoRA of rank r in the (out·kh)×(in·kw) matricisation (see the module docstring)."""
+
     method = "lora"
     algorithm = LoRA
 
@@ -104,12 +107,15 @@ class BalancedConvLoRA(AdditiveTrainable):
 
     @torch.no_grad()
     def load_from(self, module):
-        """From the rank-``r·kh`` LoCon this saves as: ``U[o,p,h] = up[o, p·kh+h]``, ``V[p,i,w] = down[p·kh, i, 0, w]``."""
+        """From the rank-``r·kh`` LoCon this saves as: ``U[o,p,h] = up[o, p·kh+h]``,
+        ``V[p,i,w] = down[p·kh, i, 0, w]``."""
         out, cin, kh, kw = self.weight_shape
         up, down = module.params.get("lora_up.weight"), module.params.get("lora_down.weight")
         if up is None or down is None or down.shape != (self.rank * kh, cin, kh, kw):
-            raise ValueError(f"{self.name}: cannot resume a balanced conv of rank {self.rank} from "
-                             f"{ {k: list(v.shape) for k, v in module.params.items()} }")
+            raise ValueError(
+                f"{self.name}: cannot resume a balanced conv of rank {self.rank} from "
+                f"{ {k: list(v.shape) for k, v in module.params.items()} }"
+            )
         self.balanced_up.copy_(up.reshape(out, self.rank, kh, 1) * (module.scale_value() / self.scaling))
         self.balanced_down.copy_(down.reshape(self.rank, kh, cin, kh, kw)[:, 0, :, 0, :].unsqueeze(2))
 
@@ -125,4 +131,3 @@ class BalancedConvLoRA(AdditiveTrainable):
     def lycoris_tensors(self):
         up, down = self.locon_factors()
         return {"lora_up.weight": up, "lora_down.weight": down, "alpha": torch.tensor(self.scaling * up.shape[1])}
-

@@ -11,6 +11,7 @@ LyCORIS' rule, ``(bs, n) = sorted(factorization(out, f))`` (bs ≤ n; what its l
 Module dropout: PEFT sets ``int(p·n)`` random blocks to I per forward (none when one block is shared); LyCORIS
 skips the adapter.
 """
+
 from __future__ import annotations
 
 import math
@@ -76,8 +77,10 @@ class OFTTrainable(Trainable):
             if not config.init_weights:
                 nn.init.normal_(packed, std=0.1)
             self.add("oft_R.weight", packed)
-            self.peft_config = {k: getattr(config, k) for k in (
-                "coft", "eps", "block_share", "use_cayley_neumann", "num_cayley_neumann_terms")}
+            self.peft_config = {
+                k: getattr(config, k)
+                for k in ("coft", "eps", "block_share", "use_cayley_neumann", "num_cayley_neumann_terms")
+            }
         else:
             self.algorithm = DiagOFT
             if config.r:
@@ -95,8 +98,13 @@ class OFTTrainable(Trainable):
 
     def context(self):
         if self.variant == "peft":  # coft is applied to the parameter itself (project_), as PEFT does
-            return ScaleContext(file=self.name, peft=True, config={**self.peft_config, "coft": False},
-                                peft_version=PEFT_VERSION, module_path=self.name)
+            return ScaleContext(
+                file=self.name,
+                peft=True,
+                config={**self.peft_config, "coft": False},
+                peft_version=PEFT_VERSION,
+                module_path=self.name,
+            )
         return super().context()
 
     def rebuild(self, weight):
@@ -114,8 +122,9 @@ class OFTTrainable(Trainable):
     def project_(self) -> None:
         """coft: scale each block's packed parameters so that ``‖Q‖_F ≤ eps/√n`` (in place, as PEFT)."""
         packed = self.oft_R_weight
-        q = project_blocks(skew_from_packed(packed, self.block_size),
-                           coft_bound(self.peft_config["eps"], packed.shape[0]))
+        q = project_blocks(
+            skew_from_packed(packed, self.block_size), coft_bound(self.peft_config["eps"], packed.shape[0])
+        )
         rows, cols = torch.triu_indices(self.block_size, self.block_size, 1, device=packed.device)
         packed.copy_(q[:, rows, cols])
 

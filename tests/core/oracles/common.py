@@ -4,6 +4,7 @@ A case is a saved adapter file (or PEFT folder) plus what the reference library 
 tensors are. The parity tests feed ``case.base`` to ``lyco_core.load_adapter(case.path).patch(...)`` and compare
 with ``case.reference`` per strength.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -14,16 +15,16 @@ import torch
 
 @dataclass
 class ParityCase:
-    name: str                                   # unique id, e.g. "lycoris-loha-tucker"
-    path: Path                                  # adapter .safetensors or PEFT folder
-    layout: str                                 # expected Adapter.layout
-    algos: dict[str, str]                       # expected {module name as written in the file: algo}
-    base: dict[str, torch.Tensor]               # model state dict before adaptation (fp32)
+    name: str  # unique id, e.g. "lycoris-loha-tucker"
+    path: Path  # adapter .safetensors or PEFT folder
+    layout: str  # expected Adapter.layout
+    algos: dict[str, str]  # expected {module name as written in the file: algo}
+    base: dict[str, torch.Tensor]  # model state dict before adaptation (fp32)
     reference: dict[float, dict[str, torch.Tensor]]  # strength -> {state-dict key: effective tensor}
     dora: dict[str, bool] = field(default_factory=dict)  # expected DoRA flag per module (only listed ones checked)
-    key_map: dict[str, str] | None = None       # module name -> weight key; None lets lyco_core match by itself
-    tol: float = 1e-4                           # max |ours - ref| / max |ref - base| per key
-    note: str = ""                              # why the tolerance is looser, if it is
+    key_map: dict[str, str] | None = None  # module name -> weight key; None lets lyco_core match by itself
+    tol: float = 1e-4  # max |ours - ref| / max |ref - base| per key
+    note: str = ""  # why the tolerance is looser, if it is
 
 
 def relative_error(ours: torch.Tensor, ref: torch.Tensor, base: torch.Tensor) -> float:
@@ -44,11 +45,16 @@ def read_failures(case: ParityCase, adapter) -> list[str]:
     missing, extra = sorted(set(case.algos) - set(adapter.modules)), sorted(set(adapter.modules) - set(case.algos))
     if missing or extra:
         failures.append(f"modules missing {missing[:5]}, extra {extra[:5]}")
-    wrong = {n: (m.algo, case.algos[n]) for n, m in adapter.modules.items() if n in case.algos and m.algo != case.algos[n]}
+    wrong = {
+        n: (m.algo, case.algos[n]) for n, m in adapter.modules.items() if n in case.algos and m.algo != case.algos[n]
+    }
     if wrong:
         failures.append(f"(ours, expected) algo per module: {wrong}")
-    wrong_dora = {n: (bool(adapter.modules[n].dora), flag) for n, flag in case.dora.items()
-                  if n in adapter.modules and bool(adapter.modules[n].dora) != flag}
+    wrong_dora = {
+        n: (bool(adapter.modules[n].dora), flag)
+        for n, flag in case.dora.items()
+        if n in adapter.modules and bool(adapter.modules[n].dora) != flag
+    }
     if wrong_dora:
         failures.append(f"(ours, expected) DoRA flag per module: {wrong_dora}")
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in adapter.metadata.items()):

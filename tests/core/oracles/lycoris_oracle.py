@@ -15,6 +15,7 @@ probing, so the reference is computed from the rounded tensors.
 
 Only ``build_lycoris_cases`` and ``loha_merge_vs_forward`` are meant to be used from outside.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -215,12 +216,25 @@ def check_probe() -> float:
 
 # ------------------------------------------------------------------------------------------------ building
 _NET_ATTRS = (
-    "ENABLE_CONV", "TARGET_REPLACE_MODULE", "TARGET_REPLACE_NAME", "LORA_PREFIX", "MODULE_ALGO_MAP",
-    "NAME_ALGO_MAP", "USE_FNMATCH", "TARGET_EXCLUDE_NAME",
+    "ENABLE_CONV",
+    "TARGET_REPLACE_MODULE",
+    "TARGET_REPLACE_NAME",
+    "LORA_PREFIX",
+    "MODULE_ALGO_MAP",
+    "NAME_ALGO_MAP",
+    "USE_FNMATCH",
+    "TARGET_EXCLUDE_NAME",
 )
 _KOHYA_ATTRS = (
-    "ENABLE_CONV", "UNET_TARGET_REPLACE_MODULE", "UNET_TARGET_REPLACE_NAME", "TEXT_ENCODER_TARGET_REPLACE_MODULE",
-    "TEXT_ENCODER_TARGET_REPLACE_NAME", "MODULE_ALGO_MAP", "NAME_ALGO_MAP", "USE_FNMATCH", "TARGET_EXCLUDE_NAME",
+    "ENABLE_CONV",
+    "UNET_TARGET_REPLACE_MODULE",
+    "UNET_TARGET_REPLACE_NAME",
+    "TEXT_ENCODER_TARGET_REPLACE_MODULE",
+    "TEXT_ENCODER_TARGET_REPLACE_NAME",
+    "MODULE_ALGO_MAP",
+    "NAME_ALGO_MAP",
+    "USE_FNMATCH",
+    "TARGET_EXCLUDE_NAME",
 )
 
 
@@ -357,53 +371,75 @@ _NORMS = ("LayerNorm", "GroupNorm")
 GENERIC_CASES: dict[str, dict] = {
     # LoRA / LoCon
     "lycoris-locon": dict(algo="lora", linear_dim=4, linear_alpha=2.0, conv_dim=4, conv_alpha=1.0),
-    "lycoris-locon-tucker": dict(algo="lora", linear_dim=4, linear_alpha=2.0, conv_dim=4, conv_alpha=3.0,
-                                 use_tucker=True),
-    "lycoris-locon-scalar": dict(algo="lora", linear_dim=4, linear_alpha=2.0, conv_dim=4, conv_alpha=1.0,
-                                 use_scalar=True, save_dtype=None),
+    "lycoris-locon-tucker": dict(
+        algo="lora", linear_dim=4, linear_alpha=2.0, conv_dim=4, conv_alpha=3.0, use_tucker=True
+    ),
+    "lycoris-locon-scalar": dict(
+        algo="lora", linear_dim=4, linear_alpha=2.0, conv_dim=4, conv_alpha=1.0, use_scalar=True, save_dtype=None
+    ),
     "lycoris-locon-alpha0": dict(algo="lora", linear_dim=4, linear_alpha=0, conv_dim=8, conv_alpha=0),
     "lycoris-locon-rslora": dict(
-        algo="lora", linear_dim=4, linear_alpha=2.0, conv_dim=4, conv_alpha=1.0,
+        algo="lora",
+        linear_dim=4,
+        linear_alpha=2.0,
+        conv_dim=4,
+        conv_alpha=1.0,
         module_algo_map={"Linear": {"algo": "lora", "rs_lora": True}, "Conv2d": {"algo": "lora", "rs_lora": True}},
     ),
     # LoHa
     "lycoris-loha": dict(algo="loha", linear_dim=4, linear_alpha=2.0, conv_dim=4, conv_alpha=1.0),
-    "lycoris-loha-tucker": dict(algo="loha", linear_dim=4, linear_alpha=2.0, conv_dim=4, conv_alpha=3.0,
-                                use_tucker=True),
+    "lycoris-loha-tucker": dict(
+        algo="loha", linear_dim=4, linear_alpha=2.0, conv_dim=4, conv_alpha=3.0, use_tucker=True
+    ),
     # LoKr (shapes: see the spec's factorization table; conv1 1x1 ends up full/full in the plain case)
     "lycoris-lokr": dict(algo="lokr", linear_dim=4, linear_alpha=2.0, conv_dim=2, conv_alpha=1.0),
     "lycoris-lokr-factor4": dict(algo="lokr", linear_dim=4, linear_alpha=2.0, conv_dim=2, conv_alpha=1.0, factor=4),
     # factor 8 gives the same shapes as the default (-1) for these dims; factor 16 gives different ones
     "lycoris-lokr-factor8": dict(algo="lokr", linear_dim=4, linear_alpha=2.0, conv_dim=2, conv_alpha=1.0, factor=8),
-    "lycoris-lokr-factor16": dict(algo="lokr", linear_dim=4, linear_alpha=2.0, conv_dim=2, conv_alpha=1.0,
-                                  factor=16),
-    "lycoris-lokr-decompose-both": dict(algo="lokr", linear_dim=2, linear_alpha=1.0, conv_dim=2, conv_alpha=4.0,
-                                        decompose_both=True),
-    "lycoris-lokr-tucker": dict(algo="lokr", linear_dim=4, linear_alpha=2.0, conv_dim=2, conv_alpha=1.0,
-                                use_tucker=True),
-    "lycoris-lokr-full-matrix": dict(algo="lokr", linear_dim=4, linear_alpha=2.0, conv_dim=2, conv_alpha=1.0,
-                                     full_matrix=True),
-    "lycoris-lokr-unbalanced": dict(algo="lokr", linear_dim=2, linear_alpha=1.0, conv_dim=2, conv_alpha=1.0,
-                                    unbalanced_factorization=True),
+    "lycoris-lokr-factor16": dict(algo="lokr", linear_dim=4, linear_alpha=2.0, conv_dim=2, conv_alpha=1.0, factor=16),
+    "lycoris-lokr-decompose-both": dict(
+        algo="lokr", linear_dim=2, linear_alpha=1.0, conv_dim=2, conv_alpha=4.0, decompose_both=True
+    ),
+    "lycoris-lokr-tucker": dict(
+        algo="lokr", linear_dim=4, linear_alpha=2.0, conv_dim=2, conv_alpha=1.0, use_tucker=True
+    ),
+    "lycoris-lokr-full-matrix": dict(
+        algo="lokr", linear_dim=4, linear_alpha=2.0, conv_dim=2, conv_alpha=1.0, full_matrix=True
+    ),
+    "lycoris-lokr-unbalanced": dict(
+        algo="lokr", linear_dim=2, linear_alpha=1.0, conv_dim=2, conv_alpha=1.0, unbalanced_factorization=True
+    ),
     # DoRA on both axes
-    "lycoris-locon-dora-out": dict(algo="lora", linear_dim=4, linear_alpha=2.0, conv_dim=4, conv_alpha=1.0,
-                                   dora_wd=True, wd_on_output=True),
-    "lycoris-locon-dora-in": dict(algo="lora", linear_dim=4, linear_alpha=2.0, conv_dim=4, conv_alpha=1.0,
-                                  dora_wd=True, wd_on_output=False),
-    "lycoris-loha-dora-out": dict(algo="loha", linear_dim=4, linear_alpha=2.0, conv_dim=4, conv_alpha=1.0,
-                                  dora_wd=True, wd_on_output=True),
-    "lycoris-loha-dora-in": dict(algo="loha", linear_dim=4, linear_alpha=2.0, conv_dim=4, conv_alpha=1.0,
-                                 use_tucker=True, dora_wd=True, wd_on_output=False),
-    "lycoris-lokr-dora-out": dict(algo="lokr", linear_dim=4, linear_alpha=2.0, conv_dim=2, conv_alpha=1.0,
-                                  dora_wd=True, wd_on_output=True),
-    "lycoris-lokr-dora-in": dict(algo="lokr", linear_dim=4, linear_alpha=2.0, conv_dim=2, conv_alpha=1.0,
-                                 dora_wd=True, wd_on_output=False),
+    "lycoris-locon-dora-out": dict(
+        algo="lora", linear_dim=4, linear_alpha=2.0, conv_dim=4, conv_alpha=1.0, dora_wd=True, wd_on_output=True
+    ),
+    "lycoris-locon-dora-in": dict(
+        algo="lora", linear_dim=4, linear_alpha=2.0, conv_dim=4, conv_alpha=1.0, dora_wd=True, wd_on_output=False
+    ),
+    "lycoris-loha-dora-out": dict(
+        algo="loha", linear_dim=4, linear_alpha=2.0, conv_dim=4, conv_alpha=1.0, dora_wd=True, wd_on_output=True
+    ),
+    "lycoris-loha-dora-in": dict(
+        algo="loha",
+        linear_dim=4,
+        linear_alpha=2.0,
+        conv_dim=4,
+        conv_alpha=1.0,
+        use_tucker=True,
+        dora_wd=True,
+        wd_on_output=False,
+    ),
+    "lycoris-lokr-dora-out": dict(
+        algo="lokr", linear_dim=4, linear_alpha=2.0, conv_dim=2, conv_alpha=1.0, dora_wd=True, wd_on_output=True
+    ),
+    "lycoris-lokr-dora-in": dict(
+        algo="lokr", linear_dim=4, linear_alpha=2.0, conv_dim=2, conv_alpha=1.0, dora_wd=True, wd_on_output=False
+    ),
     # diag-OFT (lora_dim 8 -> block size 8/8/6/4 for out 96/64/48/32); constraint 0.01 is active on every layer
     "lycoris-oft": dict(algo="diag-oft", linear_dim=8, conv_dim=8),
     "lycoris-oft-constraint": dict(algo="diag-oft", linear_dim=8, conv_dim=8, constraint=0.01),
     "lycoris-oft-rescaled": dict(algo="diag-oft", linear_dim=8, conv_dim=8, rescaled=True),
-    "lycoris-oft-constraint-rescaled": dict(algo="diag-oft", linear_dim=8, conv_dim=8, constraint=0.01,
-                                            rescaled=True),
+    "lycoris-oft-constraint-rescaled": dict(algo="diag-oft", linear_dim=8, conv_dim=8, constraint=0.01, rescaled=True),
     # BOFT (lora_dim 8 -> (bs, n) = (6,16)/(8,8)/(6,8)/(8,4), 5/4/4/3 stages)
     "lycoris-boft": dict(algo="boft", linear_dim=8, conv_dim=8),
     "lycoris-boft-constraint": dict(algo="boft", linear_dim=8, conv_dim=8, constraint=0.01),
@@ -414,9 +450,13 @@ GENERIC_CASES: dict[str, dict] = {
     # IA3 (saved without a dtype cast: on_input stays int64)
     "lycoris-ia3": dict(algo="ia3", linear_dim=4, save_dtype=None),
     "lycoris-ia3-on-input": dict(
-        algo="ia3", linear_dim=4, save_dtype=None,
-        module_algo_map={"Linear": {"algo": "ia3", "train_on_input": True},
-                         "Conv2d": {"algo": "ia3", "train_on_input": True}},
+        algo="ia3",
+        linear_dim=4,
+        save_dtype=None,
+        module_algo_map={
+            "Linear": {"algo": "ia3", "train_on_input": True},
+            "Conv2d": {"algo": "ia3", "train_on_input": True},
+        },
     ),
     # full (diff + diff_b where the layer has a bias)
     "lycoris-full": dict(algo="full", linear_dim=4),
@@ -424,23 +464,46 @@ GENERIC_CASES: dict[str, dict] = {
     "lycoris-norm": dict(algo="lora", targets=_NORMS, train_norm=True),
     # one file, several algorithms (class map + name map + train_norm)
     "lycoris-mixed": dict(
-        algo="lora", linear_dim=4, linear_alpha=2.0, conv_dim=4, conv_alpha=1.0, train_norm=True,
+        algo="lora",
+        linear_dim=4,
+        linear_alpha=2.0,
+        conv_dim=4,
+        conv_alpha=1.0,
+        train_norm=True,
         targets=_ALL + _NORMS,
         module_algo_map={"Linear": {"algo": "loha"}},
-        name_algo_map={"fc2": {"algo": "ia3"}, "conv3": {"algo": "lokr", "dim": 2, "use_tucker": True},
-                       "conv1": {"algo": "full"}},
+        name_algo_map={
+            "fc2": {"algo": "ia3"},
+            "conv3": {"algo": "lokr", "dim": 2, "use_tucker": True},
+            "conv1": {"algo": "full"},
+        },
     ),
     # reduced-precision files (reference from the rounded tensors; alphas are exact in the save dtype)
     "lycoris-mixed-bf16": dict(
-        algo="lora", linear_dim=4, linear_alpha=2.0, conv_dim=4, conv_alpha=1.0, train_norm=True,
-        targets=_ALL + _NORMS, dora_wd=True, save_dtype=torch.bfloat16,
-        name_algo_map={"fc2": {"algo": "lokr"}, "conv3": {"algo": "loha", "use_tucker": True},
-                       "conv1": {"algo": "glora"}},
+        algo="lora",
+        linear_dim=4,
+        linear_alpha=2.0,
+        conv_dim=4,
+        conv_alpha=1.0,
+        train_norm=True,
+        targets=_ALL + _NORMS,
+        dora_wd=True,
+        save_dtype=torch.bfloat16,
+        name_algo_map={
+            "fc2": {"algo": "lokr"},
+            "conv3": {"algo": "loha", "use_tucker": True},
+            "conv1": {"algo": "glora"},
+        },
     ),
-    "lycoris-loha-fp16": dict(algo="loha", linear_dim=4, linear_alpha=2.0, conv_dim=4, conv_alpha=1.0,
-                              save_dtype=torch.float16),
+    "lycoris-loha-fp16": dict(
+        algo="loha", linear_dim=4, linear_alpha=2.0, conv_dim=4, conv_alpha=1.0, save_dtype=torch.float16
+    ),
     "lycoris-oft-boft-fp16": dict(
-        algo="diag-oft", linear_dim=8, conv_dim=8, rescaled=True, save_dtype=torch.float16,
+        algo="diag-oft",
+        linear_dim=8,
+        conv_dim=8,
+        rescaled=True,
+        save_dtype=torch.float16,
         name_algo_map={"fc2": {"algo": "boft"}, "conv1": {"algo": "boft"}},
     ),
 }
@@ -474,8 +537,9 @@ def _build_kohya(out_dir: Path, name: str, **kwargs) -> ParityCase:
     LycorisNetworkKohya.TARGET_EXCLUDE_NAME, LycorisNetworkKohya.USE_FNMATCH = [], False
     unet = toy_unet()
     base = _base_of(unet)
-    network = create_network(1.0, kwargs.pop("network_dim"), kwargs.pop("network_alpha"), None, None, unet,
-                             warn_on_unmatched=False, **kwargs)
+    network = create_network(
+        1.0, kwargs.pop("network_dim"), kwargs.pop("network_alpha"), None, None, unet, warn_on_unmatched=False, **kwargs
+    )
     network.eval()
     _randomise(network, torch.Generator().manual_seed(_seed(name)))
     network.apply_to(None, unet, apply_text_encoder=False, apply_unet=True)
@@ -501,16 +565,24 @@ def build_lycoris_cases(out_dir: Path) -> list[ParityCase]:
 
         # alpha == 0 written to the file and alpha missing altogether both mean alpha := rank (scale 1)
         alpha0 = by_name["lycoris-locon-alpha0"]
-        cases.append(_derive(
-            alpha0, out_dir, "lycoris-locon-alpha-zero-stored",
-            lambda sd: {k: (torch.zeros_like(v) if k.endswith(".alpha") else v) for k, v in sd.items()},
-            note="derived from lycoris-locon-alpha0 (alpha == rank) by writing alpha = 0",
-        ))
-        cases.append(_derive(
-            alpha0, out_dir, "lycoris-locon-alpha-missing",
-            lambda sd: {k: v for k, v in sd.items() if not k.endswith(".alpha")},
-            note="derived from lycoris-locon-alpha0 (alpha == rank) by dropping the alpha keys",
-        ))
+        cases.append(
+            _derive(
+                alpha0,
+                out_dir,
+                "lycoris-locon-alpha-zero-stored",
+                lambda sd: {k: (torch.zeros_like(v) if k.endswith(".alpha") else v) for k, v in sd.items()},
+                note="derived from lycoris-locon-alpha0 (alpha == rank) by writing alpha = 0",
+            )
+        )
+        cases.append(
+            _derive(
+                alpha0,
+                out_dir,
+                "lycoris-locon-alpha-missing",
+                lambda sd: {k: v for k, v in sd.items() if not k.endswith(".alpha")},
+                note="derived from lycoris-locon-alpha0 (alpha == rank) by dropping the alpha keys",
+            )
+        )
 
         # LyCORIS 2.x generic wrapper naming: trailing "_" after a leaf module target, int64 alpha
         def legacy(sd):
@@ -523,16 +595,35 @@ def build_lycoris_cases(out_dir: Path) -> list[ParityCase]:
                 out[f"{mod}_.{rest}"] = v
             return out
 
-        cases.append(_derive(
-            by_name["lycoris-locon"], out_dir, "lycoris-locon-legacy-2x-names", legacy, rename=lambda n: n + "_",
-            note="derived from lycoris-locon: LyCORIS 2.x names (lycoris_fc1_) and int64 alpha",
-        ))
+        cases.append(
+            _derive(
+                by_name["lycoris-locon"],
+                out_dir,
+                "lycoris-locon-legacy-2x-names",
+                legacy,
+                rename=lambda n: n + "_",
+                note="derived from lycoris-locon: LyCORIS 2.x names (lycoris_fc1_) and int64 alpha",
+            )
+        )
 
         # kohya entry point, diffusers-like nested names under lora_unet_
-        cases.append(_build_kohya(out_dir, "kohya-unet-locon", network_dim=4, network_alpha=2.0, conv_dim=4,
-                                  conv_alpha=1.0, algo="lora"))
-        cases.append(_build_kohya(out_dir, "kohya-unet-lokr", network_dim=4, network_alpha=2.0, conv_dim=2,
-                                  conv_alpha=1.0, algo="lokr", use_tucker=True))
+        cases.append(
+            _build_kohya(
+                out_dir, "kohya-unet-locon", network_dim=4, network_alpha=2.0, conv_dim=4, conv_alpha=1.0, algo="lora"
+            )
+        )
+        cases.append(
+            _build_kohya(
+                out_dir,
+                "kohya-unet-lokr",
+                network_dim=4,
+                network_alpha=2.0,
+                conv_dim=2,
+                conv_alpha=1.0,
+                algo="lokr",
+                use_tucker=True,
+            )
+        )
     assert tuple(c.name for c in cases) == CASE_NAMES
     return cases
 

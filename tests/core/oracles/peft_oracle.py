@@ -16,6 +16,7 @@ butterfly factor when that fails. To keep the oracle fast and the same on every 
 filled for the duration of the build: with ``False`` (the CPU fallback, N = 1) or with a pure-torch block-diagonal
 stand-in (so ``boft_n_butterfly_factor = 2`` really gives two factors). The file's ``boft_R.shape[0]`` is the truth.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -247,9 +248,7 @@ def _dora_flags(file: Path, modules: dict[str, str]) -> dict[str, bool]:
 
     with safe_open(str(file), "pt") as handle:
         keys = set(handle.keys())
-    return {
-        name: f"{name}.lora_magnitude_vector" in keys for name, algo in modules.items() if algo == "lora"
-    }
+    return {name: f"{name}.lora_magnitude_vector" in keys for name, algo in modules.items() if algo == "lora"}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -267,7 +266,10 @@ class _BlockDiagStandIn:
     def backward(grad_output: torch.Tensor, blocks: torch.Tensor) -> list[torch.Tensor]:  # pragma: no cover
         n, d, h, _ = blocks.shape
         grads = torch.stack(
-            [torch.stack([g[i * h:(i + 1) * h, i * h:(i + 1) * h] for i in range(d)]) for g in grad_output.unbind(0)]
+            [
+                torch.stack([g[i * h : (i + 1) * h, i * h : (i + 1) * h] for i in range(d)])
+                for g in grad_output.unbind(0)
+            ]
         )
         return [grads.reshape(n, d, h, h)]
 
@@ -468,104 +470,186 @@ def build_peft_cases(out_dir: Path) -> list[ParityCase]:
         # ---- LoRA
         _peft_case(out_dir, "peft-lora", LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS), 1, S),
         _peft_case(
-            out_dir, "peft-lora-rslora",
-            LoraConfig(r=8, lora_alpha=4, use_rslora=True, target_modules=TARGETS), 2, S,
+            out_dir,
+            "peft-lora-rslora",
+            LoraConfig(r=8, lora_alpha=4, use_rslora=True, target_modules=TARGETS),
+            2,
+            S,
         ),
         _peft_case(
-            out_dir, "peft-lora-patterns",
+            out_dir,
+            "peft-lora-patterns",
             LoraConfig(
-                r=4, lora_alpha=8, target_modules=TARGETS,
-                rank_pattern={"fc1": 8, "conv3": 2}, alpha_pattern={"fc2": 3, r"conv\d": 5},
+                r=4,
+                lora_alpha=8,
+                target_modules=TARGETS,
+                rank_pattern={"fc1": 8, "conv3": 2},
+                alpha_pattern={"fc2": 3, r"conv\d": 5},
             ),
-            3, S,
+            3,
+            S,
         ),
         _peft_case(
-            out_dir, "peft-lora-bias", LoraConfig(r=4, lora_alpha=4, lora_bias=True, target_modules=TARGETS), 4, S,
+            out_dir,
+            "peft-lora-bias",
+            LoraConfig(r=4, lora_alpha=4, lora_bias=True, target_modules=TARGETS),
+            4,
+            S,
         ),
         _peft_case(
-            out_dir, "peft-dora", LoraConfig(r=4, lora_alpha=8, use_dora=True, target_modules=TARGETS), 5, S,
+            out_dir,
+            "peft-dora",
+            LoraConfig(r=4, lora_alpha=8, use_dora=True, target_modules=TARGETS),
+            5,
+            S,
         ),
         _peft_case(
-            out_dir, "peft-dora-rslora-file-path",
+            out_dir,
+            "peft-dora-rslora-file-path",
             LoraConfig(r=8, lora_alpha=16, use_dora=True, use_rslora=True, target_modules=["fc1", "conv3"]),
-            6, S, path_is_file=True,
+            6,
+            S,
+            path_is_file=True,
         ),
         _bare_peft_case(out_dir),
         # ---- LoHa
         _peft_case(
-            out_dir, "peft-loha", LoHaConfig(r=4, alpha=8, target_modules=TARGETS), 11, S, factor_std=0.3,
+            out_dir,
+            "peft-loha",
+            LoHaConfig(r=4, alpha=8, target_modules=TARGETS),
+            11,
+            S,
+            factor_std=0.3,
         ),
         _peft_case(
-            out_dir, "peft-loha-tucker",
-            LoHaConfig(r=4, alpha=2, use_effective_conv2d=True, target_modules=TARGETS,
-                       rank_pattern={"conv3": 3}, alpha_pattern={"fc1": 5}),
-            12, S, factor_std=0.3,
+            out_dir,
+            "peft-loha-tucker",
+            LoHaConfig(
+                r=4,
+                alpha=2,
+                use_effective_conv2d=True,
+                target_modules=TARGETS,
+                rank_pattern={"conv3": 3},
+                alpha_pattern={"fc1": 5},
+            ),
+            12,
+            S,
+            factor_std=0.3,
         ),
         # ---- LoKr
         _peft_case(out_dir, "peft-lokr", LoKrConfig(r=2, alpha=3, target_modules=TARGETS), 21, S, factor_std=0.2),
         _peft_case(
-            out_dir, "peft-lokr-decompose-both",
-            LoKrConfig(r=2, alpha=5, decompose_both=True, target_modules=TARGETS), 22, S, factor_std=0.2,
+            out_dir,
+            "peft-lokr-decompose-both",
+            LoKrConfig(r=2, alpha=5, decompose_both=True, target_modules=TARGETS),
+            22,
+            S,
+            factor_std=0.2,
         ),
         _peft_case(
-            out_dir, "peft-lokr-tucker",
+            out_dir,
+            "peft-lokr-tucker",
             LoKrConfig(r=2, alpha=1, decompose_both=True, use_effective_conv2d=True, target_modules=TARGETS),
-            23, S, factor_std=0.3,
+            23,
+            S,
+            factor_std=0.3,
         ),
         # r=8 >= max(b, d)/2 everywhere and no decompose_both: both halves full; PEFT still scales by alpha/r.
         _peft_case(
-            out_dir, "peft-lokr-full-full", LoKrConfig(r=8, alpha=4, target_modules=TARGETS), 24, S, factor_std=0.2,
+            out_dir,
+            "peft-lokr-full-full",
+            LoKrConfig(r=8, alpha=4, target_modules=TARGETS),
+            24,
+            S,
+            factor_std=0.2,
         ),
         # ---- OFT (>= 0.16 format: oft_R.weight)
         _peft_case(
-            out_dir, "peft-oft-exact",
-            OFTConfig(oft_block_size=8, use_cayley_neumann=False, target_modules=TARGETS), 31, U,
+            out_dir,
+            "peft-oft-exact",
+            OFTConfig(oft_block_size=8, use_cayley_neumann=False, target_modules=TARGETS),
+            31,
+            U,
         ),
         _peft_case(out_dir, "peft-oft-neumann", OFTConfig(oft_block_size=8, target_modules=TARGETS), 32, U),
         _peft_case(
-            out_dir, "peft-oft-neumann-t3",
-            OFTConfig(oft_block_size=16, num_cayley_neumann_terms=3, target_modules=TARGETS), 33, U,
+            out_dir,
+            "peft-oft-neumann-t3",
+            OFTConfig(oft_block_size=16, num_cayley_neumann_terms=3, target_modules=TARGETS),
+            33,
+            U,
         ),
         _peft_case(
-            out_dir, "peft-oft-neumann-t8",
-            OFTConfig(oft_block_size=8, num_cayley_neumann_terms=8, target_modules=TARGETS), 34, U,
+            out_dir,
+            "peft-oft-neumann-t8",
+            OFTConfig(oft_block_size=8, num_cayley_neumann_terms=8, target_modules=TARGETS),
+            34,
+            U,
         ),
         _peft_case(
-            out_dir, "peft-oft-coft",
+            out_dir,
+            "peft-oft-coft",
             OFTConfig(oft_block_size=8, coft=True, eps=1e-1, use_cayley_neumann=False, target_modules=TARGETS),
-            35, U, tol=COFT_TOL, note=coft_note,
+            35,
+            U,
+            tol=COFT_TOL,
+            note=coft_note,
         ),
         _peft_case(
-            out_dir, "peft-oft-coft-neumann",
+            out_dir,
+            "peft-oft-coft-neumann",
             OFTConfig(oft_block_size=16, coft=True, eps=5e-3, target_modules=TARGETS),
-            36, U, tol=COFT_TOL, note=coft_note,
+            36,
+            U,
+            tol=COFT_TOL,
+            note=coft_note,
         ),
         _peft_case(
-            out_dir, "peft-oft-block-share",
-            OFTConfig(oft_block_size=8, block_share=True, use_cayley_neumann=False, target_modules=TARGETS), 37, U,
+            out_dir,
+            "peft-oft-block-share",
+            OFTConfig(oft_block_size=8, block_share=True, use_cayley_neumann=False, target_modules=TARGETS),
+            37,
+            U,
         ),
         _peft_case(
-            out_dir, "peft-oft-r",
-            OFTConfig(r=4, oft_block_size=0, use_cayley_neumann=False, target_modules=TARGETS), 38, U,
+            out_dir,
+            "peft-oft-r",
+            OFTConfig(r=4, oft_block_size=0, use_cayley_neumann=False, target_modules=TARGETS),
+            38,
+            U,
         ),
         # ---- BOFT
         _peft_case(
-            out_dir, "peft-boft-cpu-fallback",
-            BOFTConfig(boft_block_size=8, boft_n_butterfly_factor=2, target_modules=TARGETS), 41, U,
+            out_dir,
+            "peft-boft-cpu-fallback",
+            BOFTConfig(boft_block_size=8, boft_n_butterfly_factor=2, target_modules=TARGETS),
+            41,
+            U,
             boft_stand_in=False,
         ),
         _peft_case(
-            out_dir, "peft-boft-butterfly2",
-            BOFTConfig(boft_block_size=8, boft_n_butterfly_factor=2, target_modules=TARGETS), 42, U,
+            out_dir,
+            "peft-boft-butterfly2",
+            BOFTConfig(boft_block_size=8, boft_n_butterfly_factor=2, target_modules=TARGETS),
+            42,
+            U,
             boft_stand_in=True,
         ),
         _peft_case(
-            out_dir, "peft-boft-block-num",
-            BOFTConfig(boft_block_size=0, boft_block_num=4, target_modules=TARGETS), 43, U, boft_stand_in=False,
+            out_dir,
+            "peft-boft-block-num",
+            BOFTConfig(boft_block_size=0, boft_block_num=4, target_modules=TARGETS),
+            43,
+            U,
+            boft_stand_in=False,
         ),
         # ---- IA3
         _peft_case(
-            out_dir, "peft-ia3", IA3Config(target_modules=TARGETS, feedforward_modules=["fc2", "conv1"]), 51, U,
+            out_dir,
+            "peft-ia3",
+            IA3Config(target_modules=TARGETS, feedforward_modules=["fc2", "conv1"]),
+            51,
+            U,
         ),
         # ---- diffusers-in-PEFT
         _diffusers_case(out_dir, "diffusers-lora", 61, dora=False),
