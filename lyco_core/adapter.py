@@ -68,6 +68,8 @@ def _read_config(path: Path | None) -> dict[str, Any] | None:
 def _check_tensor(file: str, key: str, param: str, tensor: torch.Tensor) -> None:
     if not tensor.is_floating_point() and param not in _INTEGER_OK:
         raise AdapterError(f"tensor has dtype {tensor.dtype}", file=file, key=key, expected="a floating-point tensor")
+    if tensor.is_floating_point() and tensor.element_size() == 1:  # float8: no arithmetic kernels on CPU
+        raise AdapterError(f"tensor has dtype {tensor.dtype}", file=file, key=key, expected="fp16, bf16, fp32 or fp64")
     if tensor.is_floating_point() and not tensor.is_meta and not bool(torch.isfinite(tensor).all()):
         raise AdapterError("tensor holds NaN or Inf values", file=file, key=key, expected="finite values")
 

@@ -8,6 +8,7 @@ reads its tensors. Pickle-based files are read only through ``torch.load(weights
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 import tempfile
@@ -48,8 +49,37 @@ class TensorInfo:
     shape: tuple[int, ...]
 
 
+_MAX_DIMS = 8  # adapter tensors have at most 5 (conv3d factors); more is a damaged or hostile header
+
+
+def _whole(value) -> bool:
+    """A JSON integer ≥ 0 (``True``/``False`` and floats are not)."""
+    return type(value) is int and value >= 0
+
+
+def _entry(path: Path, key: str, entry) -> tuple[str, tuple[int, ...], int, int]:
+    """(dtype, shape, start, end) of one header entry, or AdapterError saying which field is wrong."""
+
+    def fail(problem: str, expected: str) -> AdapterError:
+        return AdapterError(problem, file=str(path), key=key, expected=expected)
+
+    if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
+        raise fail("malformed header entry", "an object with dtype, shape and data_offsets")
+    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if not isinstance(dtype, str) or dtype not in _DTYPE_SIZES:
+        raise fail(f"dtype {str(dtype)[:40]!r} is not a safetensors dtype", f"one of {', '.join(_DTYPE_SIZES)}")
+    if not isinstance(shape, list) or len(shape) > _MAX_DIMS or not all(_whole(d) for d in shape):
+        raise fail(f"shape {str(shape)[:60]}", f"a list of at most {_MAX_DIMS} non-negative integers")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_whole(o) for o in offsets):
+        raise fail(f"data_offsets {str(offsets)[:60]}", "two non-negative integers [start, end]")
+    return dtype, tuple(shape), offsets[0], offsets[1]
+
+
 def read_header(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, TensorInfo]]:
-    """(metadata, {key: TensorInfo}) of a safetensors file, from its header alone; checks the file is complete."""
+    """(metadata, {key: TensorInfo}) of a safetensors file, from its header alone. Checks what the safetensors
+    format requires, so that the header-only path refuses every file a full load refuses: a JSON object of string
+    metadata and entries with a known dtype, a shape of non-negative integers and byte ranges that match it and
+    tile the data region exactly (no gap, no overlap, nothing after the last tensor)."""
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -71,20 +101,23 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, Tens
             header = json.loads(handle.read(header_len))
     except OSError as exc:
         raise AdapterError(f"cannot read file: {exc.strerror or exc}", file=str(path)) from exc
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise AdapterError(f"header is not valid JSON ({exc})", file=str(path), expected="a safetensors file") from exc
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # JSONDecodeError, huge integers, deep nesting
+        problem = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:200]
+        raise AdapterError(
+            f"header is not valid JSON ({problem})", file=str(path), expected="a safetensors file"
+        ) from exc
     if not isinstance(header, dict):
         raise AdapterError("header is not a JSON object", file=str(path), expected="a safetensors file")
     metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise AdapterError(
+            "__metadata__ is not an object of strings", file=str(path), key="__metadata__", expected='{"name": "text"}'
+        )
     infos: dict[str, TensorInfo] = {}
     data_len = size - 8 - header_len
+    ranges = []
     for key, entry in header.items():
-        try:
-            dtype, shape, (start, end) = entry["dtype"], tuple(int(s) for s in entry["shape"]), entry["data_offsets"]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise AdapterError(
-                "malformed header entry", file=str(path), key=key, expected="dtype, shape and data_offsets"
-            ) from exc
+        dtype, shape, start, end = _entry(path, key, entry)
         if end > data_len or start > end:
             raise AdapterError(
                 f"data ends at byte {end} but the file holds {data_len} data bytes",
@@ -92,18 +125,33 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, Tens
                 key=key,
                 expected="a complete file (it looks truncated)",
             )
-        numel = 1
-        for dim in shape:
-            numel *= dim
-        if dtype in _DTYPE_SIZES and numel * _DTYPE_SIZES[dtype] != end - start:
+        numel = math.prod(shape)
+        if numel * _DTYPE_SIZES[dtype] != end - start:
             raise AdapterError(
                 f"{end - start} bytes for {dtype} of shape {list(shape)}",
                 file=str(path),
                 key=key,
                 expected=f"{numel * _DTYPE_SIZES[dtype]} bytes",
             )
+        ranges.append((start, end, key))
         infos[key] = TensorInfo(dtype, shape)
-    return {str(k): str(v) for k, v in metadata.items()}, infos
+    covered = 0
+    for start, end, key in sorted(ranges):
+        if start != covered:
+            raise AdapterError(
+                f"data starts at byte {start}, where {covered} was expected",
+                file=str(path),
+                key=key,
+                expected="tensors that tile the data region without gaps or overlaps",
+            )
+        covered = end
+    if covered != data_len:
+        raise AdapterError(
+            f"{data_len - covered} bytes follow the last tensor",
+            file=str(path),
+            expected="a data region that ends with the last tensor",
+        )
+    return dict(metadata), infos
 
 
 _TORCH_DTYPES = {
@@ -137,11 +185,16 @@ def load_shapes(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[
             raise AdapterError(f"unsupported dtype {info.dtype}", file=str(path), key=key, expected="a torch dtype")
         tensors[key] = torch.empty(info.shape, dtype=dtype, device="meta")
     if scalars:
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
-            for key in scalars:
-                tensors[key] = handle.get_tensor(key)
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as handle:
+                for key in scalars:
+                    tensors[key] = handle.get_tensor(key)
+        except (SafetensorError, RuntimeError, ValueError, OSError) as exc:
+            raise AdapterError(
+                f"cannot decode tensors ({exc})", file=str(path), expected="a valid safetensors file"
+            ) from exc
     return tensors, metadata
 
 

@@ -180,3 +180,63 @@ def test_partial_match_is_reported(tmp_path):
     assert report.matched == {MODULE: "fc1.weight"}
     assert "lora_unet_fc9" in report.unmatched and "fc9" in report.unmatched["lora_unet_fc9"]
     assert report.line() == "1 modules matched, 1 unmatched"
+
+
+# --- hostile headers: the header-only path (inspect, /lyco/info) refuses what a full load refuses -----------------
+def raw_file(tmp_path, header, data: bytes = b"", name="hostile.safetensors", raw_header: bytes | None = None):
+    """A safetensors file written byte by byte: 8-byte length, the JSON ``header`` (or ``raw_header``), ``data``."""
+    text = raw_header if raw_header is not None else json.dumps(header).encode()
+    path = tmp_path / name
+    path.write_bytes(len(text).to_bytes(8, "little") + text + data)
+    return path
+
+
+_GOOD = {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}
+_DATA = bytes(16)
+HOSTILE_HEADERS = {
+    "metadata a list": ({"__metadata__": ["a"], f"{MODULE}.lora_up.weight": _GOOD}, _DATA, "__metadata__"),
+    "metadata not strings": (
+        {"__metadata__": {"ss_tag_frequency": {"a": 1}}, f"{MODULE}.lora_up.weight": _GOOD},
+        _DATA,
+        "__metadata__",
+    ),
+    "entry a list": ({f"{MODULE}.lora_up.weight": [1, 2]}, _DATA, "malformed header entry"),
+    "dtype a list": ({f"{MODULE}.lora_up.weight": dict(_GOOD, dtype=["F32"])}, _DATA, "not a safetensors dtype"),
+    "unknown dtype": ({f"{MODULE}.lora_up.weight": dict(_GOOD, dtype="F48")}, _DATA, "not a safetensors dtype"),
+    "negative dim": ({f"{MODULE}.lora_up.weight": dict(_GOOD, shape=[-2, -2])}, _DATA, "non-negative integers"),
+    "string dims": ({f"{MODULE}.lora_up.weight": dict(_GOOD, shape=["2", "2"])}, _DATA, "non-negative integers"),
+    "65 dims": ({f"{MODULE}.lora_up.weight": dict(_GOOD, shape=[1] * 65, data_offsets=[0, 4])}, bytes(4), "at most 8"),
+    "offsets strings": ({f"{MODULE}.lora_up.weight": dict(_GOOD, data_offsets=["0", "16"])}, _DATA, "data_offsets"),
+    "offsets one number": ({f"{MODULE}.lora_up.weight": dict(_GOOD, data_offsets=[16])}, _DATA, "data_offsets"),
+    "trailing bytes": ({f"{MODULE}.lora_up.weight": _GOOD}, _DATA + bytes(8), "bytes follow the last tensor"),
+    "gap": ({f"{MODULE}.lora_up.weight": dict(_GOOD, data_offsets=[8, 24])}, bytes(24), "without gaps"),
+    "overlap": ({f"{MODULE}.lora_up.weight": _GOOD, f"{MODULE}.lora_down.weight": _GOOD}, _DATA, "without gaps"),
+}
+
+
+@pytest.mark.parametrize("header_only", [True, False], ids=["header-only", "full"])
+@pytest.mark.parametrize("case", HOSTILE_HEADERS, ids=list(HOSTILE_HEADERS))
+def test_hostile_header_is_an_adapter_error(tmp_path, case, header_only):
+    header, data, fragment = HOSTILE_HEADERS[case]
+    path = raw_file(tmp_path, header, data)
+    with pytest.raises(AdapterError) as info:
+        lyco_core.load_adapter(path, header_only=header_only)
+    assert fragment in str(info.value) and path.name in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("header_only", [True, False], ids=["header-only", "full"])
+@pytest.mark.parametrize(
+    "raw",
+    [b"[" * 100_000 + b"]" * 100_000, b'{"a": ' + b"9" * 5000 + b"}", b'{"a": NaN}x'],
+    ids=["nested-100k", "5000-digit-int", "not-json"],
+)
+def test_unparseable_header_is_an_adapter_error(tmp_path, raw, header_only):
+    path = raw_file(tmp_path, None, raw_header=raw)
+    with pytest.raises(AdapterError, match="not valid JSON"):
+        lyco_core.load_adapter(path, header_only=header_only)
+
+
+def test_float8_factors_are_refused(tmp_path):
+    tensors = {k: v.to(torch.float8_e4m3fn) if v.ndim else v for k, v in lora_tensors().items()}
+    path = write(tmp_path, tensors)
+    expect_error(path, "float8_e4m3fn", "fp16, bf16, fp32 or fp64")
