@@ -22,6 +22,7 @@ from ..algorithms.boft_peft import PeftBOFT
 from ..algorithms.factorization import factorization
 from ..algorithms.oft_peft import PeftOFT
 from .base import Layout, ModulePath, Written, refuse
+from .peft_config import checked_config
 
 PEFT_PREFIX = "base_model.model."
 _DEFAULT_ALPHA = {"LORA": 8.0, "LOHA": 8.0, "LOKR": 8.0}
@@ -74,6 +75,9 @@ def scale_context(file: str, config: dict[str, Any], path: str) -> ScaleContext:
 
 class PeftLayout(Layout):
     name = "peft"
+
+    def __init__(self, file, config, metadata):
+        super().__init__(file, checked_config(file, config) if config else config, metadata)
 
     @staticmethod
     def owns(module_names, config, metadata):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import time
 
 import pytest
 import torch
@@ -240,3 +241,56 @@ def test_float8_factors_are_refused(tmp_path):
     tensors = {k: v.to(torch.float8_e4m3fn) if v.ndim else v for k, v in lora_tensors().items()}
     path = write(tmp_path, tensors)
     expect_error(path, "float8_e4m3fn", "fp16, bf16, fp32 or fp64")
+
+
+# --- PEFT config values: checked by type and range once, when the layout reads them -------------------------------
+def peft_folder(tmp_path, **config):
+    folder = tmp_path / "peft_adapter"
+    folder.mkdir()
+    gen = torch.Generator().manual_seed(1)
+    save_file(
+        {
+            "base_model.model.fc1.lora_A.weight": torch.randn(4, 6, generator=gen),
+            "base_model.model.fc1.lora_B.weight": torch.randn(8, 4, generator=gen),
+        },
+        str(folder / "adapter_model.safetensors"),
+    )
+    base = {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["fc1"]}
+    (folder / "adapter_config.json").write_text(json.dumps({**base, **config}), encoding="utf-8")
+    return folder
+
+
+BAD_CONFIGS = {
+    "rank_pattern a string": ({"rank_pattern": "fc1"}, "rank_pattern"),
+    "invalid regex key": ({"rank_pattern": {"fc1[": 2}}, "does not compile"),
+    "backtracking regex": ({"rank_pattern": {"(a+)+$": 2}}, "repeats a group"),
+    "back-reference": ({"alpha_pattern": {r"(fc)\1": 2}}, "refers back"),
+    "r a word": ({"r": "four"}, "whole number"),
+    "r NaN": ({"r": float("nan")}, "whole number"),
+    "r negative": ({"r": -1}, "whole number"),
+    "lora_alpha a list": ({"lora_alpha": [8]}, "finite number"),
+    "lora_alpha huge": ({"lora_alpha": 1e308}, "magnitude"),
+    "neumann terms 1e9": ({"peft_type": "OFT", "num_cayley_neumann_terms": 1e9}, "1…64"),
+    "eps a word": ({"peft_type": "OFT", "eps": "small"}, "finite number"),
+    "feedforward_modules a number": ({"peft_type": "IA3", "feedforward_modules": 5}, "module names"),
+    "use_rslora a string": ({"use_rslora": "false"}, "true or false"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_CONFIGS, ids=list(BAD_CONFIGS))
+def test_bad_peft_config_value_is_named(tmp_path, case):
+    config, fragment = BAD_CONFIGS[case]
+    folder = peft_folder(tmp_path, **config)
+    started = time.perf_counter()
+    for header_only in (True, False):
+        with pytest.raises(AdapterError) as info:
+            lyco_core.load_adapter(folder, header_only=header_only)
+        message = str(info.value)
+        assert fragment in message and "adapter_config.json" in message, message
+    assert time.perf_counter() - started < 5
+
+
+def test_plain_peft_patterns_still_apply(tmp_path):
+    folder = peft_folder(tmp_path, rank_pattern={"fc.": 4}, alpha_pattern={r"f.*1": 16})
+    module = lyco_core.load_adapter(folder).modules["base_model.model.fc1"]
+    assert module.scale_value() == 4.0  # alpha_pattern 16 over rank 4
