@@ -1,15 +1,18 @@
 """Command line: ``python -m lyco_core inspect PATH [--json]``, and the transforms of commands.py
 (convert, to-lora, resize, merge, extract, bake).
 
-Exit status 0 on success, 2 with the reason on stderr when a file is invalid or an operation is refused,
-130 when interrupted (nothing is written then).
+Exit status 0 on success, 2 with the reason on stderr when a file is invalid, an operation is refused or the output
+cannot be written, 130 when interrupted by Ctrl+C or SIGTERM (nothing is written then). A SIGKILL leaves at most one
+hidden ``.<name>.<pid>.<random>.tmp`` beside the output, which the next write of that output removes.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 
 from .adapter import load_adapter
 from .commands import add_commands
@@ -68,8 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM stops like Ctrl+C: unwinding removes a half-written temporary file
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         return args.run(args)
     except AdapterError as exc:

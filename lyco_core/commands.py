@@ -8,8 +8,11 @@ convert, to-lora or resize make a batch: ``-o`` is then a folder and each output
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
+
+import torch
 
 from .adapter import load_adapter
 from .convert import LAYOUTS, RankPolicy, bake, convert, extract, merge, resize, to_lora
@@ -195,6 +198,18 @@ def _output_options(parser, layouts=True) -> None:
     parser.add_argument("-v", "--verbose", action="store_true", help="print every module (default: the worst 40)")
 
 
+def usable_device(text: str) -> str:
+    """``--device``: a torch device this torch build can run on (else argparse exits 2 with the reason)."""
+    try:
+        device = torch.device(text)
+    except RuntimeError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    backend = getattr(torch, device.type, None)
+    if device.type != "cpu" and not (backend is not None and backend.is_available()):
+        raise argparse.ArgumentTypeError(f"'{text}': this torch build has no usable {device.type} device")
+    return text
+
+
 def _rank_options(parser, allow_full: bool = False) -> None:
     policy = parser.add_mutually_exclusive_group(required=True)
     if allow_full:
@@ -208,7 +223,9 @@ def _rank_options(parser, allow_full: bool = False) -> None:
     parser.add_argument("--max-rank", type=int, help="upper bound on any chosen rank")
     parser.add_argument("--tucker", action="store_true", help="Tucker-factor k×k convolutions (lora_mid)")
     parser.add_argument("--exact-svd", action="store_true", help="always full SVD (never randomized)")
-    parser.add_argument("--device", default="cpu", help="torch device for the math, e.g. cuda (default cpu)")
+    parser.add_argument(
+        "--device", default="cpu", type=usable_device, help="torch device for the math, e.g. cuda (default cpu)"
+    )
 
 
 def add_commands(commands) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import struct
 import tempfile
 from dataclasses import dataclass
@@ -234,23 +235,96 @@ def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
     return {str(k): v for k, v in data.items()}
 
 
+_TEMP_SUFFIX = ".tmp"
+
+
+def _temp_name(target: Path) -> re.Pattern:
+    """``.<name>.<pid>.<random>.tmp``: hidden, ignored by every loader list (no adapter suffix), and naming the
+    process that writes it, so a later run can tell an orphan from a write in progress."""
+    return re.compile(rf"\.{re.escape(target.name)}\.(\d+)\.[^.]+{re.escape(_TEMP_SUFFIX)}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_orphans(target: Path) -> list[Path]:
+    """Delete the temporary files an earlier write of ``target`` left behind when it was killed (SIGKILL leaves what
+    no handler can clean): ours by name, and their writer gone. Returns what was removed."""
+    pattern, removed = _temp_name(target), []
+    try:
+        siblings = list(target.parent.iterdir())
+    except OSError:
+        return removed
+    for sibling in siblings:
+        found = pattern.fullmatch(sibling.name)
+        if found and int(found.group(1)) != os.getpid() and not _alive(int(found.group(1))):
+            try:
+                sibling.unlink()
+                removed.append(sibling)
+            except OSError:
+                pass
+    return removed
+
+
 def atomic_write_bytes(path: str | os.PathLike, writer, *, overwrite: bool = False) -> Path:
-    """Run ``writer(tmp_path)`` then rename onto ``path``; never leaves a partial file; refuses to overwrite unasked."""
+    """Run ``writer(tmp_path)`` then rename onto ``path``; never leaves a partial file; refuses to overwrite unasked.
+    The one temporary file is ours (see ``_temp_name``); orphans of killed earlier writes are removed first. OS
+    errors (read-only folder, full disk, a file where a folder should be) become AdapterError with the reason."""
     path = Path(path)
     if path.exists() and not overwrite:
         raise AdapterError(
             "refusing to overwrite an existing file", file=str(path), expected="a new file name, or overwrite=True"
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_orphans(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=_TEMP_SUFFIX, dir=path.parent)
+        os.close(fd)
         writer(tmp)
         os.replace(tmp, path)
+    except OSError as exc:
+        raise AdapterError(f"cannot write: {exc.strerror or exc}", file=str(path), expected="a writable place") from exc
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+_SAFETENSORS_CODES = {dtype: code for code, dtype in _TORCH_DTYPES.items()}
+
+
+def write_safetensors_file(target: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str]):
+    """The safetensors format written straight into ``target`` (no second temporary file, unlike the library's
+    ``save_file``): 8-byte header length, the JSON header padded with spaces to 8 bytes, the tensors' bytes in
+    key order, flushed to disk."""
+    header: dict[str, object] = {"__metadata__": metadata} if metadata else {}
+    offset = 0
+    for key in sorted(tensors):
+        tensor = tensors[key]
+        size = tensor.numel() * tensor.element_size()
+        header[key] = {
+            "dtype": _SAFETENSORS_CODES[tensor.dtype],
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    with open(target, "wb") as handle:
+        handle.write(struct.pack("<Q", len(text)))
+        handle.write(text)
+        for key in sorted(tensors):
+            handle.write(tensors[key].reshape(-1).view(torch.uint8).numpy())
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def save_safetensors(
@@ -261,8 +335,6 @@ def save_safetensors(
     overwrite: bool = False,
 ) -> Path:
     """Atomically write ``tensors`` (made contiguous, on CPU) with string ``metadata``."""
-    from safetensors.torch import save_file
-
     clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     meta = {str(k): str(v) for k, v in (metadata or {}).items()}
-    return atomic_write_bytes(path, lambda tmp: save_file(clean, tmp, metadata=meta), overwrite=overwrite)
+    return atomic_write_bytes(path, lambda tmp: write_safetensors_file(tmp, clean, meta), overwrite=overwrite)

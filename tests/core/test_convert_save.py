@@ -172,28 +172,28 @@ def test_overwrite_is_refused_unless_asked(tmp_path):
 def test_a_failing_write_leaves_no_partial_file(tmp_path, monkeypatch):
     adapter = lyco_core.load_adapter(big_adapter(tmp_path))
     target = tmp_path / "out" / "a.safetensors"
-    real_save = safetensors.torch.save_file
+    real_write = lyco_core.io.write_safetensors_file
 
-    def broken(tensors, filename, metadata=None):
-        real_save(tensors, filename, metadata)
+    def broken(filename, tensors, metadata):
+        real_write(filename, tensors, metadata)
         with open(filename, "r+b") as handle:  # a crash half-way: the bytes on disk are truncated
             handle.truncate(1000)
         raise OSError("disk full")
 
-    monkeypatch.setattr(safetensors.torch, "save_file", broken)
-    with pytest.raises(OSError, match="disk full"):
+    monkeypatch.setattr(lyco_core.io, "write_safetensors_file", broken)
+    with pytest.raises(AdapterError, match="disk full"):
         lyco_core.save_adapter(adapter, target)
     assert not target.exists() and list(target.parent.iterdir()) == []
     adapter.modules = {n: m for n, m in adapter.modules.items() if m.algo == "lora"}
-    with pytest.raises(OSError):
+    with pytest.raises(AdapterError, match="disk full"):
         lyco_core.save_adapter(adapter, tmp_path / "peft_out", "peft", component="unet", model_keys=["conv.weight"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.safetensors", "out"]  # no folder, no staging dir
-    monkeypatch.setattr(safetensors.torch, "save_file", real_save)
+    monkeypatch.setattr(lyco_core.io, "write_safetensors_file", real_write)
     existing = tmp_path / "keep.safetensors"
     lyco_core.save_adapter(adapter, existing)
     kept = existing.read_bytes()
-    monkeypatch.setattr(safetensors.torch, "save_file", broken)
-    with pytest.raises(OSError):
+    monkeypatch.setattr(lyco_core.io, "write_safetensors_file", broken)
+    with pytest.raises(AdapterError, match="disk full"):
         lyco_core.save_adapter(adapter, existing, overwrite=True, dtype="fp16")
     assert existing.read_bytes() == kept  # the old file survives a failed replacement
 
