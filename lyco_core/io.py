@@ -93,13 +93,15 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, Tens
                     expected="an 8-byte header length followed by a JSON header",
                 )
             (header_len,) = struct.unpack("<Q", raw_len)
-            if header_len > min(_MAX_HEADER, size - 8):
+            if header_len > min(_MAX_HEADER, size - 8):  # its value is not quoted: it may be another file's bytes
                 raise AdapterError(
-                    f"header length {header_len} exceeds the file size {size}",
+                    f"the first 8 bytes are not the length of a JSON header inside this {size}-byte file",
                     file=str(path),
                     expected="a complete safetensors file (truncated or not safetensors?)",
                 )
             header = json.loads(handle.read(header_len))
+    except AdapterError:
+        raise
     except OSError as exc:
         raise AdapterError(f"cannot read file: {exc.strerror or exc}", file=str(path)) from exc
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # JSONDecodeError, huge integers, deep nesting

@@ -8,6 +8,10 @@ For ``<dir>/<stem>.safetensors`` (or a PEFT folder's ``adapter_model.safetensors
 * ``<stem>.civitai.info`` — Civitai's version record (``trainedWords``, ``baseModel``).
 
 Unreadable or malformed sidecars are skipped and named in ``errors``; nothing is ever written.
+
+Links: like ComfyUI for models, the adapter may be a symlink, or sit in a symlinked folder; a sidecar is read only
+when it really lies in the same folder as the adapter's listed path (after resolving links), so a ``.txt`` linked to
+a file elsewhere is never served as trigger words.
 """
 
 from __future__ import annotations
@@ -23,10 +27,12 @@ _BASE_KEYS = ("baseModel", "base_model", "sd version")
 
 
 def sidecar_paths(path: str | os.PathLike) -> list[Path]:
-    """The sidecar files that exist for an adapter file, in reading order."""
+    """The sidecar files that exist for an adapter file, in reading order: regular files whose real location is
+    the real folder of the adapter's listed path."""
     stem = Path(path).with_suffix("")
+    folder = stem.parent.resolve()
     candidates = [stem.with_name(stem.name + suffix) for suffix in SUFFIXES]
-    return [p for p in candidates if p.is_file()]
+    return [p for p in candidates if p.is_file() and p.resolve().parent == folder]
 
 
 def stamps(path: str | os.PathLike) -> tuple:

@@ -427,3 +427,26 @@ def test_empty_stack_passes_through(comfy, tiny):
     model, clip = tiny
     out = node(comfy, "LyCOAdapterStack").execute(model, clip, "[]")
     assert out[0] is model and out[1] is clip and "empty" in out[2]
+
+
+def test_info_follows_links_but_never_echoes_outside_bytes(comfy_server, demo, tmp_path):
+    """Link policy: links in the loras folders are followed, as ComfyUI does for models; a linked file that is not an
+    adapter gets 422 without quoting any of its bytes, and a sidecar that links outside its adapter's folder is
+    not read."""
+    loras = comfy_server.base.path / "models" / "loras"
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOPSECRETWORDS, more private text\n", encoding="utf-8")
+    (loras / "linked_secret.safetensors").symlink_to(secret)
+    status, body = info(comfy_server, "linked_secret.safetensors")
+    assert status == 422, body
+    raw_length = str(int.from_bytes(secret.read_bytes()[:8], "little"))
+    assert "TOPSECRET" not in body["error"] and raw_length not in body["error"], body["error"]
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shutil.copyfile(loras / demo["lora"], outside / "linked_adapter.safetensors")
+    (loras / "linked_adapter.safetensors").symlink_to(outside / "linked_adapter.safetensors")
+    (loras / "linked_adapter.txt").symlink_to(secret)
+    status, body = info(comfy_server, "linked_adapter.safetensors")
+    assert status == 200 and body["methods"] == {"lora": DEMO_MODULES}, body
+    assert not any("TOPSECRET" in word for word in body["trigger_words"]), body["trigger_words"]
