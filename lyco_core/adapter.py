@@ -66,6 +66,11 @@ def _read_config(path: Path | None) -> dict[str, Any] | None:
 
 
 def _check_tensor(file: str, key: str, param: str, tensor: torch.Tensor) -> None:
+    if tensor.numel() == 0:
+        raise AdapterError(f"tensor of shape {list(tensor.shape)} holds no values", file=file, key=key,
+                           expected="a non-empty tensor")  # fmt: skip
+    if param in _INTEGER_OK and tensor.numel() != 1:
+        raise AdapterError(f"{param} holds {tensor.numel()} values", file=file, key=key, expected="one number")
     if not tensor.is_floating_point() and param not in _INTEGER_OK:
         raise AdapterError(f"tensor has dtype {tensor.dtype}", file=file, key=key, expected="a floating-point tensor")
     if tensor.is_floating_point() and tensor.element_size() == 1:  # float8: no arithmetic kernels on CPU
@@ -168,7 +173,7 @@ class Adapter:
             try:
                 weight = updated[key] if key in updated else weights[key].detach().clone()
                 bias = updated.get(bias_key, weights[bias_key]) if bias_key else None
-                module.check_target(target.shape(weight.shape), bias is not None)
+                module.fits(target.shape(weight.shape), bias is not None)
                 module.apply_(target.of(weight), float(strength))
             except AdapterError as exc:
                 raise exc.located(file=self.path, module=name) from None

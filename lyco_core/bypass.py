@@ -122,5 +122,5 @@ def hook_call(
             padding if isinstance(padding, str) else tuple(padding),
             tuple(kw.get("dilation", ones)),
         )
-    module.check_target(torch.Size(shape), True)
+    module.fits(torch.Size(shape), True)
     return call

@@ -63,9 +63,17 @@ class AdapterModule:
 
     algo: ClassVar[str] = ""
     additive: ClassVar[bool] = False
+    # the dimensionalities each parameter may have (checked on construction; parameters not named: any)
+    ndims: ClassVar[dict[str, tuple[int, ...]]] = {}
+    _SHARED_NDIMS: ClassVar[dict[str, tuple[int, ...]]] = {"dora_scale": (1, 2, 3, 4, 5), "magnitude": (1, 2, 3, 4, 5)}
+    # parameters that hold one value per output channel (biases and their deltas)
+    _PER_OUTPUT: ClassVar[tuple[str, ...]] = ("diff_b", "b_norm", "lora_up.bias")
 
     def __init__(self, name: str, params: dict[str, torch.Tensor], ctx: ScaleContext):
         self.name, self.params, self.ctx = name, params, ctx
+        for key, allowed in {**self._SHARED_NDIMS, **self.ndims}.items():
+            if key in params:
+                check_ndim(self, key, allowed)
 
     def with_params(self, params: dict[str, torch.Tensor]) -> AdapterModule:
         """This module over other tensors of the same values (e.g. a host's copies on the compute device).
@@ -111,7 +119,25 @@ class AdapterModule:
 
     # --- math ----------------------------------------------------------------------------------------------------
     def check_target(self, weight_shape: torch.Size, has_bias: bool) -> None:
-        """Raise AdapterError if this module cannot apply to a weight of ``weight_shape``."""
+        """Raise AdapterError if this module cannot apply to a weight of ``weight_shape`` (methods add their own
+        rules; ``fits`` runs these and the rules every method shares)."""
+
+    def fits(self, weight_shape: torch.Size, has_bias: bool) -> None:
+        """Raise AdapterError unless this module applies to a weight of ``weight_shape``: the method's own rules,
+        then one value per output channel in bias deltas and an output-axis DoRA scale, one per input channel in an
+        input-axis one."""
+        self.check_target(weight_shape, has_bias)
+        rows = weight_shape[0] if len(weight_shape) else 1
+        wanted = {key: rows for key in self._PER_OUTPUT}
+        axis = self.dora_axis()
+        if axis is not None:
+            key = "magnitude" if "magnitude" in self.params else "dora_scale"
+            wanted[key] = rows if axis == "out" or len(weight_shape) < 2 else weight_shape[1]
+        for key, count in wanted.items():
+            tensor = self.params.get(key)
+            if tensor is not None and tensor.numel() != count:
+                raise self.fail(f"{tensor.numel()} values for a weight of shape {list(weight_shape)}", key=key,
+                                expected=f"{count} values")  # fmt: skip
 
     def apply(self, weight: torch.Tensor, strength: float) -> torch.Tensor:
         """W' for base ``weight`` at ``strength``, a new tensor in the compute dtype."""

@@ -10,6 +10,7 @@ from .registry import register
 class Full(AdditiveModule):
     algo = "full"
     suffixes = ("diff", "diff_b")
+    ndims = {"diff": (1, 2, 3, 4, 5), "diff_b": (1,)}
 
     @classmethod
     def claims(cls, params):

@@ -21,6 +21,7 @@ _KEYS = ("a1.weight", "a2.weight", "b1.weight", "b2.weight")
 class GLoRA(AdapterModule):
     algo = "glora"
     suffixes = _KEYS
+    ndims = dict.fromkeys(_KEYS, (2, 3, 4, 5))
 
     @classmethod
     def claims(cls, params):

@@ -28,6 +28,7 @@ def _is_feedforward(ctx, path: str) -> bool:
 class IA3(AdapterModule):
     algo = "ia3"
     suffixes = ("weight", "on_input", "ia3_l")
+    ndims = {"weight": (1, 2, 3, 4, 5), "ia3_l": (1, 2, 3, 4, 5)}
 
     @classmethod
     def claims(cls, params):

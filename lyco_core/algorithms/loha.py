@@ -23,6 +23,7 @@ _FACTORS = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
 class LoHa(AdditiveModule):
     algo = "loha"
     suffixes = _FACTORS + ("hada_t1", "hada_t2")
+    ndims = {**dict.fromkeys(_FACTORS, (2, 3, 4, 5)), "hada_t1": (3, 4, 5), "hada_t2": (3, 4, 5)}
 
     @classmethod
     def claims(cls, params):
@@ -42,6 +43,9 @@ class LoHa(AdditiveModule):
                 params[key.replace("_a", "_b")].shape[0],
                 f"the rank of {key.replace('_a', '_b')}",
             )
+        out_dim = 1 if self.tucker else 0  # the two halves multiply element by element: same rows, same columns
+        check_dim(self, "hada_w2_a", out_dim, params["hada_w1_a"].shape[out_dim], "the rows of hada_w1_a")
+        check_dim(self, "hada_w2_b", 1, params["hada_w1_b"].shape[1], "the columns of hada_w1_b")
         self._rank = int(rank)
 
     @property

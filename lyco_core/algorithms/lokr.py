@@ -22,6 +22,7 @@ from .registry import register
 class LoKr(AdditiveModule):
     algo = "lokr"
     suffixes = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2")
+    ndims = {**dict.fromkeys(suffixes[:6], (2, 3, 4, 5)), "lokr_t2": (3, 4, 5)}
 
     @classmethod
     def claims(cls, params):

@@ -25,6 +25,12 @@ from .registry import register
 class LoRA(AdditiveModule):
     algo = "lora"
     suffixes = ("lora_up.weight", "lora_down.weight", "lora_mid.weight", "lora_up.bias")
+    ndims = {
+        "lora_up.weight": (2, 3, 4, 5),
+        "lora_down.weight": (2, 3, 4, 5),
+        "lora_mid.weight": (3, 4, 5),
+        "lora_up.bias": (1,),
+    }
 
     @classmethod
     def claims(cls, params):

@@ -10,6 +10,7 @@ from .registry import register
 class Norm(AdditiveModule):
     algo = "norm"
     suffixes = ("w_norm", "b_norm")
+    ndims = {"w_norm": (1,), "b_norm": (1,)}
 
     @classmethod
     def claims(cls, params):

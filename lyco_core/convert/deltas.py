@@ -142,7 +142,7 @@ def module_delta(
     if not needs_weight(module):
         target = weight.shape if weight is not None else shape if shape is not None else inferred_shape(module)
         if weight is not None:
-            module.check_target(target, bias is not None)
+            module.fits(target, bias is not None)
         elif math.prod(target) != math.prod(inferred_shape(module)):
             raise module.fail(f"holds {math.prod(inferred_shape(module))} values, the weight {list(target)}")
         delta = module.delta(torch.Size(target), torch.device(device), dtype) * strength
@@ -150,7 +150,7 @@ def module_delta(
         return delta, None if bias_delta is None else bias_delta * strength
     if weight is None:
         raise refuse_without_base([module.name], "this module", module.ctx.file)
-    module.check_target(weight.shape, bias is not None)
+    module.fits(weight.shape, bias is not None)
     base = weight.to(device=device, dtype=dtype)
     delta = module.apply(base, strength) - base
     if bias is None or not module.changes_bias():

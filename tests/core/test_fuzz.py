@@ -1,0 +1,137 @@
+"""Seeded mutation fuzz of real reference-library files: only AdapterError escapes, quickly, and harmless
+re-encodings patch bit-identically.
+
+Seeds: every LyCORIS case of the conversion fixtures (files written by lycoris-lora 4.1.3 for a tiny model) and the
+PEFT LoRA/DoRA/LoHa/LoKr/IA3/OFT folders written by peft 0.21.2. Each mutant goes through what a user's file goes
+through: the header-only load and ``summary()`` (the browser panel, ``inspect``), the full load, and ``patch`` at
+strengths 1 and 0 on the case's own base weights.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import lyco_core
+from lyco_core import AdapterError
+
+MUTANTS_PER_FILE = 12
+SECONDS_PER_MUTANT = 10.0
+PEFT_SEEDS = ("peft-lora-patterns", "peft-dora", "peft-loha", "peft-lokr", "peft-ia3", "peft-oft")
+
+
+def _tensor_file(case):
+    return case.path / "adapter_model.safetensors" if case.path.is_dir() else case.path
+
+
+def _mutate(tensors: dict[str, torch.Tensor], rng: random.Random) -> tuple[str, dict[str, torch.Tensor]]:
+    """One random damage to a copy of ``tensors``: (what was done, mutated tensors)."""
+    out = dict(tensors)
+    key = rng.choice(sorted(out))
+    t = out[key]
+    kinds = ["drop", "flatten", "scalar", "fewer rows", "double rows", "transpose", "nan", "huge", "integer",
+             "empty", "extra partner", "alpha vector"]  # fmt: skip
+    kind = rng.choice(kinds)
+    if kind == "drop":
+        del out[key]
+    elif kind == "flatten":
+        out[key] = t.reshape(-1)
+    elif kind == "scalar":
+        out[key] = t.reshape(-1)[:1].reshape(())
+    elif kind == "fewer rows" and t.ndim and t.shape[0] > 1:
+        out[key] = t[: t.shape[0] // 2].contiguous()
+    elif kind == "double rows" and t.ndim:
+        out[key] = torch.cat([t, t])
+    elif kind == "transpose" and t.ndim >= 2:
+        out[key] = t.transpose(0, 1).contiguous()
+    elif kind == "nan" and t.is_floating_point() and t.numel():
+        out[key] = t.clone().reshape(-1).index_fill(0, torch.tensor([0]), float("nan")).reshape(t.shape)
+    elif kind == "huge" and t.is_floating_point():
+        out[key] = t.float() * 1e30
+    elif kind == "integer":
+        out[key] = t.to(torch.int32)
+    elif kind == "empty" and t.ndim:
+        out[key] = t[:0].contiguous()
+    elif kind == "extra partner":
+        module = key.rsplit(".", 2)[0] if key.endswith(".weight") else key.rsplit(".", 1)[0]
+        out[f"{module}.hada_w1_a"] = torch.ones(2, 2)
+    elif kind == "alpha vector":
+        module = key.rsplit(".", 2)[0] if key.endswith(".weight") else key.rsplit(".", 1)[0]
+        out[f"{module}.alpha"] = torch.tensor([1.0, 2.0])
+    return f"{kind} {key}", out
+
+
+def _exercise(path, case):
+    """What a user's file goes through; returns the patched weights at strength 1."""
+    lyco_core.load_adapter(path, header_only=True).summary()
+    adapter = lyco_core.load_adapter(path)
+    adapter.summary()
+    adapter.patch(case.base, strength=0.0, key_map=case.key_map)
+    return adapter.patch(case.base, strength=1.0, key_map=case.key_map)
+
+
+def _seeds(lyco_cases, peft_cases):
+    return [*lyco_cases.values(), *(peft_cases[name] for name in PEFT_SEEDS)]
+
+
+def test_mutants_only_raise_adapter_error(lyco_cases, peft_cases, tmp_path):
+    outcomes, slowest, escaped = {"clean": 0, "AdapterError": 0}, 0.0, []
+    for index, case in enumerate(_seeds(lyco_cases, peft_cases)):
+        rng = random.Random(1000 + index)
+        source = _tensor_file(case)
+        tensors = load_file(str(source))
+        for n in range(MUTANTS_PER_FILE):
+            what, mutated = _mutate(tensors, rng)
+            if case.path.is_dir():
+                target = tmp_path / f"{case.name}-{n}"
+                shutil.copytree(case.path, target)
+                save_file(mutated, str(target / source.name))
+            else:
+                target = tmp_path / f"{case.name}-{n}.safetensors"
+                save_file(mutated, str(target))
+            started = time.perf_counter()
+            try:
+                _exercise(target, case)
+                outcomes["clean"] += 1
+            except AdapterError:
+                outcomes["AdapterError"] += 1
+            except Exception as exc:  # noqa: BLE001 - what the test is about
+                escaped.append(f"{case.name} mutant {n} ({what}): {type(exc).__name__}: {str(exc)[:160]}")
+            elapsed = time.perf_counter() - started
+            slowest = max(slowest, elapsed)
+            assert elapsed < SECONDS_PER_MUTANT, f"{case.name} mutant {n} ({what}) took {elapsed:.1f} s"
+    print(f"[fuzz] {sum(outcomes.values()) + len(escaped)} mutants: {outcomes}, other exceptions {len(escaped)}; "
+          f"slowest {slowest:.2f} s")  # fmt: skip
+    assert not escaped, "\n".join(escaped)
+
+
+@pytest.mark.parametrize("encoding", ["metadata added", "keys reordered", "config reformatted"])
+def test_harmless_reencodings_patch_bit_identically(lyco_cases, peft_cases, tmp_path, encoding):
+    for case in _seeds(lyco_cases, peft_cases):
+        source = _tensor_file(case)
+        expected = _exercise(case.path, case)
+        target = tmp_path / case.name
+        if case.path.is_dir():
+            shutil.copytree(case.path, target)
+            file = target / source.name
+        else:
+            file = target.with_suffix(".safetensors")
+        tensors, metadata = load_file(str(source)), dict(lyco_core.load_adapter(case.path).metadata)
+        if encoding == "metadata added":
+            save_file(tensors, str(file), metadata={**metadata, "note": "re-saved"})
+        elif encoding == "keys reordered":
+            save_file(dict(reversed(list(tensors.items()))), str(file), metadata=metadata or None)
+        elif case.path.is_dir():
+            config = json.loads((case.path / "adapter_config.json").read_text(encoding="utf-8"))
+            (target / "adapter_config.json").write_text(json.dumps(config, indent=4, sort_keys=True), "utf-8")
+        else:
+            shutil.copyfile(source, file)
+        got = _exercise(target if case.path.is_dir() else file, case)
+        assert got.keys() == expected.keys(), case.name
+        assert all(torch.equal(got[k], expected[k]) for k in got), f"{case.name}: {encoding} changed the weights"
