@@ -37,6 +37,20 @@ function showSummary(node, text) {
   }
 }
 
+/**
+ * Strength fields take typed decimals in the Vue renderer too: frontend 1.32's Vue number field (PrimeVue
+ * InputNumber, given the widget's options) refuses a typed decimal point unless `maxFractionDigits` is set, so
+ * "0.85" became 85 (arrows and drag worked). Set before the Vue renderer copies the widgets; the canvas ignores it.
+ */
+function allowDecimals(node) {
+  for (const widget of node.widgets ?? []) {
+    if (widget.type === "number" && widget.name.startsWith("strength")) {
+      widget.options ??= {};
+      widget.options.maxFractionDigits ??= 4;
+    }
+  }
+}
+
 app.registerExtension({
   name: "lyco.nodes",
   setup() {
@@ -46,6 +60,7 @@ app.registerExtension({
   beforeRegisterNodeDef(nodeType, nodeData) {
     if (!isLycoNode(nodeData.name)) return;
     chain(nodeType.prototype, "onNodeCreated", function () {
+      allowDecimals(this);
       attachSummary(this);
     });
     chain(nodeType.prototype, "onExecuted", function (output) {

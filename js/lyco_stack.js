@@ -1,6 +1,7 @@
 /**
  * Row editor on "Adapter Stack": one row per adapter (on/off, adapter, model and clip strength, move up/down,
- * remove), "add adapter" and "toggle all". The rows live in the node's `stack` input as JSON
+ * remove), "add adapter" (a row with no adapter chosen, or the one last picked) and "toggle all". The rows live in
+ * the node's `stack` input as JSON
  * ([{name, on, strength_model, strength_clip}], validated again by the server); the text widget itself is hidden
  * (in both renderers: hideWidget) and rewritten on every edit, and read back when a workflow is loaded.
  */
@@ -10,6 +11,8 @@ const NODE_ID = "LyCOAdapterStack";
 const ROW_HEIGHT = 24; // a row's min-height (lyco.css)
 const CHROME_HEIGHT = 74; // header row, button row, padding and the DOM widget's margins
 const MIN_WIDTH = 460;
+const PLACEHOLDER = "choose an adapter…";
+let lastPicked = ""; // the adapter last chosen in any stack row: "+ add adapter" starts with it, else with none
 
 async function adapterNames() {
   const answer = await getJSON("/lyco/adapters");
@@ -82,10 +85,15 @@ class StackEditor extends WidgetEditor {
 
   rowElement(row, index) {
     const options = this.names.includes(row.name) || !row.name ? this.names : [row.name, ...this.names];
-    const picker = el("select", { className: "lyco-select lyco-stack-name" }, options.map((name) =>
-      el("option", { value: name, textContent: this.names.includes(name) ? name : `${name} (missing)` })));
+    const choices = options.map((name) =>
+      el("option", { value: name, textContent: this.names.includes(name) ? name : `${name} (missing)` }));
+    if (!row.name) choices.unshift(el("option", { value: "", textContent: PLACEHOLDER, disabled: true }));
+    const picker = el("select", { className: "lyco-select lyco-stack-name" }, choices);
     picker.value = row.name;
-    picker.addEventListener("change", () => this.update(index, { name: picker.value }));
+    picker.addEventListener("change", () => {
+      lastPicked = picker.value;
+      this.update(index, { name: picker.value });
+    });
     const toggle = el("input", { type: "checkbox", checked: row.on, className: "lyco-stack-on",
       title: "apply this adapter" });
     toggle.addEventListener("change", () => this.update(index, { on: toggle.checked }));
@@ -108,7 +116,10 @@ class StackEditor extends WidgetEditor {
 
   async add() {
     this.names = await adapterNames();
-    this.rows.push({ name: this.names[0] ?? "", on: true, strength_model: 1, strength_clip: 1 });
+    // nothing chosen for the user (the alphabetically first file is rarely the one wanted): the adapter last
+    // picked in a stack row if it is still there, else none until a file is chosen
+    const name = this.names.includes(lastPicked) ? lastPicked : "";
+    this.rows.push({ name, on: true, strength_model: 1, strength_clip: 1 });
     this.save();
   }
 

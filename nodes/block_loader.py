@@ -42,8 +42,12 @@ def _patch_side(target, patches: dict, strength: float, weights: BlockWeights, s
     return clone
 
 
+NAMES_UP_TO = 4  # a block's module names are listed when it has this many or fewer (else its count alone)
+
+
 def _report(coverage, weights: BlockWeights, family: str, strength_model: float, strength_clip: float) -> str:
-    """Which modules got which weight: one line per block (weight, effective strength, module names)."""
+    """Which modules got which weight: one line per block (weight, effective strength, module count; the names of a
+    block with few modules: BASE alone has 72 on an SD1.5 text encoder, too many to read on one line)."""
     by_block: dict[str, list[str]] = defaultdict(list)
     for side, strength in (("unet", strength_model), ("clip", strength_clip)):
         for module, key in getattr(coverage, side).items():
@@ -65,7 +69,10 @@ def _report(coverage, weights: BlockWeights, family: str, strength_model: float,
         effective = factor * (strength_clip if block == "BASE" else strength_model)
         state = f"strength {effective:g}" if effective else "off (unpatched)"
         modules = by_block[block]
-        lines.append(f"{block:<5} ×{factor:g} → {state}: {len(modules)} modules: {', '.join(sorted(modules))}")
+        names = f": {', '.join(sorted(modules))}" if len(modules) <= NAMES_UP_TO else ""
+        lines.append(
+            f"{block:<5} ×{factor:g} → {state}: {len(modules)} module{'s' if len(modules) != 1 else ''}{names}"
+        )
     return "\n".join(lines)
 
 

@@ -24,6 +24,7 @@ import folder_paths
 from ..lyco_core import Adapter, AdapterError, load_adapter
 from ..lyco_core.algorithms.inplace import compute_dtype
 from ..lyco_core.keymap import WeightIndex, kohya_aliases, resolve
+from ..lyco_core.train.resume import STATE_SUFFIX
 
 log = logging.getLogger("ComfyUI-LyCO")
 _CACHE_SIZE = 8
@@ -32,8 +33,10 @@ _cache: OrderedDict[tuple, Adapter] = OrderedDict()
 
 # --- files -----------------------------------------------------------------------------------------------------
 def adapter_names() -> list[str]:
-    """Names in ComfyUI's ``loras`` folders (PEFT folders appear as ``dir/adapter_model.safetensors``)."""
-    return folder_paths.get_filename_list("loras")
+    """Names in ComfyUI's ``loras`` folders (PEFT folders appear as ``dir/adapter_model.safetensors``), less the
+    training states Train LyCORIS Adapter writes beside its checkpoints (``*.train-state.pt``: optimizer state for
+    resuming, no adapter; ComfyUI lists them because ``.pt`` is a model extension)."""
+    return [name for name in folder_paths.get_filename_list("loras") if not name.endswith(STATE_SUFFIX)]
 
 
 def adapter_path(name: str) -> str:
@@ -289,7 +292,7 @@ def build_patches(adapter: Adapter, model, clip) -> tuple[dict, dict, Coverage]:
         bias_key = key_name(target)[: -len("weight")] + "bias" if key_name(target).endswith("weight") else None
         has_bias = bias_key is not None and bias_key in side.state
         try:
-            module.check_target(shape, has_bias)
+            module.fits(shape, has_bias)
         except AdapterError as exc:
             raise exc.located(file=adapter.path, module=name) from None
         patches[side.label][target] = LycoPatch.of(module)

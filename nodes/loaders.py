@@ -14,7 +14,9 @@ from .bypass import apply_bypass
 from .host import adapter_names, apply_adapter, load_cached
 
 CATEGORY = "loaders/LyCORIS"
-_STRENGTH = dict(default=1.0, min=-10.0, max=10.0, step=0.01, display_mode=io.NumberDisplay.slider)
+# a number field as ComfyUI's LoraLoader has (arrows and drag in steps of 0.01, a click to type), not a slider: on a
+# -10…10 slider a click jumps to the click and fine values are hard to hit
+_STRENGTH = dict(default=1.0, min=-10.0, max=10.0, step=0.01, display_mode=io.NumberDisplay.number)
 
 
 def strength_input(name: str, tooltip: str):

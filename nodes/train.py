@@ -81,6 +81,16 @@ def _combined(unet: AttachedAdapter, te: AttachedAdapter | None) -> AttachedAdap
     )
 
 
+def _trend(losses: list[float]) -> str:
+    """The report's mean loss of the run's first and last quarter: each step's loss depends on the noise level drawn
+    for it (single steps jump by 10× either way), the means show where training went (empty for under 8 steps)."""
+    if len(losses) < 8:
+        return ""
+    q = len(losses) // 4
+    first, last = sum(losses[:q]) / q, sum(losses[-q:]) / q
+    return f" (mean of the first/last {q} steps: {first:.5f} → {last:.5f})"
+
+
 def _skipped(steps: list[int], done: int) -> str:
     """The report's note on fp16 steps skipped for inf/NaN gradients in this run (empty when none)."""
     ours = [step for step in steps if step > done]
@@ -146,7 +156,14 @@ class TrainAdapter(io.ComfyNode):
                     tooltip="Learning-rate schedule after the warmup.",
                 ),
                 io.Int.Input("warmup_steps", default=0, min=0, max=100_000, tooltip="Linear warmup steps."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, tooltip="Initialisation, batches, noise."),
+                io.Int.Input(
+                    "seed",
+                    default=0,
+                    min=0,
+                    max=0xFFFFFFFF,
+                    control_after_generate=True,  # the frontend adds this widget after any "seed"; say so
+                    tooltip="Initialisation, batches, noise.",
+                ),
                 io.Combo.Input(
                     "training_dtype",
                     options=list(DTYPES),
@@ -313,7 +330,7 @@ class TrainAdapter(io.ComfyNode):
         report = (
             f"{config.method}: {len(adapter.modules)} modules ({len(unet.modules)} UNet"
             f"{f', {len(te.modules)} text encoder' if te is not None else ''}), steps {done + 1}–{final.step}, "
-            f"loss {final.loss_history[done]:.5f} → {final.loss_history[-1]:.5f}"
+            f"loss {final.loss_history[done]:.5f} → {final.loss_history[-1]:.5f}{_trend(final.loss_history[done:])}"
             f"{_skipped(final.skipped_steps, done)}\nsaved {written[-1]}\n" + coverage.line()
         )
         return io.NodeOutput(

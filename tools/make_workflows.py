@@ -143,6 +143,7 @@ NODE_DEFS: dict[str, dict] = {
             "scheduler",
             "warmup_steps",
             "seed",
+            CONTROL,
             "training_dtype",
             "gradient_checkpointing",
             "checkpoint_every",
@@ -231,13 +232,19 @@ INFO_WORKFLOW = (
     "trigger words) and, with a model/CLIP connected, which modules match it. The render beside it "
     "applies the same file.",
 )
+TRAIN_STEPS = 60  # lr 1e-2: the demo's mean loss over the first/last 15 steps falls about 22 → 10 (4 steps: noise)
 TRAIN_WORKFLOW = (
     "lyco_train_lokr",
     "Train LyCORIS Adapter: a LoKr on two latents of a solid orange image (EmptyImage → VAEEncode) with "
     "its caption's conditioning; Plot Loss shows the curve; the KSampler renders with the trained "
     "adapter applied. Checkpoints land in output/lyco_train/<name>/ (listed among loras; feed one to "
     "resume_from via its ADAPTER). Other methods: swap the config node (LoRA, LoHa, OFT, BOFT, GLoRA, "
-    "(IA)³). Connect clip and a captions list to train the text encoder too.",
+    "(IA)³). Connect clip and a captions list to train the text encoder too.\n\nWhat to expect: 60 steps at "
+    "learning rate 1e-2 (seconds on a GPU, about a minute on a CPU). Each step's loss depends on the noise level "
+    "drawn for it, so single steps jump up and down (2 one step, 70 the next); the smoothed curve in Plot Loss "
+    "falls, and the "
+    "Train node's summary gives the mean of the first and last 15 steps (about 22 → 10 in the demo). With your "
+    "own images use more steps (hundreds) and a lower rate for LoRA/LoHa (1e-4 to 1e-3).",
 )
 TRAIN_WIDGETS = {
     "config": [
@@ -258,7 +265,7 @@ TRAIN_WIDGETS = {
         "",
         "",
     ],
-    "train": [4, 2, 1, 1e-3, 5e-5, "AdamW", "constant", 0, SEED, "fp32", False, 0, "lyco_template"],
+    "train": [TRAIN_STEPS, 2, 1, 1e-2, 5e-5, "AdamW", "constant", 0, SEED, "fixed", "fp32", False, 0, "lyco_template"],
 }
 CONVERT_WORKFLOW = (
     "lyco_convert_lokr_to_lora",
@@ -361,7 +368,7 @@ def _conversion() -> tuple[list, list]:
     """Load Adapter (for conversion) → Adapter to LoRA (MODEL/CLIP connected) → Save Adapter, and the converted
     ADAPTER → Apply Adapter → the txt2img chain; the conversion report in its own PreviewAny."""
     stem, adapter, target, note = CONVERT_WORKFLOW
-    return _txt2img(
+    nodes, links = _txt2img(
         "LyCOApplyAdapter",
         [1.0, 1.0],
         note,
@@ -381,6 +388,11 @@ def _conversion() -> tuple[list, list]:
             ("to_lora", 1, "report", "source"),
         ],
     )
+    # room for what the nodes grow to once they show their info panel and run summary (about 380 px for Load
+    # Adapter and Adapter to LoRA, 280 for Apply Adapter, title bars included; tests/browser checks no overlap)
+    moved = {"ckpt": (_X["ckpt"], 60), "load": (_X["ckpt"], 230), "note": (_X["ckpt"], 680), "ours": (_X["ours"], 60)}
+    moved |= {"to_lora": (_X["ours"], 400), "preview": (_X["ours"], 820)}
+    return [(key, typ, moved.get(key, pos), *rest) for key, typ, pos, *rest in nodes], links
 
 
 def _training() -> tuple[list, list]:
@@ -390,17 +402,18 @@ def _training() -> tuple[list, list]:
     nodes = [
         ("ckpt", "CheckpointLoaderSimple", (_X["ckpt"], 200), [CKPT], None),
         ("config", "LyCOLoKrConfig", (_X["ckpt"], 420), TRAIN_WIDGETS["config"], None),
-        ("image", "EmptyImage", (_X["ours"], 20), [64, 64, 2, 0xFF8000], "Training image"),
+        ("image", "EmptyImage", (_X["ours"], -20), [64, 64, 2, 0xFF8000], "Training image"),
         ("encode_image", "VAEEncode", (_X["ours"], 200), [], None),
         ("pos", "CLIPTextEncode", (_X["ours"], 300), ["a solid orange square"], "Caption"),
         ("neg", "CLIPTextEncode", (_X["ours"], 560), [NEGATIVE], "Negative"),
-        ("train", "LyCOTrain", (_X["enc"], 200), TRAIN_WIDGETS["train"], None),
-        ("plot", "LyCOLossPlot", (_X["enc"], 720), [0.9], None),
-        ("latent", "EmptyLatentImage", (_X["enc"], 1100), [64, 64, 1], None),
+        # Train grows by its run summary (to about 770 px, title included); the captions are 400 wide
+        ("train", "LyCOTrain", (_X["enc"] + 40, 200), TRAIN_WIDGETS["train"], None),
+        ("plot", "LyCOLossPlot", (_X["enc"] + 40, 1060), [0.9], None),
+        ("latent", "EmptyLatentImage", (_X["ks"], 560), [64, 64, 1], None),
         ("ksampler", "KSampler", (_X["ks"], 200), [SEED, "fixed", STEPS, 7.0, "euler", "normal", 1.0], None),
         ("decode", "VAEDecode", (_X["dec"], 200), [], None),
         ("save", "SaveImage", (_X["save"], 200), [stem], None),
-        ("note", "Note", (_X["ckpt"], 1000), [note + NOTE_TAIL], "About this workflow"),
+        ("note", "Note", (_X["ckpt"], 1060), [note + NOTE_TAIL], "About this workflow"),  # config: ~600 px tall
     ]
     links = [
         ("ckpt", 0, "train", "model"),

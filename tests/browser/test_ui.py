@@ -3,12 +3,13 @@ started by the host harness, with the tiny SD1.5 checkpoint and the demo adapter
 renderer of the frontend (conftest ``page``: ``classic`` LiteGraph canvas, ``vue`` "Nodes 2.0" DOM nodes).
 
 Checked: our extensions register and our JS is served; dropping LyCOLoadAdapter and choosing a demo file fills the
-info panel with its method and rank; a strength slider moves under the mouse (on the canvas, or the Vue node's
-slider element); the block-weight editor writes the text and reads hand edits back; the stack editor adds, toggles
-and reorders rows; the stack's JSON text stays hidden and our panels have a sensible size inside their node; the
-example workflow queued from the UI produces an image and our summary appears in the node; a graph of our nodes
-runs; no console or page error comes from our files. Screenshots: test-artifacts/browser/<name>-<renderer>-
-fe<frontend version>.png.
+info panel with its method and rank; a strength field steps by 0.01 and takes a typed value (canvas arrows and
+prompt, or the Vue node's input); the block-weight editor writes the text and reads hand edits back; the stack
+editor adds, toggles and reorders rows; the stack's JSON text stays hidden and our panels have a sensible size inside
+their node; the example workflow queued from the UI produces an image and our summary appears in the node; a graph
+of our nodes runs; every template, loaded and queued from the page, runs and leaves no two nodes overlapping; no
+console or page error comes from our files. Screenshots:
+test-artifacts/browser/<name>-<renderer>-fe<frontend version>.png.
 
 Graphs are emptied with ``lycoTest.reset()``, which keeps node ids from being used again and waits a frame before
 nodes are added. The frontends trip over a reused id after ``graph.clear()`` (loading a workflow is not affected):
@@ -24,7 +25,6 @@ import time
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 import workflow
 
@@ -208,20 +208,51 @@ def test_info_panel_shows_method_and_rank(ui, demo, artifacts):
     shot(ui, artifacts, "01_info_panel")
 
 
-def test_strength_widgets_are_sliders_that_move(ui):
+def test_strength_widgets_are_number_fields_with_fine_steps(ui):
+    """Strengths are number fields as LoraLoader's (not −10…10 sliders where a click jumps): an arrow moves the
+    value by 0.01 and a typed 0.85 sticks (classic: the canvas arrows and its value prompt; Vue: the field's input,
+    ArrowUp and typing)."""
     node = ui.evaluate("() => lycoTest.add('LyCOLoadAdapter', 1000, 560)")
-    types = ui.evaluate(f"() => ['strength_model', 'strength_clip'].map((n) => lycoTest.widget({node}, n).type)")
-    assert types == ["slider", "slider"]
-    ui.evaluate("() => lycoTest.app.canvas.draw(true, true)")  # classic: lays the widgets out (sets w.y)
-    box = wait_box(ui, node, "strength_model")  # classic: the widget's row; Vue: the slider element's track
-    before = ui.evaluate(f"() => lycoTest.widget({node}, 'strength_model').value")
-    ui.mouse.click(box["x"] + box["width"] * 0.8, box["y"] + box["height"] / 2)
-    try:
-        ui.wait_for_function(f"() => lycoTest.widget({node}, 'strength_model').value !== {before}", timeout=5_000)
-    except PlaywrightTimeout:
-        pass  # the assertion below says what the slider holds
-    after = ui.evaluate(f"() => lycoTest.widget({node}, 'strength_model').value")
-    assert before == 1.0 and after != before and 3.0 < after <= 10.0, (before, after, box)
+    widgets = ui.evaluate(
+        f"""() => ['strength_model', 'strength_clip'].map((n) => {{
+        const w = lycoTest.widget({node}, n);
+        return {{ type: w.type, min: w.options.min, max: w.options.max, value: w.value }};
+    }})"""
+    )
+    assert widgets == [{"type": "number", "min": -10, "max": 10, "value": 1}] * 2, widgets
+    value = f"() => lycoTest.widget({node}, 'strength_model').value"
+    if ui.evaluate("() => lycoTest.vue()"):
+        # the labelled input (1.32: PrimeVue InputNumber) or the input inside the labelled field (1.49, 1.58)
+        inside = f'[data-node-id="{node}"]'
+        field = ui.locator(
+            f'{inside} input[aria-label="strength_model"], {inside} [aria-label="strength_model"] input'
+        ).first
+        field.wait_for(state="visible", timeout=10_000)
+        field.focus()
+        field.press("ArrowUp")
+        ui.wait_for_function(f"() => ({value})() !== 1", timeout=5_000)
+        stepped = ui.evaluate(value)
+        field.evaluate("(el) => el.select()")
+        field.press_sequentially("0.85")  # key by key, as a person types (the field parses keystrokes)
+        field.press("Enter")
+        field.blur()
+    else:
+        ui.evaluate("() => lycoTest.app.canvas.draw(true, true)")  # lays the widgets out (sets w.y)
+        box = wait_box(ui, node, "strength_model")
+        middle = box["y"] + box["height"] / 2
+        ui.mouse.click(box["x"] + box["width"] - 22, middle)  # the right arrow
+        ui.wait_for_function(f"() => ({value})() !== 1", timeout=5_000)
+        stepped = ui.evaluate(value)
+        ui.mouse.click(box["x"] + box["width"] / 2, middle)  # the value: the canvas asks for a number
+        prompt = ui.locator(".graphdialog input").first
+        prompt.wait_for(state="visible", timeout=5_000)
+        prompt.fill("0.85")
+        prompt.press("Enter")
+    assert stepped == pytest.approx(1.01, abs=1e-6), stepped
+    deadline = time.monotonic() + 5
+    while abs(ui.evaluate(value) - 0.85) > 1e-6 and time.monotonic() < deadline:
+        ui.wait_for_timeout(100)
+    assert ui.evaluate(value) == pytest.approx(0.85, abs=1e-6), (ui.lyco_renderer, ui.evaluate(value))
 
 
 # --------------------------------------------------------------------------- block-weight editor
@@ -266,6 +297,9 @@ def test_stack_adds_toggles_and_reorders_rows(ui, demo, artifacts):
     stack.locator(".lyco-add").click()
     stack.locator(".lyco-add").click()
     ui.wait_for_function(f"() => lycoTest.panel({node}, 'lyco_stack').dataset.rows === '2'")
+    names = stack.locator(".lyco-stack-name")
+    assert [names.nth(i).input_value() for i in range(2)] == ["", ""]  # no file chosen for the user
+    assert names.nth(0).locator("option").first.inner_text() == "choose an adapter…"
     stack.locator(".lyco-stack-row").nth(0).locator(".lyco-stack-name").select_option(demo["lokr"])
     stack.locator(".lyco-stack-row").nth(1).locator(".lyco-stack-name").select_option(demo["oft"])
     stack.locator(".lyco-stack-row").nth(1).locator(".lyco-number").first.fill("0.6")
@@ -284,6 +318,8 @@ def test_stack_adds_toggles_and_reorders_rows(ui, demo, artifacts):
     stack.locator(".lyco-stack-row").nth(1).locator("button[title='move up']").click()
     assert [r["name"] for r in rows()] == [demo["oft"], demo["lokr"]]
     stack.locator(".lyco-add").click()
+    ui.wait_for_function(f"() => lycoTest.panel({node}, 'lyco_stack').dataset.rows === '3'")
+    assert rows()[2]["name"] == demo["oft"]  # the adapter last picked
     stack.locator(".lyco-stack-row").nth(2).locator("button[title='remove']").click()
     assert len(rows()) == 2
     shot(ui, artifacts, "03_stack")
@@ -454,3 +490,93 @@ def test_no_errors_from_our_files(ui):
     assert not from_us, from_us
     unexpected = [m for m in flagged if m["type"] == "error"]
     assert not unexpected, unexpected
+
+
+# --------------------------------------------------------------------------- every template, from the UI
+
+TEMPLATES = sorted((REPO_ROOT / "example_workflows").glob("*.json"))
+
+# Every node's rectangle in graph units (classic: pos/size, title bar included) or page pixels (Vue: the node's DOM
+# element); the same units within one list, which is all the overlap check needs.
+NODE_RECTS = """() => {
+  const t = lycoTest, title = window.LiteGraph.NODE_TITLE_HEIGHT;
+  return t.app.graph.nodes.map((n) => {
+    if (t.vue()) {
+      const el = t.nodeElement(n.id);
+      return el ? { id: n.id, type: n.type, title: n.title, ...t.rect(el) } : { id: n.id, type: n.type, missing: true };
+    }
+    const collapsed = !!n.flags?.collapsed;
+    return { id: n.id, type: n.type, title: n.title, x: n.pos[0], y: n.pos[1] - title,
+             width: collapsed ? (n._collapsed_width ?? 80) : n.size[0], height: (collapsed ? 0 : n.size[1]) + title };
+  });
+}"""
+
+
+def _overlaps(rects: list[dict]) -> list[tuple[str, str, dict, dict]]:
+    """Pairs of rectangles whose interiors intersect (touching edges do not count)."""
+    found = []
+    for i, a in enumerate(rects):
+        for b in rects[i + 1 :]:
+            if (
+                a["x"] < b["x"] + b["width"]
+                and b["x"] < a["x"] + a["width"]
+                and a["y"] < b["y"] + b["height"]
+                and b["y"] < a["y"] + a["height"]
+            ):
+                found.append((f"{a['type']}#{a['id']}", f"{b['type']}#{b['id']}", a, b))
+    return found
+
+
+def _r(rect: dict) -> str:
+    return f"[{rect['x']:.0f},{rect['y']:.0f} {rect['width']:.0f}×{rect['height']:.0f}]"
+
+
+def _settled_rects(page, timeout: float = 10.0) -> list[dict]:
+    """The nodes' rectangles once they kept still for a second (run summaries arrive after the prompt completes and
+    the frontends resize nodes over a few frames)."""
+    deadline, last, still_since = time.monotonic() + timeout, None, time.monotonic()
+    while True:
+        page.evaluate("() => lycoTest.app.canvas.setDirty(true, true)")
+        page.wait_for_timeout(250)
+        rects = page.evaluate(NODE_RECTS)
+        now = time.monotonic()
+        if rects != last:
+            last, still_since = rects, now
+        elif now - still_since >= 1.0 or now > deadline:
+            return rects
+
+
+def _queue_from_the_page(page, server, before: set) -> str:
+    """Click the frontend's Run / Queue button; ``app.queuePrompt`` if no button is there or the click queued
+    nothing. Which one queued."""
+    button = page.locator('[data-testid="queue-button"] button').first
+    if button.count() and button.is_visible():
+        button.click()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            if set(workflow.http_json(server.url, "/history") or {}) - before or (
+                workflow.http_json(server.url, "/queue") or {}
+            ).get("queue_running"):
+                return "button"
+            time.sleep(0.2)
+    page.evaluate("async () => { await lycoTest.app.queuePrompt(0, 1); }")
+    return "queuePrompt"
+
+
+@pytest.mark.parametrize("path", TEMPLATES, ids=lambda p: p.stem)
+def test_template_loaded_and_queued_in_the_ui_runs_and_no_nodes_overlap(ui, comfy_server, demo, artifacts, path):
+    """The template file as a person opens it (the frontend's ``loadGraphData``), queued from the page: it runs
+    without a validation error, and afterwards (summaries shown) no two nodes cover each other."""
+    graph = json.loads(path.read_text(encoding="utf-8"))
+    ui.evaluate("async () => { await lycoTest.reset(); }")
+    ui.evaluate("async (g) => { await lycoTest.app.loadGraphData(g); }", graph)
+    ui.wait_for_timeout(500)
+    before = set(workflow.http_json(comfy_server.url, "/history") or {})
+    how = _queue_from_the_page(ui, comfy_server, before)
+    entry = wait_history(comfy_server, before, timeout=300)
+    assert entry["status"]["status_str"] == "success", (path.name, how, entry["status"])
+    rects = _settled_rects(ui)  # after the run: summaries shown, panels grown
+    shot(ui, artifacts, f"tpl_{path.stem}")
+    assert not [r for r in rects if r.get("missing")], rects
+    overlaps = _overlaps(rects)
+    assert not overlaps, [f"{a} {_r(ra)} × {b} {_r(rb)}" for a, b, ra, rb in overlaps]

@@ -319,6 +319,8 @@ def test_block_weight_zero_leaves_the_block_untouched(comfy, tiny, files, base_u
     assert _patch_plan(weighted[0]) == rest  # every other block: the plain loader's patches, same strength
     assert _patch_plan(weighted[1].patcher) == _patch_plan(plain[1].patcher)
     assert "IN01  ×0 → off (unpatched): 10 modules" in weighted[2]
+    blocks = [line for line in weighted[2].splitlines() if "×" in line and "→" in line]
+    assert blocks and all(line.count(",") <= 3 for line in blocks), blocks  # counts per block, not 72 names
 
 
 @pytest.mark.parametrize("method", METHODS)

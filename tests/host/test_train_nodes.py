@@ -131,6 +131,27 @@ def test_training_lowers_the_loss_and_the_file_applies(comfy, sd15, data, method
         assert copy.metadata["ss_steps"] == "12" and set(copy.modules) == set(adapter.modules)
 
 
+def test_training_states_stay_out_of_the_adapter_lists(comfy, sd15, data):
+    """The ``*.train-state.pt`` beside each checkpoint (in a loras folder) is offered by no loader and refused by
+    name; the checkpoint itself is listed."""
+    config = _config(comfy, "LyCOLoKrConfig", r=4, alpha=4.0, decompose_factor=8)
+    _, _, adapter, _ = _train(comfy, sd15, data, config, steps=2, checkpoint_every=1, name="state_hidden").result
+    train_mod, host = _pack(comfy, "lyco_core.train"), _pack(comfy, "nodes.host")
+    assert train_mod.state_path(adapter.path).is_file()
+    folders = importlib.import_module("folder_paths")
+    states = [n for n in folders.get_filename_list("loras") if n.endswith(train_mod.resume.STATE_SUFFIX)]
+    assert states, "ComfyUI no longer lists training states; this test has nothing to check"
+    names = host.adapter_names()
+    assert not [n for n in names if n.endswith(".train-state.pt")], names
+    assert [n for n in names if n.endswith(Path(adapter.path).name)]
+    for name in states:
+        with pytest.raises(_pack(comfy, "lyco_core").AdapterError):
+            host.adapter_path(name)
+    info = comfy.lyco_nodes["LyCOLoadAdapter"].define_schema()
+    offered = next(i for i in info.inputs if i.id == "adapter_name").options
+    assert not [n for n in offered if n.endswith(".train-state.pt")], offered
+
+
 def test_resume_continues_step_count_loss_curve_and_optimizer(comfy, sd15, data):
     config = _config(comfy, "LyCOLoKrConfig", r=4, alpha=4.0, decompose_factor=8)
     first = _train(comfy, sd15, data, config, steps=4, checkpoint_every=2, name="resume")
