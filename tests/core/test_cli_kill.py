@@ -56,15 +56,20 @@ def _kill_while_writing(model, adapter, out, sig) -> subprocess.Popen | None:
     return None
 
 
-def test_sigkill_leaves_only_our_temporary_and_the_next_write_removes_it(model_and_adapter, tmp_path):
+def _caught(model_and_adapter, folder: Path, sig) -> tuple[subprocess.Popen, Path]:
+    """A bake that got ``sig`` while writing, and its output path (a few tries: a bake may finish first)."""
     model, adapter = model_and_adapter
     for attempt in range(5):
-        out = tmp_path / f"baked{attempt}.safetensors"
-        proc = _kill_while_writing(model, adapter, out, signal.SIGKILL)
+        out = folder / f"baked{attempt}.safetensors"
+        proc = _kill_while_writing(model, adapter, out, sig)
         if proc is not None:
-            break
-    else:
-        pytest.fail("every bake finished before its temporary file could be seen")
+            return proc, out
+    pytest.fail("every bake finished before its temporary file could be seen")
+
+
+def test_sigkill_leaves_only_our_temporary_and_the_next_write_removes_it(model_and_adapter, tmp_path):
+    model, adapter = model_and_adapter
+    proc, out = _caught(model_and_adapter, tmp_path, signal.SIGKILL)
     assert proc.returncode == -signal.SIGKILL
     assert not out.exists()
     assert len(_temporaries(tmp_path, out)) == 1  # ours only: no second file from the safetensors library
@@ -74,14 +79,7 @@ def test_sigkill_leaves_only_our_temporary_and_the_next_write_removes_it(model_a
 
 
 def test_sigterm_unwinds_and_leaves_nothing(model_and_adapter, tmp_path):
-    model, adapter = model_and_adapter
-    for attempt in range(5):
-        out = tmp_path / f"baked{attempt}.safetensors"
-        proc = _kill_while_writing(model, adapter, out, signal.SIGTERM)
-        if proc is not None:
-            break
-    else:
-        pytest.fail("every bake finished before its temporary file could be seen")
+    proc, out = _caught(model_and_adapter, tmp_path, signal.SIGTERM)
     assert proc.returncode == 130, proc.stderr.read()
     assert "interrupted: nothing written" in proc.stderr.read()
     assert not out.exists() and _temporaries(tmp_path, out) == []
