@@ -4,7 +4,8 @@ Layouts: ``lycoris`` (one .safetensors, kohya names, per-module ``alpha``), ``pe
 ``adapter_model.safetensors`` + ``adapter_config.json`` for ``PeftModel.from_pretrained``), ``diffusers`` (one
 .safetensors, ``unet.``/``text_encoder.`` keys + ``lora_adapter_metadata``). Conversion rules: convert/.
 
-Metadata written (landscape.md §5): the input's own keys (``ss_*``, ``ssmd_*``, ``modelspec.*``, trigger phrases) are
+Metadata written (kohya sd-scripts and ModelSpec conventions, which A1111, Forge and model sites read): the input's
+own keys (``ss_*``, ``ssmd_*``, ``modelspec.*``, trigger phrases) are
 kept; ``ss_network_module`` (``networks.lora`` for plain LoRA/LoCon, else ``lycoris.kohya``), ``ss_network_args``
 (``algo`` and flags, merged into the input's args when the tensors are unchanged), ``ss_network_dim`` /
 ``ss_network_alpha`` (a number, or ``Dynamic`` when modules differ), ``ss_output_name``, ``modelspec.sai_model_spec``

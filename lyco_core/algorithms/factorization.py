@@ -1,4 +1,4 @@
-"""LyCORIS' rule for the LoKr factor shapes (spec §2.4).
+"""LyCORIS' rule for the LoKr factor shapes (both libraries use it; PEFT with ``sort_divisor=False``).
 
 ``factorization(dim, factor)``: if ``factor > 0`` divides ``dim`` → ``(factor, dim/factor)`` sorted ascending (PEFT
 keeps that order: ``sort_divisor=False``); else, starting from ``(1, dim)``, move to the next divisor ``m' > m``

@@ -156,7 +156,8 @@ def _lokr_rank(params, decompose_both: bool) -> int:
 
 
 def _lokr_fits(params, factor: int, decompose_both: bool) -> bool:
-    """Whether PEFT's LoKr, configured so, creates exactly these factor shapes (its rules, spec §2.4)."""
+    """Whether PEFT's LoKr, configured so, creates exactly these factor shapes (its rules: ``factorization`` of the
+    output and input sizes, w2 decomposed at rank r)."""
     a, b, c, ds = _lokr_shapes(params)
     rank = _lokr_rank(params, decompose_both)
     if factorization(a * b, factor, sort_divisor=False) != (a, b):

@@ -43,7 +43,7 @@ OUR_NODES = {
     "LyCOAdapterStack",
 }
 EXAMPLE = REPO_ROOT / "example_workflows" / "lyco_load_adapter.json"
-# comfyui-host.md §9: what a fresh, offline user dir logs by itself (matched in the message's text or URL)
+# what a fresh, offline user dir logs by itself (matched in the message's text or URL)
 # Frontend 1.49.6 logs "ComfyApp graph accessed before initialization" itself while it starts (a watcher of its
 # own; it is logged with every file of ours replaced by an empty module too). It can only be logged before the graph
 # exists, and the page fixture waits for the graph, so no test step can hide behind it. Frontend 1.58.1 asks
