@@ -147,7 +147,8 @@ class Adapter:
         (q, k or v of a fused ``in_proj_weight``: ``report.target``) sees those rows as its W and rewrites them
         alone; modules sharing one weight all land in its one new tensor. Strength 0 means off: nothing changes
         (LyCORIS' DoRA and rescaled OFT would still alter W at multiplier 0; we treat 0 as "adapter disabled").
-        Modules that match no key are logged with the reason; matching nothing at all raises AdapterError.
+        Modules that match no key are logged with the reason; matching nothing at all raises AdapterError, and so
+        does a result holding NaN or Inf where the model's weight did not.
         ``progress(done, total)`` is called after each module and may raise to stop.
         """
         if any(p.is_meta for m in self.modules.values() for p in m.params.values()):
@@ -174,11 +175,13 @@ class Adapter:
                 weight = updated[key] if key in updated else weights[key].detach().clone()
                 bias = updated.get(bias_key, weights[bias_key]) if bias_key else None
                 module.fits(target.shape(weight.shape), bias is not None)
-                module.apply_(target.of(weight), float(strength))
+                module.check_result(module.apply_(target.of(weight), float(strength)), target.of(weights[key]))
+                new_bias = module.bias_update(target.of(bias), float(strength)) if bias is not None else None
+                if new_bias is not None:
+                    module.check_result(new_bias, target.of(weights[bias_key]))
             except AdapterError as exc:
                 raise exc.located(file=self.path, module=name) from None
             updated[key] = weight
-            new_bias = module.bias_update(target.of(bias), float(strength)) if bias is not None else None
             if new_bias is not None:
                 full_bias = bias.detach().clone() if bias_key not in updated else bias
                 target.of(full_bias).copy_(new_bias)
@@ -236,7 +239,7 @@ def adapter_from_tensors(
         raise AdapterError("file holds no tensors", file=file, expected="adapter tensors")
     canonical = known_suffixes()
     grouped: dict[str, dict[str, torch.Tensor]] = {}
-    keys_of: dict[str, list[str]] = {}
+    key_of: dict[str, dict[str, str]] = {}  # module → parameter → the file's key
     unknown: list[str] = []
     for key, tensor in tensors.items():
         split = split_key(key, canonical)
@@ -245,18 +248,29 @@ def adapter_from_tensors(
             continue
         module, param = split
         _check_tensor(file, key, param, tensor)
+        first = key_of.setdefault(module, {}).setdefault(param, key)
+        if first != key:
+            raise AdapterError(
+                f"'{first}' and '{key}' are two spellings of the parameter {param}",
+                file=file,
+                module=module,
+                key=key,
+                expected="one tensor per parameter",
+            )
         grouped.setdefault(module, {})[param] = tensor
-        keys_of.setdefault(module, []).append(key)
     layout_cls = detect_layout(list(grouped), config, metadata)
     layout = layout_cls(file, config, metadata)
     modules: dict[str, AdapterModule] = {}
     for name, params in grouped.items():
         algorithm = detect(params, layout_cls.name)
         if algorithm is None:
-            unknown.extend(keys_of[name])
+            unknown.extend(key_of[name].values())
             continue
+        for param in algorithm.unread(params):
+            unknown.append(key_of[name][param])
+            del params[param]
         try:
-            modules[name] = algorithm(name, params, layout.context(name, params))
+            modules[name] = layout.checked(algorithm(name, params, layout.context(name, params)))
         except AdapterError as exc:
             raise exc.located(file=file, module=name) from None
     if not modules:
@@ -270,7 +284,7 @@ def adapter_from_tensors(
         full_metadata.update({f"peft.{k}": json.dumps(v) if not isinstance(v, str) else v for k, v in config.items()})
     if unknown:
         log.warning(
-            "%s: %d tensor keys belong to no known adapter method: %s",
+            "%s: %d tensor keys are read by no adapter method: %s",
             file,
             len(unknown),
             ", ".join(sorted(unknown)[:5]),

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 import comfy.lora
+import comfy.model_management
 import comfy.weight_adapter
 import folder_paths
 
@@ -85,6 +86,9 @@ class PatchPlan:
     module: object
     part: str
     keys: tuple
+    # (weight key, strength, dtype) whose result was found finite: low-VRAM loads recompute the same result every
+    # forward, and the check's device sync is paid once
+    finite: set = field(default_factory=set, compare=False)
 
 
 class LycoPatch(comfy.weight_adapter.WeightAdapterBase):
@@ -128,9 +132,23 @@ class LycoPatch(comfy.weight_adapter.WeightAdapterBase):
         in-place path (``apply_``: an fp16/bf16 weight goes through float32 row chunks, or a float32-accumulating
         half GEMM where that gives the same result). A bias, or a key function, goes through
         ``W + function(W' − W)`` formed in float32 (ΔW materialised) and copied in once.
+
+        Each call is a cancellation point (ComfyUI's interrupt flag). The first result for a key, strength and dtype
+        is checked for NaN/Inf (AdapterError: the adapter's values overflow the weight's dtype); later identical
+        recomputations are not.
         """
         if strength == 0:
             return weight
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        checked = (key, float(strength), weight.dtype)
+        if checked not in self.weights[0].finite:
+            self._calculate(weight, strength, function)
+            self.module.check_result(weight)
+            self.weights[0].finite.add(checked)
+            return weight
+        return self._calculate(weight, strength, function)
+
+    def _calculate(self, weight, strength, function):
         module = self.module
         if self.part == "weight" and _is_identity(function):
             # no_grad: outside inference mode ComfyUI hands a copy of a weight that may require grad (fresh

@@ -63,6 +63,8 @@ class AdapterModule:
 
     algo: ClassVar[str] = ""
     additive: ClassVar[bool] = False
+    # the canonical parameter names this method reads (the registry's detection vocabulary)
+    suffixes: ClassVar[tuple[str, ...]] = ()
     # the dimensionalities each parameter may have (checked on construction; parameters not named: any)
     ndims: ClassVar[dict[str, tuple[int, ...]]] = {}
     _SHARED_NDIMS: ClassVar[dict[str, tuple[int, ...]]] = {"dora_scale": (1, 2, 3, 4, 5), "magnitude": (1, 2, 3, 4, 5)}
@@ -74,6 +76,14 @@ class AdapterModule:
         for key, allowed in {**self._SHARED_NDIMS, **self.ndims}.items():
             if key in params:
                 check_ndim(self, key, allowed)
+
+    @classmethod
+    def unread(cls, params: dict[str, torch.Tensor]) -> list[str]:
+        """The parameters in ``params`` that this method's law never reads: they are listed as unknown keys of the
+        file, never silently dropped. Every method reads its ``suffixes`` and ``alpha``; additive ones the DoRA
+        magnitude (``dora_scale``/``magnitude``) too."""
+        read = {*cls.suffixes, "alpha", *(("dora_scale", "magnitude") if cls.additive else ())}
+        return sorted(set(params) - read)
 
     def with_params(self, params: dict[str, torch.Tensor]) -> AdapterModule:
         """This module over other tensors of the same values (e.g. a host's copies on the compute device).
@@ -174,6 +184,15 @@ class AdapterModule:
     def bias_update(self, bias: torch.Tensor, strength: float) -> torch.Tensor | None:
         """b' for base ``bias`` at ``strength`` (compute dtype), or None when the bias stays."""
         return None
+
+    def check_result(self, result: torch.Tensor, base: torch.Tensor | None = None) -> None:
+        """Raise AdapterError if W' (or b') holds NaN or Inf where the base ``base`` (when given) did not: the
+        module's values overflow the weight's dtype, e.g. factors whose product exceeds fp16's range."""
+        if not bool(torch.isfinite(result).all()) and (base is None or bool(torch.isfinite(base).all())):
+            raise self.fail(
+                f"applying it gives NaN or Inf in the {result.dtype} weight of shape {list(result.shape)}",
+                expected="values whose result stays finite in the weight's dtype",
+            )
 
     # --- helpers ------------------------------------------------------------------------------------------------
     def fail(self, problem: str, key: str | None = None, expected: str | None = None) -> AdapterError:

@@ -28,6 +28,16 @@ class LoKr(AdditiveModule):
     def claims(cls, params):
         return any(k.startswith("lokr_") for k in params)
 
+    @classmethod
+    def unread(cls, params):
+        """Beside the base rule: a full half (``lokr_w1``/``lokr_w2``) is what LyCORIS reads; its factors (and
+        ``lokr_t2`` beside a full ``lokr_w2``) are not."""
+        unread = set(super().unread(params))
+        for half, factors in (("1", ("lokr_w1_a", "lokr_w1_b")), ("2", ("lokr_w2_a", "lokr_w2_b", "lokr_t2"))):
+            if f"lokr_w{half}" in params:
+                unread.update(k for k in factors if k in params)
+        return sorted(unread)
+
     def __init__(self, name, params, ctx):
         super().__init__(name, params, ctx)
         for half in ("1", "2"):

@@ -40,6 +40,11 @@ class Layout:
     def module_path(self, module_name: str) -> ModulePath:
         raise NotImplementedError
 
+    def checked(self, module):
+        """``module`` once it agrees with what the file declares about it (a PEFT config's ``peft_type``); the base
+        layouts declare nothing."""
+        return module
+
 
 @dataclass
 class Written:

@@ -21,11 +21,16 @@ from ..algorithms.base import ScaleContext
 from ..algorithms.boft_peft import PeftBOFT
 from ..algorithms.factorization import factorization
 from ..algorithms.oft_peft import PeftOFT
+from ..errors import AdapterError
 from .base import Layout, ModulePath, Written, refuse
 from .peft_config import checked_config
 
 PEFT_PREFIX = "base_model.model."
 _DEFAULT_ALPHA = {"LORA": 8.0, "LOHA": 8.0, "LOKR": 8.0}
+# our method for each PEFT method (peft_type) we apply exactly
+_PEFT_TYPES = {"lora": "LORA", "loha": "LOHA", "lokr": "LOKR", "ia3": "IA3", "oft": "OFT", "boft": "BOFT"}
+_METHOD_OF_TYPE = {peft_type: method for method, peft_type in _PEFT_TYPES.items()}
+_WHOLE_LAYER = ("saved", "full", "norm")
 
 
 def parse_version(text: Any) -> tuple[int, ...] | None:
@@ -88,6 +93,31 @@ class PeftLayout(Layout):
             return ModulePath(module_name[len(PEFT_PREFIX) :], False)
         return ModulePath(module_name, False)
 
+    def checked(self, module):
+        """Refuse a module whose tensors contradict the config's ``peft_type`` (LoRA tensors labelled IA3 would take
+        another scale rule), and any PEFT method this pack does not apply exactly (AdaLoRA, VeRA, …: read as one of
+        ours they would be applied wrong). Whole trained layers go with every method: ``modules_to_save`` copies,
+        and the full/norm differences the trainer holds for them before they are written as copies."""
+        declared = self.config.get("peft_type")
+        if declared is None or module.algo in _WHOLE_LAYER:
+            return module
+        method = _METHOD_OF_TYPE.get(declared.upper())
+        if method is None:
+            raise AdapterError(
+                f"adapter_config.json declares peft_type {declared[:40]!r}, a PEFT method this pack does not apply",
+                file=self.file,
+                key="peft_type",
+                expected=f"one of {', '.join(_METHOD_OF_TYPE)}",
+            )
+        if module.algo != method:
+            raise AdapterError(
+                f"the tensors are {module.algo} but adapter_config.json declares peft_type {declared!r}",
+                file=self.file,
+                module=module.name,
+                expected=f"{method} tensors for peft_type {declared!r}, or the config the file was trained with",
+            )
+        return module
+
     def context(self, module_name, params):
         path = self.module_path(module_name).path
         if not self.config:  # a bare PEFT-prefixed file without its config: alpha = r
@@ -96,7 +126,6 @@ class PeftLayout(Layout):
 
 
 # --- writing ---------------------------------------------------------------------------------------------------
-_PEFT_TYPES = {"lora": "LORA", "loha": "LOHA", "lokr": "LOKR", "ia3": "IA3", "oft": "OFT", "boft": "BOFT"}
 _ELSEWHERE = {
     "oft": "LyCORIS OFT rotates output rows (with its constraint and rescale); PEFT OFT rotates input "
     "columns — save it in the lycoris layout, or convert it to LoRA",

@@ -294,3 +294,77 @@ def test_plain_peft_patterns_still_apply(tmp_path):
     folder = peft_folder(tmp_path, rank_pattern={"fc.": 4}, alpha_pattern={r"f.*1": 16})
     module = lyco_core.load_adapter(folder).modules["base_model.model.fc1"]
     assert module.scale_value() == 4.0  # alpha_pattern 16 over rank 4
+
+
+# --- nothing silent: unread tensors listed, contradictions and overflow refused ------------------------------------
+UNREAD_BESIDE = {
+    "LoHa factor beside LoRA": ({"hada_w1_a": (8, 2)}, "lora"),
+    "LoKr factor beside LoRA": ({"lokr_w1": (2, 2)}, "lora"),
+    "lokr_w1 factors beside a full lokr_w1": ({"lokr_w1_a": (2, 1), "lokr_w1_b": (1, 2)}, "lokr"),
+    "dora_scale beside IA3": ({"dora_scale": (8, 1)}, "ia3"),
+    "diff beside IA3": ({"diff": (8, 6)}, "ia3"),
+}
+_METHOD_TENSORS = {
+    "lora": lambda gen: {"lora_up.weight": torch.randn(8, 4, generator=gen),
+                         "lora_down.weight": torch.randn(4, 6, generator=gen)},
+    "lokr": lambda gen: {"lokr_w1": torch.randn(2, 2, generator=gen), "lokr_w2": torch.randn(4, 3, generator=gen)},
+    "ia3": lambda gen: {"weight": torch.randn(8, generator=gen), "on_input": torch.tensor(0)},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", UNREAD_BESIDE, ids=list(UNREAD_BESIDE))
+def test_tensors_no_method_reads_are_listed(tmp_path, case):
+    extra, method = UNREAD_BESIDE[case]
+    gen = torch.Generator().manual_seed(2)
+    tensors = {f"{MODULE}.{k}": v for k, v in _METHOD_TENSORS[method](gen).items()}
+    tensors.update({f"{MODULE}.{k}": torch.randn(*shape, generator=gen) for k, shape in extra.items()})
+    for header_only in (True, False):
+        adapter = lyco_core.load_adapter(write(tmp_path, tensors), header_only=header_only)
+        assert adapter.modules[MODULE].algo == method
+        assert sorted(adapter.unknown_keys) == sorted(f"{MODULE}.{k}" for k in extra)
+        assert not set(extra) & set(adapter.modules[MODULE].params)
+    weights = {"diffusion_model.fc1.weight": torch.randn(8, 6, generator=gen)}
+    alone = {k: v for k, v in tensors.items() if not any(k.endswith("." + e) for e in extra)}
+    expected = lyco_core.adapter_from_tensors(alone).patch(weights)
+    assert torch.equal(adapter.patch(weights)["diffusion_model.fc1.weight"], expected["diffusion_model.fc1.weight"])
+
+
+def test_two_spellings_of_one_parameter(tmp_path):
+    tensors = lora_tensors()
+    tensors[f"{MODULE}.lora.up.weight"] = tensors[f"{MODULE}.lora_up.weight"] * 2
+    expect_error(write(tmp_path, tensors), "two spellings", "lora_up.weight", f"{MODULE}.lora.up.weight")
+
+
+@pytest.mark.parametrize("peft_type", ["IA3", "LOHA"])
+def test_peft_type_contradicting_tensors(tmp_path, peft_type):
+    folder = peft_folder(tmp_path, peft_type=peft_type)
+    for header_only in (True, False):
+        with pytest.raises(AdapterError) as info:
+            lyco_core.load_adapter(folder, header_only=header_only)
+        assert "tensors are lora" in str(info.value) and repr(peft_type) in str(info.value), str(info.value)
+        assert info.value.module == "base_model.model.fc1"
+
+
+@pytest.mark.parametrize("peft_type", ["ADALORA", "VERA"])
+def test_peft_methods_we_do_not_apply_are_refused(tmp_path, peft_type):
+    with pytest.raises(AdapterError) as info:
+        lyco_core.load_adapter(peft_folder(tmp_path, peft_type=peft_type))
+    assert f"peft_type '{peft_type}'" in str(info.value) and "does not apply" in str(info.value)
+
+
+def test_overflowing_result_is_an_error(tmp_path):
+    gen = torch.Generator().manual_seed(3)
+    for dtype, value in ((torch.float16, 6e4), (torch.float32, 1e20)):  # products beyond the dtype's range
+        tensors = {
+            f"{MODULE}.lora_up.weight": torch.full((8, 4), value, dtype=dtype),
+            f"{MODULE}.lora_down.weight": torch.full((4, 6), value, dtype=dtype),
+        }
+        adapter = lyco_core.load_adapter(write(tmp_path, tensors))
+        weights = {"diffusion_model.fc1.weight": torch.randn(8, 6, generator=gen).to(dtype)}
+        with pytest.raises(AdapterError) as info:
+            adapter.patch(weights)
+        assert "NaN or Inf" in str(info.value) and info.value.module == MODULE, str(info.value)
+    # a model that already holds Inf is not the adapter's doing
+    weights = {"diffusion_model.fc1.weight": torch.full((8, 6), float("inf"))}
+    small = lyco_core.adapter_from_tensors(lora_tensors())
+    assert torch.isinf(small.patch(weights)["diffusion_model.fc1.weight"]).all()
