@@ -13,6 +13,7 @@ import json
 import random
 import shutil
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,6 +24,7 @@ from lyco_core import AdapterError
 
 MUTANTS_PER_FILE = 12
 SECONDS_PER_MUTANT = 10.0
+ARTIFACT = Path(__file__).resolve().parents[2] / "test-artifacts" / "fuzz.md"
 PEFT_SEEDS = ("peft-lora-patterns", "peft-dora", "peft-loha", "peft-lokr", "peft-ia3", "peft-oft")
 
 
@@ -36,7 +38,7 @@ def _mutate(tensors: dict[str, torch.Tensor], rng: random.Random) -> tuple[str, 
     key = rng.choice(sorted(out))
     t = out[key]
     kinds = ["drop", "flatten", "scalar", "fewer rows", "double rows", "transpose", "nan", "huge", "integer",
-             "empty", "extra partner", "alpha vector"]  # fmt: skip
+             "empty", "extra partner", "alpha vector", "second spelling"]  # fmt: skip
     kind = rng.choice(kinds)
     if kind == "drop":
         del out[key]
@@ -64,50 +66,126 @@ def _mutate(tensors: dict[str, torch.Tensor], rng: random.Random) -> tuple[str, 
     elif kind == "alpha vector":
         module = key.rsplit(".", 2)[0] if key.endswith(".weight") else key.rsplit(".", 1)[0]
         out[f"{module}.alpha"] = torch.tensor([1.0, 2.0])
-    return f"{kind} {key}", out
+    elif kind == "second spelling" and key.endswith("lora_up.weight"):
+        out[key[: -len("lora_up.weight")] + "lora.up.weight"] = t.clone()
+    elif kind == "second spelling" and key.endswith("lora_B.weight"):
+        out[key[: -len("lora_B.weight")] + "lora_B.default.weight"] = t.clone()
+    return kind, key, out
+
+
+# damage to adapter_config.json: (field, value) pairs a stranger's folder may hold
+CONFIG_DAMAGE = [
+    ("r", "four"),
+    ("r", -1),
+    ("r", float("nan")),
+    ("lora_alpha", [8]),
+    ("lora_alpha", 1e308),
+    ("alpha", "big"),
+    ("rank_pattern", "fc1"),
+    ("rank_pattern", {"(a+)+$": 2}),
+    ("alpha_pattern", {"[": 1}),
+    ("use_rslora", "false"),
+    ("num_cayley_neumann_terms", 1e9),
+    ("eps", "small"),
+    ("peft_type", "IA3"),
+    ("peft_type", "ADALORA"),
+    ("peft_type", 5),
+    ("target_modules", 5),
+    ("fan_in_fan_out", "yes"),
+]
 
 
 def _exercise(path, case):
-    """What a user's file goes through; returns the patched weights at strength 1."""
+    """What a user's file goes through; returns the patched weights at strength 1 and the adapter. A result holding
+    NaN or Inf that was not refused is a silent wrong answer: an AssertionError, which the fuzz reports."""
     lyco_core.load_adapter(path, header_only=True).summary()
     adapter = lyco_core.load_adapter(path)
     adapter.summary()
     adapter.patch(case.base, strength=0.0, key_map=case.key_map)
-    return adapter.patch(case.base, strength=1.0, key_map=case.key_map)
+    patched = adapter.patch(case.base, strength=1.0, key_map=case.key_map)
+    assert all(bool(torch.isfinite(v).all()) for v in patched.values()), "NaN/Inf written without an error"
+    return patched, adapter
 
 
 def _seeds(lyco_cases, peft_cases):
     return [*lyco_cases.values(), *(peft_cases[name] for name in PEFT_SEEDS)]
 
 
+def _outcome(target, case, kind, added) -> str:
+    """'clean', 'AdapterError' or what escaped. A clean mutant that gained a tensor must list it as unknown."""
+    try:
+        _, adapter = _exercise(target, case)
+    except AdapterError:
+        return "AdapterError"
+    except Exception as exc:  # noqa: BLE001 - what the test is about
+        return f"{type(exc).__name__}: {str(exc)[:160]}"
+    unlisted = [key for key in added if key not in adapter.unknown_keys and not _read(adapter, key)]
+    return f"silent: {unlisted} neither read nor listed" if unlisted else "clean"
+
+
+def _read(adapter, key) -> bool:
+    return any(key.startswith(name + ".") or key.startswith(name + "_") for name in adapter.modules)
+
+
+def _mutants(case, tensors, rng, tmp_path):
+    """(kind, what, path) for MUTANTS_PER_FILE tensor mutants and, for PEFT folders, every config damage."""
+    source = _tensor_file(case)
+    for n in range(MUTANTS_PER_FILE):
+        kind, key, mutated = _mutate(tensors, rng)
+        if mutated.keys() == tensors.keys() and all(mutated[k] is tensors[k] for k in tensors):
+            kind = "none (damage not applicable to the tensor drawn)"
+        if case.path.is_dir():
+            target = tmp_path / f"{case.name}-{n}"
+            shutil.copytree(case.path, target)
+            save_file(mutated, str(target / source.name))
+        else:
+            target = tmp_path / f"{case.name}-{n}.safetensors"
+            save_file(mutated, str(target))
+        yield kind, f"{kind} {key}", target, set(mutated) - set(tensors)
+    if case.path.is_dir():
+        config = json.loads((case.path / "adapter_config.json").read_text(encoding="utf-8"))
+        for n, (field, value) in enumerate(CONFIG_DAMAGE):
+            target = tmp_path / f"{case.name}-config-{n}"
+            shutil.copytree(case.path, target)
+            (target / "adapter_config.json").write_text(json.dumps({**config, field: value}), encoding="utf-8")
+            yield "config", f"config {field}={value!r}", target, set()
+
+
 def test_mutants_only_raise_adapter_error(lyco_cases, peft_cases, tmp_path):
-    outcomes, slowest, escaped = {"clean": 0, "AdapterError": 0}, 0.0, []
+    """Every mutant is refused with AdapterError or patches cleanly (finite, every added tensor read or listed);
+    the table of outcomes per kind of damage goes to test-artifacts/fuzz.md."""
+    table: dict[str, dict[str, int]] = {}
+    slowest, escaped = 0.0, []
     for index, case in enumerate(_seeds(lyco_cases, peft_cases)):
         rng = random.Random(1000 + index)
-        source = _tensor_file(case)
-        tensors = load_file(str(source))
-        for n in range(MUTANTS_PER_FILE):
-            what, mutated = _mutate(tensors, rng)
-            if case.path.is_dir():
-                target = tmp_path / f"{case.name}-{n}"
-                shutil.copytree(case.path, target)
-                save_file(mutated, str(target / source.name))
-            else:
-                target = tmp_path / f"{case.name}-{n}.safetensors"
-                save_file(mutated, str(target))
+        tensors = load_file(str(_tensor_file(case)))
+        for kind, what, target, added in _mutants(case, tensors, rng, tmp_path):
             started = time.perf_counter()
-            try:
-                _exercise(target, case)
-                outcomes["clean"] += 1
-            except AdapterError:
-                outcomes["AdapterError"] += 1
-            except Exception as exc:  # noqa: BLE001 - what the test is about
-                escaped.append(f"{case.name} mutant {n} ({what}): {type(exc).__name__}: {str(exc)[:160]}")
+            outcome = _outcome(target, case, kind, added)
             elapsed = time.perf_counter() - started
             slowest = max(slowest, elapsed)
-            assert elapsed < SECONDS_PER_MUTANT, f"{case.name} mutant {n} ({what}) took {elapsed:.1f} s"
-    print(f"[fuzz] {sum(outcomes.values()) + len(escaped)} mutants: {outcomes}, other exceptions {len(escaped)}; "
-          f"slowest {slowest:.2f} s")  # fmt: skip
+            assert elapsed < SECONDS_PER_MUTANT, f"{case.name} ({what}) took {elapsed:.1f} s"
+            column = outcome if outcome in ("clean", "AdapterError") else "other"
+            table.setdefault(kind, {"clean": 0, "AdapterError": 0, "other": 0})[column] += 1
+            if column == "other":
+                escaped.append(f"{case.name} ({what}): {outcome}")
+    total = {c: sum(row[c] for row in table.values()) for c in ("clean", "AdapterError", "other")}
+    lines = [
+        "# Mutation fuzz (tests/core/test_fuzz.py)",
+        "",
+        f"{sum(total.values())} mutants of {len(_seeds(lyco_cases, peft_cases))} reference-library files; "
+        f"slowest {slowest:.2f} s.",
+        "",
+        "| damage | clean | AdapterError | other |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {kind} | {row['clean']} | {row['AdapterError']} | {row['other']} |" for kind, row in sorted(table.items())
+    ]
+    lines.append(f"| **all** | {total['clean']} | {total['AdapterError']} | {total['other']} |")
+    ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
+    ARTIFACT.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print("[fuzz] " + ", ".join(f"{c} {n}" for c, n in total.items()) + f"; slowest {slowest:.2f} s")
     assert not escaped, "\n".join(escaped)
 
 
@@ -115,7 +193,7 @@ def test_mutants_only_raise_adapter_error(lyco_cases, peft_cases, tmp_path):
 def test_harmless_reencodings_patch_bit_identically(lyco_cases, peft_cases, tmp_path, encoding):
     for case in _seeds(lyco_cases, peft_cases):
         source = _tensor_file(case)
-        expected = _exercise(case.path, case)
+        expected, _ = _exercise(case.path, case)
         target = tmp_path / case.name
         if case.path.is_dir():
             shutil.copytree(case.path, target)
@@ -132,6 +210,6 @@ def test_harmless_reencodings_patch_bit_identically(lyco_cases, peft_cases, tmp_
             (target / "adapter_config.json").write_text(json.dumps(config, indent=4, sort_keys=True), "utf-8")
         else:
             shutil.copyfile(source, file)
-        got = _exercise(target if case.path.is_dir() else file, case)
+        got, _ = _exercise(target if case.path.is_dir() else file, case)
         assert got.keys() == expected.keys(), case.name
         assert all(torch.equal(got[k], expected[k]) for k in got), f"{case.name}: {encoding} changed the weights"
