@@ -8,6 +8,8 @@ WEB_DIRECTORY = "./js"
 
 
 async def comfy_entrypoint():
-    from .nodes import LycoExtension
+    """Called once by ComfyUI's loader: the /lyco/* routes go on its server, the nodes come from the extension."""
+    from .nodes import LycoExtension, routes
 
+    routes.register()
     return LycoExtension()

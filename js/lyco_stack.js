@@ -13,15 +13,18 @@ const CHROME_HEIGHT = 74; // header row, button row, padding and the DOM widget'
 const MIN_WIDTH = 460;
 const PLACEHOLDER = "choose an adapter…";
 let lastPicked = ""; // the adapter last chosen in any stack row: "+ add adapter" starts with it, else with none
+let strengthLimit = null; // the largest |strength| the server accepts, as /lyco/adapters says (it checks rows again)
 
 async function adapterNames() {
   const answer = await getJSON("/lyco/adapters");
-  return answer.ok ? answer.body.adapters : [];
+  if (!answer.ok) return [];
+  strengthLimit = answer.body.strength_limit ?? strengthLimit;
+  return answer.body.adapters;
 }
 
 function strengthInput(value, onChange) {
-  const input = el("input", { type: "number", min: "-10", max: "10", step: "0.05", value: String(value),
-    className: "lyco-number" });
+  const range = strengthLimit === null ? {} : { min: String(-strengthLimit), max: String(strengthLimit) };
+  const input = el("input", { type: "number", ...range, step: "0.05", value: String(value), className: "lyco-number" });
   input.addEventListener("change", () => onChange(Number.isFinite(Number(input.value)) ? Number(input.value) : 0));
   return input;
 }

@@ -12,6 +12,7 @@ W-dependent methods (OFT, BOFT, DoRA, GLoRA, IA3) need the merged weight and are
 ``check`` reads the geometry from the layer itself (our loaders' bypass option); ``hook_call`` builds the same
 LayerCall from the geometry a host's own bypass hook describes (ComfyUI 0.33's ``BypassForwardHook`` sets it on the
 patch and hands only ``x`` and the base output), with the same refusals.
+Reference: docs/methods.md, Bypass mode.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ Rules (``match_modules``), for a module whose layout says it points at ``path``:
    transpose (OpenCLIP's ``text_projection``): the module's target is then that ``WeightSlice``, reported as
    ``key[part i of n]`` / ``key (transposed)``; patching applies the module's law to that view (and the bias's
    rows) alone, as if it were the whole weight.
+Reference: docs/formats.md, Matching modules to model weights.
 """
 
 from __future__ import annotations

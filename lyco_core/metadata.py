@@ -1,5 +1,5 @@
 """Metadata highlights a user looks for: base model, trigger words, network settings (kohya ``ss_*``,
-``modelspec.*``, PEFT config)."""
+``modelspec.*``, PEFT config). Reference: docs/formats.md, Metadata."""
 
 from __future__ import annotations
 

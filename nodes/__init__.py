@@ -2,7 +2,6 @@
 
 from comfy_api.latest import ComfyExtension
 
-from . import routes  # noqa: F401  (registers /lyco/* on ComfyUI's server at import)
 from .block_loader import LoadAdapterBlockWeight
 from .convert import CONVERT_NODES
 from .info import AdapterInfo

@@ -21,17 +21,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import threading
-from collections import OrderedDict
 
 from ..lyco_core import AdapterError, load_adapter
+from ..lyco_core.bounded_cache import BoundedCache
 from . import sidecars
 from .host import adapter_names, adapter_path
 
 log = logging.getLogger("ComfyUI-LyCO")
-_CACHE_SIZE = 256
-_cache: OrderedDict[tuple, tuple[int, dict]] = OrderedDict()
-_lock = threading.Lock()
+_answers = BoundedCache(256)
 
 
 def short_hash(path: str, chunk: int = 1 << 20) -> str:
@@ -91,17 +88,11 @@ def info_for(name: str) -> tuple[int, dict]:
         return 404, {"error": "unknown adapter name: not in ComfyUI's loras list", "name": name}
     path = adapter_path(name)
     stat = os.stat(path)
-    key = (path, stat.st_mtime_ns, stat.st_size, sidecars.stamps(path))
-    with _lock:
-        if key in _cache:
-            _cache.move_to_end(key)
-            return _cache[key]
+    return _answers.get((path, stat.st_mtime_ns, stat.st_size, sidecars.stamps(path)), lambda: _answer(name, path))
+
+
+def _answer(name: str, path: str) -> tuple[int, dict]:
     try:
-        answer = 200, _describe(name, path)
+        return 200, _describe(name, path)
     except AdapterError as exc:
-        answer = 422, _failure(name, path, exc)
-    with _lock:
-        _cache[key] = answer
-        while len(_cache) > _CACHE_SIZE:
-            _cache.popitem(last=False)
-    return answer
+        return 422, _failure(name, path, exc)

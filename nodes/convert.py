@@ -24,11 +24,11 @@ from .convert_host import (
 )
 from .host import adapter_names, apply_adapter, load_cached
 from .info import describe
+from .loaders import STRENGTH
 
 ADAPTER = io.Custom("LYCO_ADAPTER")
 CATEGORY = "loaders/LyCORIS/convert"
 _REPORT_LINES = 30
-_STRENGTH = dict(default=1.0, min=-10.0, max=10.0, step=0.01)
 
 
 def _progress(cls) -> NodeProgress:
@@ -98,8 +98,8 @@ def _patching(clip_optional: bool) -> dict:
             io.Model.Input("model"),
             io.Clip.Input("clip", optional=clip_optional),
             ADAPTER.Input("adapter"),
-            io.Float.Input("strength_model", **_STRENGTH),
-            io.Float.Input("strength_clip", **_STRENGTH),
+            io.Float.Input("strength_model", **STRENGTH),
+            io.Float.Input("strength_clip", **STRENGTH),
         ],
         outputs=[io.Model.Output(), io.Clip.Output(), io.String.Output(display_name="report")],
     )
@@ -208,7 +208,7 @@ class AdapterMerge(io.ComfyNode):
     def define_schema(cls):
         slots = []
         for i in range(1, 5):
-            slots += [ADAPTER.Input(f"adapter_{i}", optional=i > 2), io.Float.Input(f"weight_{i}", **_STRENGTH)]
+            slots += [ADAPTER.Input(f"adapter_{i}", optional=i > 2), io.Float.Input(f"weight_{i}", **STRENGTH)]
         return io.Schema(
             node_id="LyCOAdapterMerge",
             display_name="Merge Adapters",

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import torch
@@ -24,12 +23,12 @@ import folder_paths
 
 from ..lyco_core import Adapter, AdapterError, load_adapter
 from ..lyco_core.algorithms.inplace import compute_dtype
+from ..lyco_core.bounded_cache import BoundedCache
 from ..lyco_core.keymap import WeightIndex, kohya_aliases, resolve
 from ..lyco_core.train.resume import STATE_SUFFIX
 
 log = logging.getLogger("ComfyUI-LyCO")
-_CACHE_SIZE = 8
-_cache: OrderedDict[tuple, Adapter] = OrderedDict()
+_adapters = BoundedCache(8)
 
 
 # --- files -----------------------------------------------------------------------------------------------------
@@ -48,18 +47,12 @@ def adapter_path(name: str) -> str:
 
 
 def load_cached(name: str) -> Adapter:
-    """The Adapter of a listed file, cached by path, mtime and size (Adapters are immutable, safe to share)."""
+    """The Adapter of a listed file, cached by path, mtime and size. Adapters are shared by every node and clone:
+    nothing changes their tensors; the only state they gain is the OFT/BOFT rotation cache, derived from the
+    tensors' values alone."""
     path = adapter_path(name)
     stat = os.stat(path)
-    key = (path, stat.st_mtime_ns, stat.st_size)
-    adapter = _cache.get(key)
-    if adapter is None:
-        adapter = load_adapter(path)
-        _cache[key] = adapter
-        while len(_cache) > _CACHE_SIZE:
-            _cache.popitem(last=False)
-    _cache.move_to_end(key)
-    return adapter
+    return _adapters.get((path, stat.st_mtime_ns, stat.st_size), lambda: load_adapter(path))
 
 
 # --- the patch object ------------------------------------------------------------------------------------------

@@ -14,13 +14,14 @@ from .bypass import apply_bypass
 from .host import adapter_names, apply_adapter, load_cached
 
 CATEGORY = "loaders/LyCORIS"
+STRENGTH_LIMIT = 10.0  # |strength| every strength field accepts (loaders, convert nodes, stack rows and their editor)
 # a number field as ComfyUI's LoraLoader has (arrows and drag in steps of 0.01, a click to type), not a slider: on a
 # -10…10 slider a click jumps to the click and fine values are hard to hit
-_STRENGTH = dict(default=1.0, min=-10.0, max=10.0, step=0.01, display_mode=io.NumberDisplay.number)
+STRENGTH = dict(default=1.0, min=-STRENGTH_LIMIT, max=STRENGTH_LIMIT, step=0.01, display_mode=io.NumberDisplay.number)
 
 
 def strength_input(name: str, tooltip: str):
-    return io.Float.Input(name, tooltip=tooltip, **_STRENGTH)
+    return io.Float.Input(name, tooltip=tooltip, **STRENGTH)
 
 
 def adapter_input():

@@ -1,9 +1,10 @@
-"""HTTP routes of the pack, registered on ComfyUI's server when the pack is imported.
+"""HTTP routes of the pack, put on ComfyUI's server by ``register()``, which the pack's ``comfy_entrypoint`` calls.
 
 * ``GET /lyco/info?name=<adapter name>`` — the adapter summary of ``adapter_summary.info_for`` (200; 404 for names
   ComfyUI does not list; 422 with an ``error`` field for a listed file that is not a readable adapter). The work
   runs in a thread (``asyncio.to_thread``), never on the event loop.
-* ``GET /lyco/adapters`` — ``{"adapters": [...]}``, ComfyUI's ``loras`` list (the stack editor's choices).
+* ``GET /lyco/adapters`` — ``{"adapters": [...], "strength_limit": 10.0}``: ComfyUI's ``loras`` list (the stack
+  editor's choices) and the largest |strength| the nodes accept (the editor's number fields).
 * ``GET /lyco/block_presets`` — the block-id sets and presets the block-weight editor offers.
 
 ComfyUI mirrors them under ``/api/…``. Where no ``PromptServer`` instance exists (the pack imported outside
@@ -20,6 +21,7 @@ from aiohttp import web
 from .adapter_summary import info_for
 from .block_weights import BLOCK_SETS, PRESETS
 from .host import adapter_names
+from .loaders import STRENGTH_LIMIT
 
 log = logging.getLogger("ComfyUI-LyCO")
 
@@ -34,7 +36,8 @@ async def lyco_info(request: web.Request) -> web.Response:
 
 
 async def lyco_adapters(request: web.Request) -> web.Response:
-    return web.json_response({"adapters": await asyncio.to_thread(adapter_names)})
+    names = await asyncio.to_thread(adapter_names)
+    return web.json_response({"adapters": names, "strength_limit": STRENGTH_LIMIT})
 
 
 async def lyco_block_presets(request: web.Request) -> web.Response:
@@ -54,6 +57,3 @@ def register() -> bool:
     routes.get("/lyco/adapters")(lyco_adapters)
     routes.get("/lyco/block_presets")(lyco_block_presets)
     return True
-
-
-register()

@@ -17,10 +17,9 @@ from dataclasses import dataclass
 from comfy_api.latest import io, ui
 
 from .host import adapter_names, apply_adapter, load_cached
-from .loaders import CATEGORY
+from .loaders import CATEGORY, STRENGTH_LIMIT
 
 _FIELDS = ("name", "on", "strength_model", "strength_clip")
-_LIMIT = 10.0
 _EXAMPLE = '[{"name": "my_lokr.safetensors", "on": true, "strength_model": 1.0, "strength_clip": 1.0}]'
 
 
@@ -36,8 +35,8 @@ def _strength(row: dict, field: str, index: int) -> float:
     value = row.get(field, 1.0)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"stack row {index}: '{field}' must be a number, got {json.dumps(value)}")
-    if abs(value) > _LIMIT:
-        raise ValueError(f"stack row {index}: '{field}' is {value:g}, outside −{_LIMIT:g}…{_LIMIT:g}")
+    if abs(value) > STRENGTH_LIMIT:
+        raise ValueError(f"stack row {index}: '{field}' is {value:g}, outside −{STRENGTH_LIMIT:g}…{STRENGTH_LIMIT:g}")
     return float(value)
 
 

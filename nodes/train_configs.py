@@ -310,15 +310,19 @@ class OFTConfigNode(_ConfigNode):
                 tooltip="lycoris: bound on the rotation (‖Q‖ ≤ constraint·out); 0 = none.",
             ),
             io.Boolean.Input("rescaled", default=False, tooltip="lycoris: also learn a per-row scale."),
-            io.Boolean.Input("coft", default=False, tooltip="peft: constrained OFT (blocks stay near I)."),
-            io.Float.Input("eps", default=6e-5, min=0.0, max=1.0, step=1e-5, tooltip="peft: coft radius."),
-            io.Boolean.Input("block_share", default=False, tooltip="peft: one rotation shared by all blocks."),
+            io.Boolean.Input("coft", default=OFTConfig.coft, tooltip="peft: constrained OFT (blocks stay near I)."),
+            io.Float.Input("eps", default=OFTConfig.eps, min=0.0, max=1.0, step=1e-5, tooltip="peft: coft radius."),
             io.Boolean.Input(
-                "use_cayley_neumann", default=True, tooltip="peft: Cayley–Neumann series instead of the exact inverse."
+                "block_share", default=OFTConfig.block_share, tooltip="peft: one rotation shared by all blocks."
+            ),
+            io.Boolean.Input(
+                "use_cayley_neumann",
+                default=OFTConfig.use_cayley_neumann,
+                tooltip="peft: Cayley–Neumann series instead of the exact inverse.",
             ),
             io.Int.Input(
                 "num_cayley_neumann_terms",
-                default=5,
+                default=OFTConfig.num_cayley_neumann_terms,
                 min=1,
                 max=32,
                 tooltip="peft: terms of the Cayley–Neumann series.",

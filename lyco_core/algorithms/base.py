@@ -5,6 +5,7 @@ All math runs in float32 (float64 if the weight is float64). ``apply``/``delta``
 forms, autograd-safe); ``apply_`` rewrites a weight in place through the fast paths an algorithm may provide
 (``rebuild_``; for additive methods ``factors`` + ``add_rows_``), with temporaries of at most one weight-sized
 float32 tensor and, for the fast paths, only scratch chunks (see inplace.py).
+Reference: docs/methods.md, Conventions and Scale rules.
 """
 
 from __future__ import annotations
@@ -58,6 +59,16 @@ class ScaleContext:
         return alpha / rank
 
 
+@dataclass(frozen=True)
+class PeftFolder:
+    """What a PEFT folder decides once for all its modules: its one ``method`` (our algo name of its ``peft_type``),
+    LoKr's ``decompose_both``, and ``tucker`` (``use_effective_conv2d``: convolutions get Tucker cores)."""
+
+    method: str = "lora"
+    decompose_both: bool = False
+    tucker: bool = False
+
+
 class AdapterModule:
     """One adapted layer. Subclasses set ``algo`` and implement ``apply`` (or ``delta`` when additive)."""
 
@@ -65,6 +76,11 @@ class AdapterModule:
     additive: ClassVar[bool] = False
     # the canonical parameter names this method reads (the registry's detection vocabulary)
     suffixes: ClassVar[tuple[str, ...]] = ()
+    # whether ΔW carries the layout's alpha/r scale (written back as an alpha tensor in LyCORIS form)
+    scaled: ClassVar[bool] = False
+    # PEFT's name of the same math (adapter_config.json's peft_type), or None with the reason PEFT has no form of it
+    peft_type: ClassVar[str | None] = None
+    peft_refusal: ClassVar[str] = ""
     # the dimensionalities each parameter may have (checked on construction; parameters not named: any)
     ndims: ClassVar[dict[str, tuple[int, ...]]] = {}
     _SHARED_NDIMS: ClassVar[dict[str, tuple[int, ...]]] = {"dora_scale": (1, 2, 3, 4, 5), "magnitude": (1, 2, 3, 4, 5)}
@@ -127,6 +143,17 @@ class AdapterModule:
     def dora_axis(self) -> str | None:
         return None
 
+    def weight_shape(self) -> torch.Size | None:
+        """The weight shape the module's own tensors imply, or None where they do not tell (a rotation or gain
+        fits any layer of its width). Methods that store a convolution's kernel flattened give ``(out, in·∏k)``
+        and say so in ``kernel_stored``."""
+        return None
+
+    def kernel_stored(self) -> bool:
+        """Whether ``weight_shape`` is the weight's true shape, kernel included (False: a convolution would look
+        like a Linear layer of ``in·∏k`` inputs without the model)."""
+        return True
+
     # --- math ----------------------------------------------------------------------------------------------------
     def check_target(self, weight_shape: torch.Size, has_bias: bool) -> None:
         """Raise AdapterError if this module cannot apply to a weight of ``weight_shape`` (methods add their own
@@ -184,6 +211,37 @@ class AdapterModule:
     def bias_update(self, bias: torch.Tensor, strength: float) -> torch.Tensor | None:
         """b' for base ``bias`` at ``strength`` (compute dtype), or None when the bias stays."""
         return None
+
+    # --- other layouts -------------------------------------------------------------------------------------------
+    def to_lycoris(self, has_bias: bool | None) -> tuple[dict[str, torch.Tensor], str]:
+        """(parameters in LyCORIS/kohya form, note on anything folded); ValueError with the reason when this module
+        has no exact LyCORIS form. ``has_bias``: whether the target layer has a bias (None: unknown).
+
+        Default: the parameters as they are, with ``alpha = scale·r`` for scaled methods (so a PEFT config's scale is
+        kept exactly) and any stored alpha kept otherwise."""
+        params = {k: v for k, v in self.params.items() if k != "alpha"}
+        if self.scaled:
+            params["alpha"] = alpha_tensor(self.scale_value() * self.rank())
+        elif "alpha" in self.params:
+            params["alpha"] = self.params["alpha"]
+        return params, ""
+
+    def to_peft(
+        self, has_bias: bool | None, folder: PeftFolder
+    ) -> tuple[dict[str, torch.Tensor], int | None, float | None]:
+        """(PEFT parameter tensors, r, alpha) with PEFT's ``alpha/r`` equal to this module's scale; ValueError with
+        the reason when PEFT cannot hold it exactly. Default: the parameters under their own names (PEFT's LoHa and
+        LoKr spell them as LyCORIS does), no DoRA."""
+        if self.peft_type is None:
+            raise ValueError(self.peft_refusal or f"PEFT has no {self.algo}")
+        if self.dora:
+            raise ValueError(f"PEFT's {self.algo.upper()} has no DoRA")
+        rank = self.peft_rank(folder)
+        return {k: v for k, v in self.params.items() if k != "alpha"}, rank, self.scale_value() * rank
+
+    def peft_rank(self, folder: PeftFolder) -> int | None:
+        """The ``r`` a PEFT config must give this module so that PEFT builds its tensors."""
+        return self.rank()
 
     def check_result(self, result: torch.Tensor, base: torch.Tensor | None = None) -> None:
         """Raise AdapterError if W' (or b') holds NaN or Inf where the base ``base`` (when given) did not: the
@@ -298,6 +356,11 @@ class AdditiveModule(AdapterModule):
         if scale is None:
             return None
         return "in" if scale.shape[0] == 1 and scale.numel() > 1 else "out"
+
+
+def alpha_tensor(value: float) -> torch.Tensor:
+    """A 0-dim float32 alpha (kept float32 in fp16/bf16 files, so ``alpha/r`` survives the cast)."""
+    return torch.tensor(float(value), dtype=torch.float32)
 
 
 def check_fits(module: AdapterModule, shape: list[int], weight_shape: torch.Size, what: str) -> None:

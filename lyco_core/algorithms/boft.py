@@ -10,6 +10,7 @@ the rescale folded in) is processed in column chunks through two reused scratch 
 ``y_{i−1}[π_{i−1}⁻¹[π_i]]`` (the previous stage's output, still in its permuted order) and multiplies it blockwise;
 the last output is gathered back into row order once, ``x = y[π_{M−1}⁻¹]``. No dense permutation or rotation matrix
 is formed.
+Reference: docs/methods.md, BOFT.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from __future__ import annotations
 import torch
 
 from .base import AdapterModule, check_ndim
-from .inplace import BoundedCache, compute_dtype, scratch, span_length, spans, view_of
+from ..bounded_cache import BoundedCache
+from .inplace import compute_dtype, scratch, span_length, spans, view_of
 from .oft import constrained_skew
 from .registry import register
 from .rotation import cayley, toward_identity
@@ -39,6 +41,10 @@ def stage_gathers(rows: int, bs: int, stages: int, device) -> list[torch.Tensor]
 @register
 class BOFT(AdapterModule):
     algo = "boft"
+    peft_refusal = (
+        "LyCORIS BOFT rotates output rows; PEFT BOFT rotates input columns — save it in the lycoris layout, or "
+        "convert it to LoRA"
+    )
     suffixes = ("oft_blocks", "rescale")
 
     @classmethod
@@ -54,7 +60,7 @@ class BOFT(AdapterModule):
                 key="oft_blocks",
                 expected="square blocks of even size (stages, n_blocks, bs, bs)",
             )
-        self._cache = BoundedCache()
+        self._cache = BoundedCache(4)
 
     def rank(self):
         return int(self.params["oft_blocks"].shape[2])

@@ -5,6 +5,7 @@
 sub-chunks of ``H/2`` in the order ``[0,2,4,…,1,3,5,…]`` (``P_0 = I``). ``M = B_{N−1}⋯B_0``;
 ``W' = (flat(W)·Mᵀ) ⊙ s_row`` with ``boft_s`` ((out,1) Linear, (1,out) Conv2d) per row. ``boft_P`` is ignored.
 Strength (PEFT has none; ours): every ``R_i → m·R_i + (1−m)·I`` and ``s → 1 + m·(s − 1)``.
+Reference: docs/methods.md, PEFT BOFT.
 """
 
 from __future__ import annotations
@@ -36,6 +37,14 @@ class PeftBOFT(AdapterModule):
     @classmethod
     def claims(cls, params):
         return "boft_R" in params
+
+    peft_type = "BOFT"
+
+    def to_lycoris(self, has_bias):
+        raise ValueError("PEFT BOFT rotates input columns; LyCORIS BOFT rotates output rows")
+
+    def to_peft(self, has_bias, folder):
+        return {"boft_R": self.params["boft_R"], "boft_s": self.params["boft_s"]}, None, None
 
     def __init__(self, name, params, ctx):
         super().__init__(name, params, ctx)

@@ -9,6 +9,7 @@ PEFT (``lora_magnitude_vector``): ``Wc = W + m·ΔW`` (its ``set_scale`` multipl
 
 The ``…_factor`` functions give the per-axis rescale of a finished ``Wc``: the plain forms multiply a new ``Wc``
 (autograd-safe, used by training), the in-place patch path adds ΔW into the weight and multiplies it in place.
+Reference: docs/methods.md, DoRA.
 """
 
 from __future__ import annotations

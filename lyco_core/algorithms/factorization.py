@@ -4,6 +4,7 @@
 keeps that order: ``sort_divisor=False``); else, starting from ``(1, dim)``, move to the next divisor ``m' > m``
 while ``m' ≤ factor`` (−1 = no bound) and ``m' + dim/m' ≤ m + n``; return ``(m, n)`` with ``m ≤ n``.
 A LoKr weight is ``kron(W1 (a,c), W2 (b, d·∏k))`` with ``(a,b) = factorization(out)``, ``(c,d) = factorization(in)``.
+Reference: docs/methods.md, LoKr.
 """
 
 from __future__ import annotations

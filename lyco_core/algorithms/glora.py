@@ -5,6 +5,7 @@ allowed); ``A = a1 @ a2 (in×in)``, ``(W ×_in A)[o,j,…] = Σ_i W[o,i,…]·A[
 r = ``a2.shape[0]``. Old layout (≤ 2.x, Linear/1×1): ``a1 (r,in)``, ``a2 (in,r)``, ``b1 (r,in)``, ``b2 (out,r)``;
 ``ΔW = scale · (W @ a2 @ a1 + b2 @ b1)``; r = ``a1.shape[0]``. The layout is told by ``a1.shape[0] == in``.
 ΔW depends on W: apply to the weight the adapter was trained on.
+Reference: docs/methods.md, GLoRA.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ class GLoRA(AdapterModule):
     algo = "glora"
     suffixes = _KEYS
     ndims = dict.fromkeys(_KEYS, (2, 3, 4, 5))
+
+    scaled = True
+    peft_refusal = "PEFT has no GLoRA of this form"
 
     @classmethod
     def claims(cls, params):

@@ -5,6 +5,7 @@ unchanged (the rebuild/merge path).
 PEFT (``ia3_l``): ``W' = W ⊙ l_m`` with ``l_m = 1 + m·(l − 1)`` (PEFT has no strength; at m=1 this is its merge);
 ``ia3_l (out,1)`` scales rows, ``(1,in)`` columns (feed-forward layers); conv ``(1,C,1,1)`` decides by the config's
 ``feedforward_modules``. Layers that are not feed-forward also get ``b' = b ⊙ l_m``, as PEFT's merge does.
+Reference: docs/methods.md, (IA)³.
 """
 
 from __future__ import annotations
@@ -41,6 +42,36 @@ class IA3(AdapterModule):
         if key not in params:
             raise self.fail("missing the IA3 gain vector", key=key, expected="'weight' next to 'on_input'")
         self.gain_key = key
+
+    peft_type = "IA3"
+
+    def to_peft(self, has_bias, folder):
+        """``ia3_l = 1 + w`` shaped as PEFT stores it; refused where PEFT would also scale a bias (or may)."""
+        if self.peft:
+            return {"ia3_l": self.params["ia3_l"]}, None, None
+        on_input = self.on_input()
+        if not on_input and has_bias is not False:
+            raise ValueError(
+                "PEFT (IA)³ would also scale this layer's bias"
+                + (" (the model, --base, would tell whether the layer has one)" if has_bias is None else "")
+            )
+        gain = 1 + self.params["weight"]
+        shape = (1, -1, 1, 1) if gain.ndim == 4 else (1, -1) if on_input else (-1, 1)
+        return {"ia3_l": gain.reshape(shape)}, None, None
+
+    def to_lycoris(self, has_bias):
+        """PEFT ``W ⊙ l`` as LyCORIS ``W ⊙ (1 + w)``: ``w = l − 1`` (the strength laws coincide); refused where PEFT
+        would also scale a bias (or may: unknown without the model)."""
+        if not self.peft:
+            return super().to_lycoris(has_bias)
+        gain, on_input = self.params["ia3_l"], self.on_input()
+        if not on_input and has_bias is not False:
+            raise ValueError(
+                "PEFT (IA)³ also scales this layer's bias, which LyCORIS IA3 does not"
+                + (" (the model, --base, would tell whether the layer has one)" if has_bias is None else "")
+            )
+        weight = gain - 1 if gain.ndim == 4 else (gain - 1).reshape(-1)
+        return {"weight": weight, "on_input": torch.tensor(int(on_input), dtype=torch.int64)}, ""
 
     def on_input(self, weight_shape=None) -> bool:
         if not self.peft:

@@ -16,11 +16,10 @@ factors into a bf16 weight go the same way as exact bf16 pieces (``half_gemm_fac
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
-from collections import OrderedDict
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import torch
 
@@ -73,7 +72,9 @@ def scratch(name: str, numel: int, dtype: torch.dtype, device: torch.device) -> 
     On CPU a buffer of up to ``chunk_elements`` values is kept per thread and reused by later calls: a fresh
     allocation of that size is a new memory mapping whose pages fault in again on every call (measured: about
     0.2 ms per MiB, as much as the math of a 640×640 patch). Elsewhere a new tensor (CUDA's caching allocator
-    already reuses its blocks).
+    already reuses its blocks). The pool is bounded by construction: per thread one buffer of at most
+    ``chunk_elements`` values per (name, dtype) — the few names the fast paths use, a few MiB in all — freed
+    with its thread.
     """
     if device.type != "cpu" or numel > chunk_elements(device):
         return torch.empty(numel, dtype=dtype, device=device)
@@ -116,9 +117,6 @@ def row_chunks(weight: torch.Tensor, unit: int = 1, split: bool = False) -> Iter
         work.view(part.shape).copy_(part)
         yield span, work
         part.copy_(work.view(part.shape))
-
-
-_HALF_GEMM_PROBES: dict[tuple[str, torch.dtype], bool] = {}
 
 
 def half_gemm_factors(
@@ -205,33 +203,17 @@ def single_rounding_gemm(weight: torch.Tensor, *factors: torch.Tensor) -> bool:
         return False
     if any(f.dtype != dtype or f.device != weight.device for f in factors):
         return False
-    key = (weight.device.type, dtype)
-    if key not in _HALF_GEMM_PROBES:
-        gen = torch.Generator().manual_seed(0)
-        base, left, right = (torch.randn(*shape, generator=gen) for shape in ((64, 64), (64, 256), (256, 64)))
-        base, left, right = (t.to(weight.device, dtype) for t in (base, left.mul_(0.1), right.mul_(0.1)))
-        exact = base.double().addmm(left.double(), right.double(), alpha=0.7)
-        out = base.clone().addmm_(left, right, alpha=0.7).double()
-        bound = torch.finfo(dtype).eps * exact.abs() + 1e-5 * (exact - base.double()).abs().max()
-        _HALF_GEMM_PROBES[key] = bool(((out - exact).abs() <= bound).all())
-    return _HALF_GEMM_PROBES[key]
+    return _accumulates_in_float32(weight.device.type, dtype)
 
 
-class BoundedCache:
-    """A small LRU map for derived tensors (e.g. Cayley rotations per device and dtype): ComfyUI's
-    low-VRAM path recomputes every patch on every forward, so the expensive, weight-independent part is kept."""
-
-    def __init__(self, size: int = 4):
-        self.size = size
-        self._items: OrderedDict[Any, Any] = OrderedDict()
-
-    def get(self, key, make: Callable[[], Any]) -> Any:
-        value = self._items.get(key)
-        if value is None:
-            value = make()
-            self._items[key] = value
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
-        else:
-            self._items.move_to_end(key)
-        return value
+@functools.cache
+def _accumulates_in_float32(device_type: str, dtype: torch.dtype) -> bool:
+    """The probe of ``single_rounding_gemm``, run once per device type and dtype (the answer is the hardware's)."""
+    device = torch.device(device_type)
+    gen = torch.Generator().manual_seed(0)
+    base, left, right = (torch.randn(*shape, generator=gen) for shape in ((64, 64), (64, 256), (256, 64)))
+    base, left, right = (t.to(device, dtype) for t in (base, left.mul_(0.1), right.mul_(0.1)))
+    exact = base.double().addmm(left.double(), right.double(), alpha=0.7)
+    out = base.clone().addmm_(left, right, alpha=0.7).double()
+    bound = torch.finfo(dtype).eps * exact.abs() + 1e-5 * (exact - base.double()).abs().max()
+    return bool(((out - exact).abs() <= bound).all())

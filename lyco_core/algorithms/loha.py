@@ -6,6 +6,7 @@ Tucker (``hada_t1``/``hada_t2 (r,r,*k)``, ``w?_a (r,out)``, ``w?_b (r,in)``):
 In place: each factor is a rank-r product ``L_j @ R_j`` (Tucker: ``L_j = w_j_aᵀ``, ``R_j = t_j ×_q w_j_b``); row chunks
 ``flat(W)[c] += (m·scale)·(L_1[c] @ R_1) ⊙ (L_2[c] @ R_2)`` (products into two cache-sized scratch chunks, then
 ``addcmul_``): W is streamed once and the products never leave the cache.
+Reference: docs/methods.md, LoHa.
 """
 
 from __future__ import annotations
@@ -51,6 +52,18 @@ class LoHa(AdditiveModule):
     @property
     def tucker(self):
         return "hada_t1" in self.params or "hada_t2" in self.params
+
+    scaled = True
+    peft_type = "LOHA"
+
+    def weight_shape(self):
+        p = self.params
+        if "hada_t1" in p:
+            return torch.Size((p["hada_w1_a"].shape[1], p["hada_w1_b"].shape[1], *p["hada_t1"].shape[2:]))
+        return torch.Size((p["hada_w1_a"].shape[0], flat2(p["hada_w1_b"]).shape[1]))
+
+    def kernel_stored(self):
+        return "hada_t1" in self.params  # plain LoHa stores a conv's kernel flattened into its input width
 
     def rank(self):
         return self._rank

@@ -8,14 +8,66 @@ uses scale 1 whatever the stored alpha, PEFT alpha/r from its config (ScaleConte
 In place, without the Kronecker temporary: ``flat(W)`` viewed as ``(a, b, c, d·∏k)`` gets
 ``+= (m·scale)·W1[i,·,j,·] ⊙ W2[·,p,·,q]`` as one broadcast ``addcmul_``. Bypass: ``W1·(x·W2ᵀ)`` on the
 input-channel groups (lyco_core/bypass.py), never forming the Kronecker product.
+Reference: docs/methods.md, LoKr.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .base import AdditiveModule, check_dim, check_fits, flat2, require, reshape_to, tucker_rebuild
+from .base import AdditiveModule, alpha_tensor, check_dim, check_fits, flat2, require, reshape_to, tucker_rebuild
+from .factorization import factorization
 from .registry import register
+
+
+# --- PEFT's LoKr: which factor shapes its config builds -----------------------------------------------------
+def factor_shapes(params) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The shapes of ``W1 (a, c)`` and ``W2 (b, d[, k…])`` the tensors rebuild; a split, non-Tucker conv ``W2``
+    is ``(b, d·∏k)``, its kernel flattened (``w2_b (r, d·∏k)``)."""
+    w1 = (
+        params["lokr_w1"].shape if "lokr_w1" in params else (params["lokr_w1_a"].shape[0], params["lokr_w1_b"].shape[1])
+    )
+    if "lokr_w2" in params:
+        w2 = params["lokr_w2"].shape
+    elif "lokr_t2" in params:
+        w2 = (params["lokr_w2_a"].shape[1], params["lokr_w2_b"].shape[1], *params["lokr_t2"].shape[2:])
+    else:
+        w2 = (params["lokr_w2_a"].shape[0], *params["lokr_w2_b"].shape[1:])
+    return tuple(int(n) for n in w1), tuple(int(n) for n in w2)
+
+
+def peft_factor_shapes(params) -> tuple[int, int, int, tuple[int, ...]]:
+    """(a, b, c, candidate d) of ``factor_shapes``: a flat conv ``W2 (b, d·k²)`` leaves d one of ``D/k²``
+    (k = 1…7); a full or Tucker ``W2`` states it."""
+    (a, c), (b, d, *kernel) = factor_shapes(params)
+    flat = "lokr_w2" not in params and "lokr_t2" not in params
+    ds = tuple(d // k**2 for k in range(1, 8) if d % k**2 == 0) if flat else (d,)
+    return a, b, c, ds
+
+
+def peft_lokr_rank(params, decompose_both: bool) -> int:
+    """The rank PEFT must be told so that it builds these factors (full halves need r ≥ half the side)."""
+    for key in ("lokr_w1_b", "lokr_w2_b"):
+        if key in params:
+            return int(params[key].shape[0])
+    a, b, c, (d,) = peft_factor_shapes(params)
+    return max(b, d, a if decompose_both else 0, c if decompose_both else 0)
+
+
+def peft_builds(params, factor: int, decompose_both: bool) -> bool:
+    """Whether PEFT's LoKr, configured so, creates exactly these factor shapes (its rules: ``factorization`` of the
+    output and input sizes, w2 decomposed at rank r)."""
+    a, b, c, ds = peft_factor_shapes(params)
+    rank = peft_lokr_rank(params, decompose_both)
+    if factorization(a * b, factor, sort_divisor=False) != (a, b):
+        return False
+    # A flat conv w2_b leaves d ambiguous; the config never states d, so it is exact when every candidate d that
+    # PEFT's rule could produce leads to these same factor kinds.
+    fitting = [d for d in ds if factorization(c * d, factor, sort_divisor=False) == (c, d)]
+    full_w1 = not (decompose_both and rank < max(a, c) / 2)
+    return bool(fitting) and all(
+        full_w1 == ("lokr_w1" in params) and (not rank < max(b, d) / 2) == ("lokr_w2" in params) for d in fitting
+    )
 
 
 @register
@@ -64,6 +116,31 @@ class LoKr(AdditiveModule):
     @property
     def full_matrix(self) -> bool:
         return "lokr_w1" in self.params and "lokr_w2" in self.params
+
+    scaled = True
+    peft_type = "LOKR"
+
+    def to_lycoris(self, has_bias):
+        """With both halves full LyCORIS' scale is 1: another scale is folded into ``lokr_w1``."""
+        if not self.full_matrix:
+            return super().to_lycoris(has_bias)
+        params, note = {k: v for k, v in self.params.items() if k != "alpha"}, ""
+        scale = self.scale_value()
+        if scale != 1.0:
+            params["lokr_w1"] = self.params["lokr_w1"] * scale
+            note = f"scale {scale:g} folded into lokr_w1 (LyCORIS full/full LoKr has scale 1)"
+        params["alpha"] = self.params.get("alpha", alpha_tensor(1.0))
+        return params, note
+
+    def peft_rank(self, folder):
+        return peft_lokr_rank(self.params, folder.decompose_both)
+
+    def weight_shape(self):
+        w1, w2 = factor_shapes(self.params)
+        return torch.Size((w1[0] * w2[0], w1[1] * w2[1], *w2[2:]))
+
+    def kernel_stored(self):
+        return "lokr_w2" in self.params or "lokr_t2" in self.params  # a split W2 may hold a conv kernel flattened
 
     def rank(self):
         if "lokr_w1" not in self.params:

@@ -9,6 +9,7 @@ In place: ``flat(W) += (m·scale)·U @ D'`` as one ``addmm_`` (Tucker folds the 
 (``single_rounding_gemm``: float32 accumulation, one rounding, no conversion of W), and fp16/float32 factors or a
 folded Tucker core into a bf16 weight as their exact bf16 pieces (``half_gemm_factors``).
 Bypass: ``m·scale·U(D(x))`` as two thin products (see lyco_core/bypass.py).
+Reference: docs/methods.md, LoRA / LoCon.
 """
 
 from __future__ import annotations
@@ -48,6 +49,47 @@ class LoRA(AdditiveModule):
     @property
     def tucker(self):
         return "lora_mid.weight" in self.params
+
+    scaled = True
+    peft_type = "LORA"
+
+    def to_peft(self, has_bias, folder):
+        """``lora_A/lora_B`` (+ ``lora_B.bias``); DoRA as ``lora_magnitude_vector`` (PEFT normalises output rows, so
+        an input-axis LyCORIS DoRA has no PEFT form); Tucker LoCon has none either."""
+        p = self.params
+        if self.tucker:
+            raise ValueError("Tucker LoCon (lora_mid) has no PEFT form")
+        params = {"lora_A.weight": p["lora_down.weight"], "lora_B.weight": p["lora_up.weight"]}
+        if "lora_up.bias" in p:
+            params["lora_B.bias"] = p["lora_up.bias"]
+        if "magnitude" in p:
+            params["lora_magnitude_vector"] = p["magnitude"]
+        elif "dora_scale" in p:
+            if self.dora_axis() != "out":
+                raise ValueError("DoRA on the input axis has no PEFT form (PEFT normalises output rows)")
+            up = p["lora_up.weight"]
+            params["lora_magnitude_vector"] = (
+                p["dora_scale"].reshape(-1) if up.ndim == 2 else p["dora_scale"].reshape(1, -1, *[1] * (up.ndim - 2))
+            )
+        rank = self.rank()
+        return params, rank, self.scale_value() * rank
+
+    def to_lycoris(self, has_bias):
+        """PEFT DoRA's ``magnitude`` becomes an on-output ``dora_scale``; PEFT's ``lora_B.bias`` has no LyCORIS form."""
+        if "lora_up.bias" in self.params:
+            raise ValueError("PEFT lora_B.bias changes the layer bias, which a LyCORIS LoRA cannot")
+        params, note = super().to_lycoris(has_bias)
+        if "magnitude" in params:
+            up = self.params["lora_up.weight"]
+            params["dora_scale"] = params.pop("magnitude").reshape(-1, *[1] * (up.ndim - 1))
+            note = "PEFT DoRA as LyCORIS DoRA: equal at strength 1, LyCORIS interpolates the rescale at other strengths"
+        return params, note
+
+    def weight_shape(self):
+        up, down = self.params["lora_up.weight"], self.params["lora_down.weight"]
+        if "lora_mid.weight" in self.params:
+            return torch.Size((up.shape[0], down.shape[1], *self.params["lora_mid.weight"].shape[2:]))
+        return torch.Size((up.shape[0], *down.shape[1:]))
 
     def rank(self):
         return int(self.params["lora_down.weight"].shape[0])

@@ -1,4 +1,6 @@
-"""Norm-layer difference (LayerNorm/GroupNorm): ``W' = W + m·w_norm``, ``b' = b + m·b_norm``."""
+"""Norm-layer difference (LayerNorm/GroupNorm): ``W' = W + m·w_norm``, ``b' = b + m·b_norm``.
+Reference: docs/methods.md, Full difference.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +11,10 @@ from .registry import register
 @register
 class Norm(AdditiveModule):
     algo = "norm"
+    peft_refusal = (
+        "PEFT has no norm-difference method (a trained norm layer is a modules_to_save copy, which needs the base "
+        "weights: save it from the trainer)"
+    )
     suffixes = ("w_norm", "b_norm")
     ndims = {"w_norm": (1,), "b_norm": (1,)}
 
@@ -23,6 +29,9 @@ class Norm(AdditiveModule):
                 key="w_norm",
                 expected=f"{weight_shape.numel()} (the norm weight)",
             )
+
+    def weight_shape(self):
+        return self.params["w_norm"].shape
 
     def delta(self, weight_shape, device, dtype):
         return reshape_to(self.params["w_norm"].to(device, dtype), weight_shape, self, "w_norm")

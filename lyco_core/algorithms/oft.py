@@ -8,6 +8,7 @@ LyCORIS 2.0.x ``oft_diag`` stores the finished R: only the strength and the rota
 In place (``apply_``): R is cached per (device, dtype) — one batched solve per adapter, not one per forward in
 ComfyUI's low-VRAM path or per strength change — only ``R_m`` (n·bs² values) is formed per call, and row blocks are
 rotated a few at a time with the rescale fused.
+Reference: docs/methods.md, Diagonal OFT.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from __future__ import annotations
 import torch
 
 from .base import AdapterModule, check_ndim
-from .inplace import BoundedCache, compute_dtype
+from ..bounded_cache import BoundedCache
+from .inplace import compute_dtype
 from .registry import register
 from .rotation import cayley, rotate_rows, rotate_rows_, toward_identity
 
@@ -33,6 +35,10 @@ def constrained_skew(blocks: torch.Tensor, constraint: float) -> torch.Tensor:
 @register
 class DiagOFT(AdapterModule):
     algo = "oft"
+    peft_refusal = (
+        "LyCORIS OFT rotates output rows (with its constraint and rescale); PEFT OFT rotates input columns — save it "
+        "in the lycoris layout, or convert it to LoRA"
+    )
     suffixes = ("oft_blocks", "oft_diag", "rescale")
 
     @classmethod
@@ -42,7 +48,7 @@ class DiagOFT(AdapterModule):
     def __init__(self, name, params, ctx):
         super().__init__(name, params, ctx)
         self.key = "oft_diag" if "oft_diag" in params else "oft_blocks"
-        self._rotations = BoundedCache()
+        self._rotations = BoundedCache(4)
         blocks = check_ndim(self, self.key, (3,))
         if blocks.shape[1] != blocks.shape[2]:
             raise self.fail(

@@ -13,12 +13,42 @@ Strength (PEFT has none; ours): ``R → m·R + (1−m)·I`` and ``s → 1 + m·(
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 
 from .base import AdapterModule
 from .registry import register
 from .rotation import cayley, rotate_columns, rotate_rows, toward_identity
+
+
+@dataclass(frozen=True)
+class PeftOFTOptions:
+    """The ``adapter_config.json`` fields that shape PEFT OFT's rotation, with PEFT's defaults (the one place they
+    are written: the trainer's OFT config and the PEFT writer take them from here)."""
+
+    coft: bool = False
+    eps: float = 6e-5
+    block_share: bool = False
+    use_cayley_neumann: bool = True
+    num_cayley_neumann_terms: int = 5
+
+    @classmethod
+    def of(cls, config: dict[str, Any]) -> PeftOFTOptions:
+        """The options a config gives (fields it lacks take PEFT's defaults; values were checked by the layout)."""
+        return cls(**{f.name: type(f.default)(config.get(f.name, f.default)) for f in fields(cls)})
+
+    @property
+    def neumann_terms(self) -> int | None:
+        """Terms of the Cayley–Neumann series, or None for the exact Cayley transform."""
+        return self.num_cayley_neumann_terms if self.use_cayley_neumann else None
+
+
+_OLD_FORMATS = {
+    "input": "PEFT 0.14–0.15 OFT (oft_r with oft_s), which PEFT ≥0.16 no longer loads",
+    "output": "PEFT ≤0.13 OFT (oft_r on the output rows), which PEFT ≥0.14 no longer loads",
+}
 
 
 def _block_size_from_packed(n_el: int) -> int | None:
@@ -77,6 +107,16 @@ class PeftOFT(AdapterModule):
     def claims(cls, params):
         return "oft_R.weight" in params or "oft_r" in params
 
+    peft_type = "OFT"
+
+    def to_lycoris(self, has_bias):
+        raise ValueError("PEFT OFT rotates input columns (its own Cayley form); LyCORIS OFT rotates output rows")
+
+    def to_peft(self, has_bias, folder):
+        if self.format != "packed":
+            raise ValueError(_OLD_FORMATS[self.format])
+        return {"oft_R.weight": self.params["oft_R.weight"]}, None, None
+
     def __init__(self, name, params, ctx):
         super().__init__(name, params, ctx)
         if "oft_R.weight" in params:
@@ -99,23 +139,21 @@ class PeftOFT(AdapterModule):
     def rank(self):
         return self.block_size
 
+    @property
+    def options(self) -> PeftOFTOptions:
+        return PeftOFTOptions.of(self.ctx.config)
+
     def summary(self):
         info = super().summary()
-        cfg = self.ctx.config
+        options = self.options
         info.update(
             block_size=self.block_size,
             peft_format=self.format,
-            coft=bool(cfg.get("coft", False)),
-            block_share=bool(cfg.get("block_share", False)),
-            cayley_neumann=self._neumann_terms() if self.format == "packed" else None,
+            coft=options.coft,
+            block_share=options.block_share,
+            cayley_neumann=options.neumann_terms if self.format == "packed" else None,
         )
         return info
-
-    def _neumann_terms(self) -> int | None:
-        cfg = self.ctx.config
-        if not cfg.get("use_cayley_neumann", True):
-            return None
-        return int(cfg.get("num_cayley_neumann_terms", 5))
 
     def _stored(self) -> str:
         return "oft_R.weight" if self.format == "packed" else "oft_r"
@@ -139,20 +177,20 @@ class PeftOFT(AdapterModule):
             raise self.fail(f"oft_s has {scale.numel()} values", key="oft_s", expected=f"{weight_shape[0]}")
 
     def rotation(self, weight: torch.Tensor) -> torch.Tensor:
-        cfg = self.ctx.config
+        options = self.options
         stored = self.tensor(self._stored(), weight)
         if self.format == "packed":
             q = skew_from_packed(stored, self.block_size)
-            if cfg.get("coft", False):
-                q = project_blocks(q, coft_bound(float(cfg.get("eps", 6e-5)), stored.shape[0]))
-            terms = self._neumann_terms()
+            if options.coft:
+                q = project_blocks(q, coft_bound(options.eps, stored.shape[0]))
+            terms = options.neumann_terms
             if terms is None:
                 return cayley(q, plus_first=False)
             return neumann_series(q, terms, self.ctx.peft_version)
-        if cfg.get("coft", False):
+        if options.coft:
             n = stored.shape[0]
             out = weight.shape[0]
-            bound = float(cfg.get("eps", 6e-5)) * math.ceil(out / max(n, 1)) ** 2 / math.sqrt(n)
+            bound = options.eps * math.ceil(out / max(n, 1)) ** 2 / math.sqrt(n)
             stored = project_blocks(stored, bound)
         return cayley(0.5 * (stored - stored.transpose(1, 2)), plus_first=False)
 

@@ -3,6 +3,7 @@
 Order follows LyCORIS' own detection (LoCon, LoHa, IA3, LoKr, full, norm, OFT, BOFT, GLoRA); the parameter sets are
 disjoint except ``oft_blocks`` (3-D diag-OFT vs 4-D BOFT), which the two classes split by tensor rank.
 A new algorithm is one file with a ``@register`` class declaring ``suffixes`` and ``claims``.
+Reference: docs/methods.md, Detection.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Block-orthogonal building blocks shared by OFT and BOFT (LyCORIS and PEFT variants).
 
 Everything is blockwise: rotations are ``(n, bs, bs)`` stacks, never dense ``out×out`` matrices.
+Reference: docs/methods.md, OFT and BOFT sections.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """PEFT ``modules_to_save``: a whole trained copy ``S`` of a layer's ``weight`` (and ``bias``) that replaces the base
 one. Strength m moves toward the copy: ``W' = W + m·(S − W)`` (``b'`` alike); m = 1 gives ``S`` itself, PEFT's
 law. A bare ``weight`` means this only in a PEFT folder (``modules_to_save``, or PEFT's saved embedding layers).
+Reference: docs/methods.md, PEFT modules_to_save copies.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ class SavedCopy(AdapterModule):
     @classmethod
     def claims(cls, params):
         return "weight" in params and set(params) <= {"weight", "bias"}
+
+    def to_lycoris(self, has_bias):
+        raise ValueError("a PEFT modules_to_save copy replaces the whole layer; LyCORIS stores differences only")
 
     def check_target(self, weight_shape, has_bias):
         if tuple(self.params["weight"].shape) != tuple(weight_shape):

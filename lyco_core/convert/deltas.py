@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..algorithms.base import AdapterModule, flat2
+from ..algorithms.base import AdapterModule
 from ..errors import AdapterError
 from ..keymap import WeightSlice
 from ..statedict import shape_of
@@ -26,45 +26,15 @@ def needs_weight(module: AdapterModule) -> bool:
 
 
 def inferred_shape(module: AdapterModule) -> torch.Size:
-    """The weight shape an additive module's tensors imply (flat ``(out, in·∏k)`` where the kernel is not stored)."""
-    p = module.params
-    if module.algo == "lora":
-        up, down = p["lora_up.weight"], p["lora_down.weight"]
-        if "lora_mid.weight" in p:
-            return torch.Size((up.shape[0], down.shape[1], *p["lora_mid.weight"].shape[2:]))
-        return torch.Size((up.shape[0], *down.shape[1:]))
-    if module.algo == "loha":
-        if "hada_t1" in p:
-            return torch.Size((p["hada_w1_a"].shape[1], p["hada_w1_b"].shape[1], *p["hada_t1"].shape[2:]))
-        return torch.Size((p["hada_w1_a"].shape[0], flat2(p["hada_w1_b"]).shape[1]))
-    if module.algo == "lokr":
-        w1 = p["lokr_w1"].shape if "lokr_w1" in p else (p["lokr_w1_a"].shape[0], p["lokr_w1_b"].shape[1])
-        if "lokr_w2" in p:
-            w2 = p["lokr_w2"].shape
-        elif "lokr_t2" in p:
-            w2 = (p["lokr_w2_a"].shape[1], p["lokr_w2_b"].shape[1], *p["lokr_t2"].shape[2:])
-        else:
-            w2 = (p["lokr_w2_a"].shape[0], *p["lokr_w2_b"].shape[1:])
-        return torch.Size((w1[0] * w2[0], w1[1] * w2[1], *w2[2:]))
-    if module.algo == "full":
-        return p["diff"].shape
-    if module.algo == "norm":
-        return p["w_norm"].shape
-    raise module.fail(
-        f"the weight shape of a {module.algo} module cannot be told from its tensors",
-        expected="the base model's weights",
-    )
-
-
-def shape_is_known(module: AdapterModule) -> bool:
-    """Whether ``inferred_shape`` is the weight's true shape: plain LoHa and a split, non-Tucker LoKr W2 store a
-    convolution's kernel flattened into ``in·∏k``, indistinguishable from a Linear layer without the model."""
-    p = module.params
-    if module.algo == "loha":
-        return "hada_t1" in p
-    if module.algo == "lokr":
-        return "lokr_w2" in p or "lokr_t2" in p
-    return True
+    """The weight shape the module's tensors imply (``AdapterModule.weight_shape``); AdapterError where they do
+    not tell."""
+    shape = module.weight_shape()
+    if shape is None:
+        raise module.fail(
+            f"the weight shape of a {module.algo} module cannot be told from its tensors",
+            expected="the base model's weights",
+        )
+    return shape
 
 
 @dataclass

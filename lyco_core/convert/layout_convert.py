@@ -6,6 +6,7 @@ layout cannot state are folded into a factor (full/full LoKr in LyCORIS), and mo
 (input-side PEFT OFT in LyCORIS, output-side OFT in PEFT, Tucker LoCon in PEFT, LoHa in diffusers, …) are refused
 together, naming each one, with the lossy routes that can (to-LoRA, full diff). Every converted additive module is
 then rebuilt from the written tensors and compared with the original: the report carries that difference.
+Reference: docs/formats.md, Writing: exactly or refuse.
 """
 
 from __future__ import annotations

@@ -28,7 +28,6 @@ from .deltas import (
     module_delta,
     needs_weight,
     refuse_without_base,
-    shape_is_known,
 )
 from .names import lycoris_prefix, module_id
 from .provenance import carried
@@ -68,7 +67,7 @@ def _shape(adapters, members: list[Member], bases: list[BaseWeights | None]) -> 
         raise AdapterError(
             f"the modules of one layer disagree on its size: {listed}", expected="adapters made for the same model"
         )
-    known = [s for m, s in zip(modules, shapes) if shape_is_known(m)]
+    known = [s for m, s in zip(modules, shapes) if m.kernel_stored()]
     return (known[0], True) if known else (shapes[0], False)
 
 

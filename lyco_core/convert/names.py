@@ -9,6 +9,7 @@ Dotted → mangled is mechanical. Mangled → dotted is not (``_`` is ambiguous)
 path is then the tail of the matched key with the mangled path's length (``.``→``_`` keeps lengths), or the
 key's own path when only ``text_model.`` levels differ. A generic module (``lycoris_``, PEFT) has no component of
 its own: ``component`` states it when the target layout needs one (diffusers).
+Reference: docs/formats.md, LyCORIS / kohya layout.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import torch
 
 from ..adapter import Adapter, adapter_from_tensors
 from ..errors import AdapterError
-from .deltas import BaseLike, base_for, module_delta, needs_weight, refuse_without_base, shape_is_known
+from .deltas import BaseLike, base_for, module_delta, needs_weight, refuse_without_base
 from .provenance import carried
 from .report import Progress, Report, Steps
 from .svd import LowRank, RankPolicy, factorize, refactor
@@ -110,7 +110,7 @@ def rank_reduce(
                 )
                 low = factorize(delta, policy)
                 note = bias_note(bias_delta)
-                flat += not known and not shape_is_known(module)
+                flat += not known and not module.kernel_stored()
             if low.ref_sq == 0:
                 report.add(name, label, "dropped", note="zero delta")
             else:

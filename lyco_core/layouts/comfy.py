@@ -1,5 +1,7 @@
 """ComfyUI layout: dotted module paths (``diffusion_model.<ldm path>``, ComfyUI-trainer output with 2-D conv
-factors, bare model paths) with any LoRA spelling ComfyUI accepts; alpha as a tensor when present."""
+factors, bare model paths) with any LoRA spelling ComfyUI accepts; alpha as a tensor when present.
+Reference: docs/formats.md, ComfyUI layout.
+"""
 
 from __future__ import annotations
 

@@ -1,15 +1,17 @@
 """diffusers-in-PEFT layout (``save_lora_weights``): keys ``unet.<path>.lora_A.weight`` (``transformer.`` for DiT
 pipelines, ``text_encoder.``/``text_encoder_2.`` for text encoders). Each component's LoraConfig is JSON in the
 safetensors metadata ``lora_adapter_metadata``, flattened as ``<component>.<field>``; without it the scale is 1
-(alpha = r) unless per-module ``alpha`` tensors exist (kohya-converted files)."""
+(alpha = r) unless per-module ``alpha`` tensors exist (kohya-converted files).
+Reference: docs/formats.md, diffusers files.
+"""
 
 from __future__ import annotations
 
 import json
 
-from ..algorithms.base import ScaleContext
+from ..algorithms.base import PeftFolder, ScaleContext
 from .base import Layout, ModulePath, Written, refuse
-from .peft import peft_params, rank_alpha_fields, scale_context
+from .peft import rank_alpha_fields, scale_context
 
 COMPONENTS = {
     "unet.": ("unet", "diffusion_model"),
@@ -79,7 +81,7 @@ def write(adapter, targets: dict[str, tuple[str, str]], has_bias: dict[str, bool
         try:
             if module.algo != "lora":
                 raise ValueError(f"diffusers loads LoRA only, this module is {module.algo}")
-            params, rank, alpha = peft_params(module, None if has_bias is None else has_bias.get(name))
+            params, rank, alpha = module.to_peft(None if has_bias is None else has_bias.get(name), PeftFolder())
         except ValueError as exc:
             problems[name] = str(exc)
             continue

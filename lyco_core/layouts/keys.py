@@ -4,6 +4,7 @@ Canonical names are the LyCORIS/kohya ones each algorithm reads. Other spellings
 accepts are renamed here: PEFT ``lora_A/lora_B`` (with or without ``.weight``, ``.default``), ``.lora.up``,
 ``_lora.up``, ``.lora_linear_layer.up``; PEFT ``lora_magnitude_vector`` becomes ``magnitude``. B/up is always the
 ``(out, r)`` factor.
+Reference: docs/formats.md, Parameter spellings.
 """
 
 from __future__ import annotations

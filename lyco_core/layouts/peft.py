@@ -10,25 +10,24 @@ first match wins), ``use_rslora`` → alpha/√r. ``peft_version`` (written sinc
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections import Counter
 from typing import Any
 
-import torch
 
-from ..algorithms.base import ScaleContext
-from ..algorithms.boft_peft import PeftBOFT
-from ..algorithms.factorization import factorization
-from ..algorithms.oft_peft import PeftOFT
+from ..algorithms import ALGORITHMS
+from ..algorithms.base import PeftFolder, ScaleContext
+from ..algorithms.lokr import peft_builds, peft_factor_shapes
 from ..errors import AdapterError
 from .base import Layout, ModulePath, Written, refuse
 from .peft_config import checked_config
 
 PEFT_PREFIX = "base_model.model."
 _DEFAULT_ALPHA = {"LORA": 8.0, "LOHA": 8.0, "LOKR": 8.0}
-# our method for each PEFT method (peft_type) we apply exactly
-_PEFT_TYPES = {"lora": "LORA", "loha": "LOHA", "lokr": "LOKR", "ia3": "IA3", "oft": "OFT", "boft": "BOFT"}
+# each PEFT method (peft_type) we apply exactly → our algo, and back; from the method classes' own records
+_PEFT_TYPES = {cls.algo: cls.peft_type for cls in ALGORITHMS if cls.peft_type}
 _METHOD_OF_TYPE = {peft_type: method for method, peft_type in _PEFT_TYPES.items()}
 _WHOLE_LAYER = ("saved", "full", "norm")
 
@@ -126,21 +125,6 @@ class PeftLayout(Layout):
 
 
 # --- writing ---------------------------------------------------------------------------------------------------
-_ELSEWHERE = {
-    "oft": "LyCORIS OFT rotates output rows (with its constraint and rescale); PEFT OFT rotates input "
-    "columns — save it in the lycoris layout, or convert it to LoRA",
-    "boft": "LyCORIS BOFT rotates output rows; PEFT BOFT rotates input columns — save it in the lycoris "
-    "layout, or convert it to LoRA",
-    "glora": "PEFT has no GLoRA of this form",
-    "norm": "PEFT has no norm-difference method (a trained norm layer is a modules_to_save copy, which "
-    "needs the base weights: save it from the trainer)",
-}
-_OLD_OFT = {
-    "input": "PEFT 0.14–0.15 OFT (oft_r with oft_s), which PEFT ≥0.16 no longer loads",
-    "output": "PEFT ≤0.13 OFT (oft_r on the output rows), which PEFT ≥0.14 no longer loads",
-}
-
-
 def rank_alpha_fields(entries: dict[str, tuple[int, float]], alpha_field: str) -> dict[str, Any]:
     """``r``, alpha and the patterns that give every module (path: (r, alpha)) exactly its own pair: the most common
     values as defaults, escaped full paths (longest first, so a path never catches a longer one) for the rest."""
@@ -159,53 +143,12 @@ def rank_alpha_fields(entries: dict[str, tuple[int, float]], alpha_field: str) -
     }
 
 
-def _lokr_shapes(params) -> tuple[int, int, int, tuple[int, ...]]:
-    """(a, b, c, candidate d): ``W1 (a,c)``, ``W2 (b, d[,k…])``. A plain conv stores ``w2_b (r, d·k²)`` flat, so d is
-    one of ``D/k²`` (k = 1…7); a full or Tucker ``W2`` states it."""
-    a, c = (
-        params["lokr_w1"].shape if "lokr_w1" in params else (params["lokr_w1_a"].shape[0], params["lokr_w1_b"].shape[1])
-    )
-    if "lokr_w2" in params:
-        b, ds = params["lokr_w2"].shape[0], (params["lokr_w2"].shape[1],)
-    elif "lokr_t2" in params:
-        b, ds = params["lokr_w2_a"].shape[1], (params["lokr_w2_b"].shape[1],)
-    else:
-        b, flat = params["lokr_w2_a"].shape[0], params["lokr_w2_b"].shape[1]
-        ds = tuple(flat // k**2 for k in range(1, 8) if flat % k**2 == 0)
-    return int(a), int(b), int(c), tuple(int(d) for d in ds)
-
-
-def _lokr_rank(params, decompose_both: bool) -> int:
-    """The rank PEFT must be told so that it builds these factors (full halves need r ≥ half the side)."""
-    for key in ("lokr_w1_b", "lokr_w2_b"):
-        if key in params:
-            return int(params[key].shape[0])
-    a, b, c, (d,) = _lokr_shapes(params)
-    return max(b, d, a if decompose_both else 0, c if decompose_both else 0)
-
-
-def _lokr_fits(params, factor: int, decompose_both: bool) -> bool:
-    """Whether PEFT's LoKr, configured so, creates exactly these factor shapes (its rules: ``factorization`` of the
-    output and input sizes, w2 decomposed at rank r)."""
-    a, b, c, ds = _lokr_shapes(params)
-    rank = _lokr_rank(params, decompose_both)
-    if factorization(a * b, factor, sort_divisor=False) != (a, b):
-        return False
-    # A flat conv w2_b leaves d ambiguous; the config never states d, so it is exact when every candidate d that
-    # PEFT's rule could produce leads to these same factor kinds.
-    fitting = [d for d in ds if factorization(c * d, factor, sort_divisor=False) == (c, d)]
-    full_w1 = not (decompose_both and rank < max(a, c) / 2)
-    return bool(fitting) and all(
-        full_w1 == ("lokr_w1" in params) and (not rank < max(b, d) / 2) == ("lokr_w2" in params) for d in fitting
-    )
-
-
 def _lokr_layout(modules) -> tuple[int, bool, dict[str, str]]:
     """(decompose_factor, decompose_both, {module: why not}) reproducing every module's factor shapes in PEFT."""
     decompose_both = any("lokr_w1" not in m.params for m in modules.values())
-    candidates = [-1] + sorted({_lokr_shapes(m.params)[i] for m in modules.values() for i in (0, 2)})
+    candidates = [-1] + sorted({peft_factor_shapes(m.params)[i] for m in modules.values() for i in (0, 2)})
     for factor in candidates:
-        if all(_lokr_fits(m.params, factor, decompose_both) for m in modules.values()):
+        if all(peft_builds(m.params, factor, decompose_both) for m in modules.values()):
             return factor, decompose_both, {}
     return (
         -1,
@@ -213,106 +156,9 @@ def _lokr_layout(modules) -> tuple[int, bool, dict[str, str]]:
         {
             n: "PEFT's LoKr factorization would build other factor shapes"
             for n, m in modules.items()
-            if not _lokr_fits(m.params, -1, decompose_both)
+            if not peft_builds(m.params, -1, decompose_both)
         },
     )
-
-
-def identity_pair(delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(left ``(out, r)``, right ``(r, cols)``), ``r = min(out, cols)``, with ``left @ right = flat(delta)`` exactly:
-    one of them is the identity, the other ``flat(delta)``."""
-    flat = delta.reshape(delta.shape[0], -1)
-    eye = torch.eye(min(flat.shape), dtype=flat.dtype)
-    return (eye, flat) if flat.shape[0] <= flat.shape[1] else (flat, eye)
-
-
-def dense_params(module, method: str, tucker: bool) -> tuple[dict[str, torch.Tensor], int, float]:
-    """A dense difference (``diff``[, ``diff_b``]) as exact factors of the folder's method, scale 1 (alpha = r):
-    LoRA ``B @ A`` with one factor the identity (``diff_b`` → ``lora_B.bias``); LoHa ``(w1_a@w1_b) ⊙ (w2_a@w2_b)``
-    with the first pair so and the second all ones (``w2_a[:,0] = 1``, ``w2_b[0] = 1``, the rest 0)."""
-    diff = module.params["diff"]
-    if diff.ndim < 2:
-        raise ValueError("a one-dimensional difference has no PEFT form")
-    left, right = identity_pair(diff)
-    rank = left.shape[1]
-    if method == "lora":
-        params = {
-            "lora_A.weight": right.reshape(rank, *diff.shape[1:]),
-            "lora_B.weight": left.reshape(*left.shape, *[1] * (diff.ndim - 2)),
-        }
-        if "diff_b" in module.params:
-            params["lora_B.bias"] = module.params["diff_b"]
-        return params, rank, float(rank)
-    if method != "loha":
-        raise ValueError(
-            f"a dense difference has no exact form in PEFT's {method.upper()} (save it in the lycoris layout)"
-        )
-    if "diff_b" in module.params:
-        raise ValueError("PEFT's LoHa cannot change a bias")
-    if tucker and diff.ndim > 2 and math.prod(diff.shape[2:]) > 1:
-        raise ValueError("with use_effective_conv2d PEFT's LoHa builds Tucker cores for this convolution")
-    ones_a, ones_b = torch.zeros_like(left), torch.zeros_like(right)
-    ones_a[:, 0], ones_b[0] = 1, 1
-    return {"hada_w1_a": left, "hada_w1_b": right, "hada_w2_a": ones_a, "hada_w2_b": ones_b}, rank, float(rank)
-
-
-def peft_params(
-    module, has_bias: bool | None, lokr_both: bool = False
-) -> tuple[dict[str, torch.Tensor], int | None, float | None]:
-    """(PEFT parameters, r, alpha) of one module, alpha such that PEFT's ``alpha/r`` equals the module's scale;
-    raises ValueError with the reason when PEFT cannot hold it exactly."""
-    p = module.params
-    if isinstance(module, PeftOFT):
-        if module.format != "packed":
-            raise ValueError(_OLD_OFT[module.format])
-        return {"oft_R.weight": p["oft_R.weight"]}, None, None
-    if isinstance(module, PeftBOFT):
-        return {"boft_R": p["boft_R"], "boft_s": p["boft_s"]}, None, None
-    if module.algo in _ELSEWHERE:
-        raise ValueError(_ELSEWHERE[module.algo])
-    if module.algo == "ia3":
-        on_input = module.on_input()
-        if "ia3_l" in p:
-            return {"ia3_l": p["ia3_l"]}, None, None
-        if not on_input and has_bias is not False:
-            raise ValueError(
-                "PEFT (IA)³ would also scale this layer's bias"
-                + (" (the model, --base, would tell whether the layer has one)" if has_bias is None else "")
-            )
-        gain = 1 + p["weight"]
-        shape = (1, -1, 1, 1) if gain.ndim == 4 else (1, -1) if on_input else (-1, 1)
-        return {"ia3_l": gain.reshape(shape)}, None, None
-    if module.algo == "lora" and getattr(module, "embedding", False):
-        if module.dora or "lora_up.bias" in p:
-            raise ValueError("PEFT's embedding LoRA has no DoRA and no bias")
-        params = {
-            "lora_embedding_A": p["lora_up.weight"].t().contiguous(),
-            "lora_embedding_B": p["lora_down.weight"].t().contiguous(),
-        }
-    elif module.algo == "lora":
-        if module.tucker:
-            raise ValueError("Tucker LoCon (lora_mid) has no PEFT form")
-        params = {"lora_A.weight": p["lora_down.weight"], "lora_B.weight": p["lora_up.weight"]}
-        if "lora_up.bias" in p:
-            params["lora_B.bias"] = p["lora_up.bias"]
-        if "magnitude" in p:
-            params["lora_magnitude_vector"] = p["magnitude"]
-        elif "dora_scale" in p:
-            if module.dora_axis() != "out":
-                raise ValueError("DoRA on the input axis has no PEFT form (PEFT normalises output rows)")
-            up = p["lora_up.weight"]
-            params["lora_magnitude_vector"] = (
-                p["dora_scale"].reshape(-1) if up.ndim == 2 else p["dora_scale"].reshape(1, -1, *[1] * (up.ndim - 2))
-            )
-    else:
-        if module.dora:
-            raise ValueError(f"PEFT's {module.algo.upper()} has no DoRA")
-        params = {k: v for k, v in p.items() if k != "alpha"}
-    if module.algo == "lokr":
-        rank = _lokr_rank(p, lokr_both)
-    else:
-        rank = module.rank()
-    return params, rank, module.scale_value() * rank
 
 
 def _one_of(values: set, what: str) -> Any:
@@ -330,31 +176,15 @@ def oft_fields(modules) -> tuple[dict[str, Any], list[str]]:
     (PEFT builds every layer's blocks from ``r``/``oft_block_size``), and the rotation options they were read with."""
     sizes = {m.block_size for m in modules.values()}
     counts = {int(m.params["oft_R.weight"].shape[0]) for m in modules.values()}
-    options = {
-        (
-            bool(cfg.get("coft", False)),
-            float(cfg.get("eps", 6e-5)),
-            bool(cfg.get("block_share", False)),
-            bool(cfg.get("use_cayley_neumann", True)),
-            int(cfg.get("num_cayley_neumann_terms", 5)),
-            m.ctx.peft_version,
-        )
-        for m in modules.values()
-        for cfg in (m.ctx.config,)
-    }
-    coft, eps, shared, neumann, terms, version = _one_of(options, "set of OFT options")
-    if len(sizes) == 1 or shared:
+    options, version = _one_of({(m.options, m.ctx.peft_version) for m in modules.values()}, "set of OFT options")
+    if len(sizes) == 1 or options.block_share:
         rank, size = 0, _one_of(sizes, "OFT block size")
     else:
         rank, size = _one_of(counts, "OFT block size or block count"), 0
     fields = {
         "r": rank,
         "oft_block_size": size,
-        "coft": coft,
-        "eps": eps,
-        "block_share": shared,
-        "use_cayley_neumann": neumann,
-        "num_cayley_neumann_terms": terms,
+        **dataclasses.asdict(options),
         "module_dropout": 0.0,
         "init_weights": True,
         "bias": "none",
@@ -363,7 +193,7 @@ def oft_fields(modules) -> tuple[dict[str, Any], list[str]]:
     notes = []
     if version is not None:
         fields["peft_version"] = ".".join(map(str, version))
-    if neumann and version is not None and version < (0, 18):
+    if options.use_cayley_neumann and version is not None and version < (0, 18):
         notes.append(f"Cayley–Neumann series of PEFT {fields['peft_version']} kept; PEFT ≥0.18 sums it differently")
     return fields, notes
 
@@ -387,7 +217,8 @@ def boft_fields(modules) -> dict[str, Any]:
 def _folder_method(modules, file: str) -> str:
     """The one method of a folder's adapted modules; dense differences take that method's form (LoRA if alone), and
     modules of methods PEFT lacks are refused one by one later."""
-    methods = sorted({m.algo for m in modules.values()} - {"full"} - (set(_ELSEWHERE) - set(_PEFT_TYPES)))
+    without_peft = {cls.algo for cls in ALGORITHMS} - set(_PEFT_TYPES)  # refused module by module
+    methods = sorted({m.algo for m in modules.values()} - {"full"} - without_peft)
     if len(methods) > 1:
         raise refuse(
             "PEFT", {"(all)": f"a PEFT folder holds one method, this adapter mixes {', '.join(methods)}"}, file
@@ -398,8 +229,8 @@ def _folder_method(modules, file: str) -> str:
 def write(adapter, targets: dict[str, tuple[str, str]], has_bias: dict[str, bool] | None = None) -> Written:
     """A PEFT folder's tensors (``base_model.model.<path>.<param>``) and its ``adapter_config.json``.
 
-    One method per folder; dense differences in its exact form (``dense_params``); PEFT-style OFT/BOFT as they are;
-    whole-module copies (``saved``) under their own ``weight``/``bias`` names, listed in ``modules_to_save``."""
+    One method per folder (each module's ``to_peft``, dense differences in the folder's method); whole-module copies
+    (``saved``) under their own ``weight``/``bias`` names, listed in ``modules_to_save``."""
     saved = {n: m for n, m in adapter.modules.items() if m.algo == "saved"}
     adapted = {n: m for n, m in adapter.modules.items() if n not in saved}
     if not adapted:
@@ -409,15 +240,13 @@ def write(adapter, targets: dict[str, tuple[str, str]], has_bias: dict[str, bool
         _lokr_layout({n: m for n, m in adapted.items() if m.algo == "lokr"}) if method == "lokr" else (-1, False, {})
     )
     tucker = any(m.tucker for m in adapted.values())
+    folder = PeftFolder(method, lokr_both, tucker)
     written, entries, feedforward = Written({}), {}, []
     for name, module in adapted.items():
         if name in problems:
             continue
         try:
-            if module.algo == "full":
-                params, rank, alpha = dense_params(module, method, tucker)
-            else:
-                params, rank, alpha = peft_params(module, None if has_bias is None else has_bias.get(name), lokr_both)
+            params, rank, alpha = module.to_peft(None if has_bias is None else has_bias.get(name), folder)
         except ValueError as exc:
             problems[name] = str(exc)
             continue

@@ -6,6 +6,7 @@ Regular expressions from the file (``rank_pattern``/``alpha_pattern`` keys, a st
 ``feedforward_modules``) are compiled here. Python's ``re`` has no time limit, so patterns whose matching time can
 explode are refused: a repeated group (``(a+)+``, ``(x|y)*``, ``(ab){2,}``) or a back-reference. PEFT's own patterns
 are module names, dotted paths, ``.*`` wildcards, classes and alternatives, which stay linear and pass.
+Reference: docs/formats.md, PEFT folders.
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
 """Layout detection: PEFT (config or ``base_model.model.`` names), diffusers (component prefixes or
-``lora_adapter_metadata``), ComfyUI (other dotted names), LyCORIS/kohya (undotted, mangled names)."""
+``lora_adapter_metadata``), ComfyUI (other dotted names), LyCORIS/kohya (undotted, mangled names).
+Reference: docs/formats.md, Reading a file.
+"""
 
 from __future__ import annotations
 

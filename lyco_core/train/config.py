@@ -22,6 +22,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Union
 
+from ..algorithms.oft_peft import PeftOFTOptions
+
 Targets = Union[str, list, None]
 
 
@@ -169,11 +171,11 @@ class OFTConfig(AdapterConfig):
     oft_block_size: int = 32
     module_dropout: float = 0.0
     init_weights: bool = True
-    coft: bool = False
-    eps: float = 6e-5
-    block_share: bool = False
-    use_cayley_neumann: bool = True
-    num_cayley_neumann_terms: int = 5
+    coft: bool = PeftOFTOptions.coft
+    eps: float = PeftOFTOptions.eps
+    block_share: bool = PeftOFTOptions.block_share
+    use_cayley_neumann: bool = PeftOFTOptions.use_cayley_neumann
+    num_cayley_neumann_terms: int = PeftOFTOptions.num_cayley_neumann_terms
     variant: str = "peft"
     constraint: float = 0.0
     rescaled: bool = False

@@ -5,6 +5,12 @@ Each selected layer gets the adapter as a child (``<layer>.lyco_adapters.<adapte
 ``W' = f_k(…f_1(W))`` for the attached, unmerged adapters in attach order (a single LoRA runs in bypass form).
 ``wrap`` freezes the base parameters, as PEFT does.
 
+Why an instance ``forward`` rather than PEFT's wrapper layers: the layer object stays the model's own. A host's
+model (ComfyUI's ModelPatcher) finds layers by path and identity — weight keys, low-VRAM casts and backups, weight
+hooks, ``comfy.ops`` layers with their own cast logic — and a wrapper swapped into the parent would move every
+key under a new child and hide those layers. The layer's class, path, state-dict keys and hooks stay as they were
+(the adapter is one added child, ``lyco_adapters``), and ``detach`` restores the class's ``forward``.
+
 Per adapter (``tuner.adapter(name)`` or the same-named methods on the tuner):
 * ``merge()`` writes ``W'`` (and ``b'``) into the layers, keeping the originals; ``unmerge()`` puts the originals
   back bit-exactly (adapters merged later must be unmerged first);
