@@ -59,7 +59,7 @@ def network_metadata(adapter: Adapter) -> dict[str, str]:
     if any(m.dora for m in modules):
         args["dora_wd"] = "True"
         args["wd_on_output"] = str(all(m.dora_axis() == "out" for m in modules if m.dora))
-    ranked = [m for m in modules if m.rank() is not None and m.algo in ("lora", "loha", "lokr", "glora")]
+    ranked = [m for m in modules if m.rank() is not None and m.scaled]
     conv = [m for m in ranked if m.additive and len(inferred_shape(m)) > 2]
     if conv:
         args["conv_dim"] = _uniform([m.rank() for m in conv])

@@ -1,21 +1,13 @@
-"""One file per algorithm; importing this package registers them all in detection order."""
+"""One file per algorithm. Importing this package imports every module in it, so each ``@register`` class is in
+the registry, in the detection order its ``detect_order`` gives (registry.py)."""
 
-from . import (
-    lora,
-    loha,
-    ia3,
-    lokr,
-    full,
-    norm,
-    oft,
-    boft,
-    glora,
-    oft_peft,
-    boft_peft,  # noqa: F401  (registration)
-    lora_embedding,
-    saved,
-)
+import importlib
+import pkgutil
+
 from .base import AdapterModule, AdditiveModule, ScaleContext
 from .registry import ALGORITHMS, detect, known_suffixes
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["AdapterModule", "AdditiveModule", "ScaleContext", "ALGORITHMS", "detect", "known_suffixes"]

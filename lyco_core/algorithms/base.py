@@ -74,8 +74,10 @@ class AdapterModule:
 
     algo: ClassVar[str] = ""
     additive: ClassVar[bool] = False
-    # the canonical parameter names this method reads (the registry's detection vocabulary)
+    # the canonical parameter names this method reads (the registry's detection vocabulary), and where detection
+    # asks this class among the others (registry.py lists the order)
     suffixes: ClassVar[tuple[str, ...]] = ()
+    detect_order: ClassVar[int] = 0
     # whether ΔW carries the layout's alpha/r scale (written back as an alpha tensor in LyCORIS form)
     scaled: ClassVar[bool] = False
     # PEFT's name of the same math (adapter_config.json's peft_type), or None with the reason PEFT has no form of it

@@ -40,6 +40,7 @@ def stage_gathers(rows: int, bs: int, stages: int, device) -> list[torch.Tensor]
 
 @register
 class BOFT(AdapterModule):
+    detect_order = 80
     algo = "boft"
     peft_refusal = (
         "LyCORIS BOFT rotates output rows; PEFT BOFT rotates input columns — save it in the lycoris layout, or "

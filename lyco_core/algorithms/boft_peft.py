@@ -31,6 +31,7 @@ def butterfly_gather(columns: int, block: int, factor: int, device) -> torch.Ten
 
 @register
 class PeftBOFT(AdapterModule):
+    detect_order = 110
     algo = "boft"
     suffixes = ("boft_R", "boft_s", "boft_P")
 

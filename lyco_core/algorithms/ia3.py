@@ -27,6 +27,7 @@ def _is_feedforward(ctx, path: str) -> bool:
 
 @register
 class IA3(AdapterModule):
+    detect_order = 30
     algo = "ia3"
     suffixes = ("weight", "on_input", "ia3_l")
     ndims = {"weight": (1, 2, 3, 4, 5), "ia3_l": (1, 2, 3, 4, 5)}

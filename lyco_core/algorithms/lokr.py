@@ -72,6 +72,7 @@ def peft_builds(params, factor: int, decompose_both: bool) -> bool:
 
 @register
 class LoKr(AdditiveModule):
+    detect_order = 40
     algo = "lokr"
     suffixes = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2")
     ndims = {**dict.fromkeys(suffixes[:6], (2, 3, 4, 5)), "lokr_t2": (3, 4, 5)}

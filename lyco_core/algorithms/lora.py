@@ -24,6 +24,7 @@ from .registry import register
 
 @register
 class LoRA(AdditiveModule):
+    detect_order = 10
     algo = "lora"
     suffixes = ("lora_up.weight", "lora_down.weight", "lora_mid.weight", "lora_up.bias")
     ndims = {

@@ -15,6 +15,7 @@ EMBEDDING_KEYS = ("lora_embedding_A", "lora_embedding_B")
 
 @register
 class EmbeddingLoRA(LoRA):
+    detect_order = 120
     suffixes = EMBEDDING_KEYS
     embedding = True
 

@@ -10,6 +10,7 @@ from .registry import register
 
 @register
 class Norm(AdditiveModule):
+    detect_order = 60
     algo = "norm"
     peft_refusal = (
         "PEFT has no norm-difference method (a trained norm layer is a modules_to_save copy, which needs the base "

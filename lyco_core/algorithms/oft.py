@@ -34,6 +34,7 @@ def constrained_skew(blocks: torch.Tensor, constraint: float) -> torch.Tensor:
 
 @register
 class DiagOFT(AdapterModule):
+    detect_order = 70
     algo = "oft"
     peft_refusal = (
         "LyCORIS OFT rotates output rows (with its constraint and rescale); PEFT OFT rotates input columns — save it "

@@ -100,6 +100,7 @@ def project_blocks(q: torch.Tensor, bound: float) -> torch.Tensor:
 
 @register
 class PeftOFT(AdapterModule):
+    detect_order = 100
     algo = "oft"
     suffixes = ("oft_R.weight", "oft_r", "oft_s")
 

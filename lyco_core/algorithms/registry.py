@@ -1,8 +1,20 @@
 """The algorithm registry: each algorithm file registers its module class; detection asks them in order.
 
-Order follows LyCORIS' own detection (LoCon, LoHa, IA3, LoKr, full, norm, OFT, BOFT, GLoRA); the parameter sets are
-disjoint except ``oft_blocks`` (3-D diag-OFT vs 4-D BOFT), which the two classes split by tensor rank.
-A new algorithm is one file with a ``@register`` class declaring ``suffixes`` and ``claims``.
+The order is each class's ``detect_order``, following LyCORIS' own detection, then PEFT's own forms:
+
+====  ==============================  ====  ==============================
+  10  LoRA / LoCon (lora.py)            70  diag-OFT (oft.py)
+  20  LoHa (loha.py)                    80  BOFT (boft.py)
+  30  (IA)³ (ia3.py)                    90  GLoRA (glora.py)
+  40  LoKr (lokr.py)                   100  PEFT OFT (oft_peft.py)
+  50  full difference (full.py)        110  PEFT BOFT (boft_peft.py)
+  60  norm difference (norm.py)        120  PEFT embedding LoRA (lora_embedding.py)
+                                       130  PEFT modules_to_save copy (saved.py)
+====  ==============================  ====  ==============================
+
+The parameter sets are disjoint except ``oft_blocks`` (3-D diag-OFT vs 4-D BOFT), which the two classes split by
+tensor rank. A new algorithm is one file with a ``@register`` class declaring ``detect_order``, ``suffixes`` and
+``claims`` (and, for other layouts, ``to_lycoris``/``to_peft``/``peft_type``; see AdapterModule).
 Reference: docs/methods.md, Detection.
 """
 
@@ -17,7 +29,12 @@ SHARED_SUFFIXES = ("alpha", "dora_scale", "magnitude")
 
 
 def register(cls: type[AdapterModule]) -> type[AdapterModule]:
+    """Add ``cls`` to ``ALGORITHMS``, kept sorted by ``detect_order`` (two classes may not share one)."""
+    taken = [other for other in ALGORITHMS if other.detect_order == cls.detect_order]
+    if taken:
+        raise ValueError(f"{cls.__name__} and {taken[0].__name__} share detect_order {cls.detect_order}")
     ALGORITHMS.append(cls)
+    ALGORITHMS.sort(key=lambda c: c.detect_order)
     return cls
 
 

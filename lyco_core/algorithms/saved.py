@@ -15,6 +15,7 @@ from .registry import register
 
 @register
 class SavedCopy(AdapterModule):
+    detect_order = 130
     algo = "saved"
     suffixes = ("weight", "bias")
     layouts = ("peft",)

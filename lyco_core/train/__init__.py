@@ -25,7 +25,8 @@ from .export import TrainingRecord, as_adapter, lycoris_name, lycoris_tensors, s
 from .loop import TrainSettings, TrainState, load_state, save_state, train
 from .optim import SCHEDULERS, optimizer_names
 from .resume import load_weights, resume_state, state_path
-from .targets import can_adapt, select
+from .methods import can_adapt
+from .targets import select
 from .wrap import AttachedAdapter, LycoTuner, build_adapter, wrap
 
 __all__ = [

@@ -10,31 +10,12 @@ import re
 
 from torch import nn
 
-from ..layouts.peft import pattern_value
 from .config import AdapterConfig
+from .matching import name_matches
+from .methods import can_adapt
+from .methods.base import CONV
 
 ALL_LINEAR = "all-linear"
-CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-
-
-def can_adapt(module: nn.Module, method: str) -> bool:
-    """Whether ``method`` has a trainable form for this layer: Linear and Conv1d/2d/3d for every method, and
-    nn.Embedding for LoRA. Grouped convs only for LoRA/LoHa/LoKr (their factors use ``in/groups``)."""
-    if isinstance(module, nn.Embedding):
-        return method == "lora"
-    if isinstance(module, CONV):
-        return module.groups == 1 or method in ("lora", "loha", "lokr")
-    return isinstance(module, nn.Linear)
-
-
-def name_matches(rule, name: str) -> bool:
-    """PEFT's matching: a string must match the whole name as a regex; a list names modules exactly or by a
-    dotted suffix."""
-    if rule is None:
-        return False
-    if isinstance(rule, str):
-        return re.fullmatch(rule, name) is not None
-    return name in rule or any(name.endswith("." + item) for item in rule)
 
 
 def layer_index(name: str, layers_pattern) -> int | None:
@@ -110,12 +91,3 @@ def saved_modules(model: nn.Module, config: AdapterConfig) -> dict[str, nn.Modul
         if name and name_matches(config.modules_to_save, name) and not any(name.startswith(f + ".") for f in found):
             found[name] = module
     return found
-
-
-def rank_and_alpha(config: AdapterConfig, name: str) -> tuple[int, float | None]:
-    """(r, alpha) of module ``name`` after ``rank_pattern``/``alpha_pattern``."""
-    rank = int(pattern_value(getattr(config, "rank_pattern", None), name, getattr(config, "r", 0)))
-    alpha = config.alpha_value()
-    if alpha is not None:
-        alpha = float(pattern_value(getattr(config, "alpha_pattern", None), name, alpha))
-    return rank, alpha

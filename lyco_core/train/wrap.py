@@ -31,7 +31,8 @@ from torch import nn
 from .config import AdapterConfig
 from .methods import DenseTrainable, Trainable, make_trainable
 from .methods.base import functional_forward
-from .targets import can_adapt, saved_modules, select
+from .methods import can_adapt
+from .targets import saved_modules, select
 
 ATTR = "lyco_adapters"
 

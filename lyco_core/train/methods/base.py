@@ -14,6 +14,7 @@ Training-time extras (only in ``train()`` mode):
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 import torch
@@ -23,7 +24,19 @@ from torch import nn
 
 from ...algorithms.base import AdapterModule, ScaleContext, compute_dtype
 from ...bypass import layer_call
-from ..targets import CONV
+
+CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+TRAINABLES: dict[str, type] = {}  # config method → its Trainable class (each method file registers one)
+
+
+def trainable(cls):
+    """Register ``cls`` as the Trainable of its config ``method``."""
+    if cls.method in TRAINABLES:
+        raise ValueError(f"{cls.__name__} and {TRAINABLES[cls.method].__name__} both train {cls.method!r}")
+    TRAINABLES[cls.method] = cls
+    return cls
 
 
 def attribute(canonical: str) -> str:
@@ -62,11 +75,41 @@ def row_mask(rows: int, p: float, rescale: bool, like: torch.Tensor) -> torch.Te
 
 
 class Trainable(nn.Module):
-    """One layer's adapter. Subclasses set ``method``/``algorithm`` and create their tensors in ``__init__``."""
+    """One layer's adapter. Subclasses set ``method``/``algorithm`` and create their tensors in ``__init__``; the
+    class registered for a config method (``@trainable``) also says which layers it adapts and how it is made."""
 
     method: ClassVar[str] = ""
     algorithm: ClassVar[type[AdapterModule]]
     rank_dropout_rescales: ClassVar[bool] = True
+    # low-rank factor pairs (LoRA 1, LoHa 2): a dense difference is trained where they would hold ≥ the weight
+    factor_pairs: ClassVar[int] = 0
+    needs_rank: ClassVar[bool] = False  # r must be positive
+    grouped_convs: ClassVar[bool] = False  # adapts convolutions with groups > 1 (factors use in/groups)
+    embeddings: ClassVar[bool] = False  # adapts nn.Embedding
+    ranked: ClassVar[bool] = True  # built with the module's r and alpha
+
+    @classmethod
+    def adapts(cls, layer: nn.Module) -> bool:
+        """Whether this method has a trainable form for ``layer``: Linear and Conv1d/2d/3d (grouped ones where
+        ``grouped_convs``), nn.Embedding where ``embeddings``."""
+        if isinstance(layer, nn.Embedding):
+            return cls.embeddings
+        if isinstance(layer, CONV):
+            return layer.groups == 1 or cls.grouped_convs
+        return isinstance(layer, nn.Linear)
+
+    @classmethod
+    def factor_count(cls, layer: nn.Module, config, rank: int) -> int | None:
+        """Values the low-rank factors would hold at ``rank`` (None for methods that are not low-rank)."""
+        if not cls.factor_pairs:
+            return None
+        shape = layer.weight.shape
+        return cls.factor_pairs * rank * (shape[0] + math.prod(shape[1:]))
+
+    @classmethod
+    def create(cls, name: str, layer: nn.Module, config, rank: int, alpha: float | None) -> Trainable:
+        """The trainable for ``layer``; methods without a rank (rotations, gains: ``ranked = False``) take none."""
+        return cls(name, layer, config, rank, alpha) if cls.ranked else cls(name, layer, config)
 
     def __init__(self, name: str, layer: nn.Module, config, rank: int = 0, alpha: float | None = None):
         super().__init__()

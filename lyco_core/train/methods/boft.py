@@ -18,7 +18,7 @@ from torch import nn
 
 from ...algorithms.boft import BOFT
 from ...algorithms.boft_peft import PeftBOFT
-from .base import Trainable
+from .base import Trainable, trainable
 from .oft import identity_blocks
 
 
@@ -51,9 +51,11 @@ def _init(blocks: torch.Tensor, config) -> torch.Tensor:
     return blocks if config.init_weights else nn.init.normal_(blocks, std=0.1)
 
 
+@trainable
 class BOFTTrainable(Trainable):
     method = "boft"
     recompute = True  # every butterfly stage would keep a weight-sized permuted copy for backward
+    ranked = False
 
     def __init__(self, name, layer, config):
         super().__init__(name, layer, config)

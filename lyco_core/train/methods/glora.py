@@ -12,13 +12,15 @@ import torch
 from torch import nn
 
 from ...algorithms.glora import GLoRA
-from .base import Trainable, kaiming_
+from .base import Trainable, kaiming_, trainable
 
 
+@trainable
 class GLoRATrainable(Trainable):
     method = "glora"
     algorithm = GLoRA
     scale_carriers = ("a2.weight", "b2.weight")
+    needs_rank = True
 
     def __init__(self, name, layer, config, rank, alpha):
         super().__init__(name, layer, config, rank, alpha)

@@ -12,13 +12,15 @@ import torch
 
 from ...algorithms.base import ScaleContext
 from ...algorithms.ia3 import IA3
-from ..targets import name_matches
-from .base import Trainable
+from ..matching import name_matches
+from .base import Trainable, trainable
 
 
+@trainable
 class IA3Trainable(Trainable):
     method = "ia3"
     algorithm = IA3
+    ranked = False
 
     def __init__(self, name, layer, config):
         super().__init__(name, layer, config)

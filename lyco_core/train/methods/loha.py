@@ -20,15 +20,17 @@ from torch import nn
 
 from ...algorithms.base import compute_dtype
 from ...algorithms.loha import LoHa
-from .base import AdditiveTrainable, Trainable, kaiming_, row_mask
+from .base import AdditiveTrainable, Trainable, kaiming_, row_mask, trainable
 from .fused import hadamard_update
 
 
+@trainable
 class LoHaTrainable(AdditiveTrainable):
     method = "loha"
     algorithm = LoHa
     scale_carriers = ("hada_w1_a",)
     layer_forward = Trainable.layer_forward  # the weight form (see the module docstring)
+    factor_pairs, needs_rank, grouped_convs = 2, True, True
 
     def __init__(self, name, layer, config, rank, alpha):
         super().__init__(name, layer, config, rank, alpha)

@@ -22,13 +22,15 @@ from torch import nn
 from ...algorithms.base import compute_dtype
 from ...algorithms.factorization import factorization
 from ...algorithms.lokr import LoKr
-from .base import AdditiveTrainable, kaiming_
+from .base import AdditiveTrainable, kaiming_, trainable
 from .fused import kronecker_update
 
 
+@trainable
 class LoKrTrainable(AdditiveTrainable):
     method = "lokr"
     algorithm = LoKr
+    grouped_convs = True
 
     def __init__(self, name, layer, config, rank, alpha):
         super().__init__(name, layer, config, rank, alpha)

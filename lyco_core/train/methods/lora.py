@@ -12,13 +12,15 @@ of width go to the first, of height to the second). It is the LoCon of rank ``r�
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ...algorithms.base import compute_dtype
 from ...algorithms.lora import LoRA
-from .base import AdditiveTrainable, Trainable, functional_forward, kaiming_
+from .base import AdditiveTrainable, Trainable, functional_forward, kaiming_, trainable
 
 
 def _init_pair(down: torch.Tensor, up: torch.Tensor, init, rank: int) -> None:
@@ -33,12 +35,35 @@ def _init_pair(down: torch.Tensor, up: torch.Tensor, init, rank: int) -> None:
         nn.init.zeros_(up)
 
 
+def _balanced(layer: nn.Module, config) -> bool:
+    """Whether ``config`` asks for the balanced form and ``layer`` is a plain k×k (k > 1) Conv2d."""
+    return (
+        getattr(config, "conv_decomposition", None) == "balanced"
+        and isinstance(layer, nn.Conv2d)
+        and layer.groups == 1
+        and math.prod(layer.kernel_size) > 1
+    )
+
+
+@trainable
 class LoRATrainable(AdditiveTrainable):
     method = "lora"
     algorithm = LoRA
     scale_carriers = ("lora_up.weight",)
     aliases = {"magnitude": "dora_scale"}
     fused = True
+    factor_pairs, needs_rank, grouped_convs, embeddings = 1, True, True, True
+
+    @classmethod
+    def factor_count(cls, layer, config, rank):
+        if _balanced(layer, config):  # r·(out·kh + in·kw)
+            shape = layer.weight.shape
+            return rank * (shape[0] * shape[2] + shape[1] * shape[3])
+        return super().factor_count(layer, config, rank)
+
+    @classmethod
+    def create(cls, name, layer, config, rank, alpha):
+        return (BalancedConvLoRA if _balanced(layer, config) else cls)(name, layer, config, rank, alpha)
 
     def __init__(self, name, layer, config, rank, alpha):
         super().__init__(name, layer, config, rank, alpha)

@@ -23,7 +23,7 @@ from ...algorithms.factorization import factorization
 from ...algorithms.oft import DiagOFT
 from ...algorithms.oft_peft import PeftOFT, coft_bound, project_blocks, skew_from_packed
 from ...algorithms.base import ScaleContext
-from .base import Trainable
+from .base import Trainable, trainable
 
 PEFT_VERSION = (0, 18)  # the Cayley–Neumann coefficients trained here (PEFT ≥ 0.18)
 
@@ -62,8 +62,10 @@ def identity_blocks(rotation: torch.Tensor, p: float) -> torch.Tensor:
     return rotation * (1 - mask) + eye * mask
 
 
+@trainable
 class OFTTrainable(Trainable):
     method = "oft"
+    ranked = False
 
     def __init__(self, name, layer, config):
         super().__init__(name, layer, config)
