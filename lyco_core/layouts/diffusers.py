@@ -11,6 +11,7 @@ import json
 
 from ..algorithms.base import PeftFolder, ScaleContext
 from .base import Layout, ModulePath, Written, refuse
+from .keys import layer_path
 from .peft import rank_alpha_fields, scale_context
 
 COMPONENTS = {
@@ -60,7 +61,7 @@ class DiffusersLayout(Layout):
 
     def module_path(self, module_name):
         _, path, hints = self._split(module_name)
-        return ModulePath(path, False, hints)
+        return ModulePath(layer_path(path), False, hints)
 
     def context(self, module_name, params):
         component, path, _ = self._split(module_name)

@@ -9,6 +9,8 @@ Reference: docs/formats.md, Parameter spellings.
 
 from __future__ import annotations
 
+import re
+
 # (spelling as it ends the key, canonical parameter); the separator before the spelling is part of it.
 _SPELLINGS = [
     (".lora_B.default.weight", "lora_up.weight"),
@@ -43,3 +45,20 @@ def split_key(key: str, canonical: set[str]) -> tuple[str, str] | None:
             return key[:dot], key[dot + 1 :]
         dot = key.find(".", dot + 1)
     return None
+
+
+# Old diffusers attention-processor LoRAs (``LoRAAttnProcessor``, saved by ``save_attn_procs``) name the processor
+# that wraps the layer: ``<attention>.processor.to_k_lora.down.weight``.
+_PROCESSOR_LAYERS = (
+    (re.compile(r"\.processor\.to_out$"), ".to_out.0"),
+    (re.compile(r"\.processor\.(to_[qkv])$"), r".\1"),
+)
+
+
+def layer_path(path: str) -> str:
+    """The model path of a dotted module path as written: an attention processor's ``<attention>.processor.to_q``
+    (``to_k``, ``to_v``) is the layer ``<attention>.to_q``, its ``<attention>.processor.to_out`` the layer
+    ``<attention>.to_out.0``; any other path is itself."""
+    for pattern, layer in _PROCESSOR_LAYERS:
+        path = pattern.sub(layer, path)
+    return path
