@@ -20,7 +20,7 @@ from .algorithms import detect, known_suffixes
 from .algorithms.base import AdapterModule
 from .errors import AdapterError
 from .io import PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES, load_shapes, load_tensors
-from .keymap import MatchReport, WeightIndex, locate
+from .keymap import MatchReport, WeightIndex, WeightSlice, locate
 from .layouts import ModulePath, detect_layout, split_key
 from .metadata import highlights
 
@@ -79,6 +79,14 @@ def _check_tensor(file: str, key: str, param: str, tensor: torch.Tensor) -> None
         raise AdapterError("tensor holds NaN or Inf values", file=file, key=key, expected="finite values")
 
 
+def _as_stored(target: WeightSlice, module: AdapterModule) -> WeightSlice:
+    """``target`` as the module sees its weight: transposed once more for a PEFT ``fan_in_fan_out`` module, whose
+    layer stores ``Wᵀ`` (PEFT merges ``transpose(ΔW)`` into it)."""
+    if not module.ctx.fan_in_fan_out:
+        return target
+    return WeightSlice(target.key, target.part, target.parts, not target.transposed)
+
+
 class Adapter:
     """An adapter file read and understood: ``layout``, ``modules`` {name as written: module (its ``params`` are
     the file's tensors under canonical parameter names)}, ``metadata``, ``config`` (PEFT), ``unknown_keys`` (tensor
@@ -124,13 +132,13 @@ class Adapter:
                 elif key not in keys:
                     report.unmatched[name] = f"key_map names '{key}', which the weights do not have"
                 else:
-                    report.matched[name] = key
+                    report.add(name, _as_stored(WeightSlice(key), self.modules[name]))
                 continue
             target, reason = locate(self.module_path(name), index)
             if target is None:
                 report.unmatched[name] = reason
             else:
-                report.add(name, target)
+                report.add(name, _as_stored(target, self.modules[name]))
         return report
 
     # --- applying ------------------------------------------------------------------------------------------------

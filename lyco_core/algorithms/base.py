@@ -39,6 +39,9 @@ class ScaleContext:
     config: dict[str, Any] = field(default_factory=dict)
     peft_version: tuple[int, ...] | None = None
     module_path: str = ""  # the module's path inside the model (PEFT prefixes removed), for config lookups
+    # PEFT's fan_in_fan_out: the layer stores its weight transposed, (in, out) (transformers' Conv1D); the module's
+    # math applies to the weight's transpose
+    fan_in_fan_out: bool = False
 
     def scale(self, alpha_tensor: torch.Tensor | None, rank: int | None, *, full_matrix: bool = False) -> float:
         """alpha/r (or alpha/√r with rsLoRA) by the layout's rule; 1.0 when the file gives no usable alpha.

@@ -57,6 +57,15 @@ class Written:
     notes: list[str] = field(default_factory=list)
 
 
+def only_plain_layers(module) -> None:
+    """ValueError for a PEFT ``fan_in_fan_out`` module in a layout that has no such flag: its tensors describe the
+    transpose of the stored weight (transformers' Conv1D), and a reader of that layout would apply them untransposed."""
+    if module.ctx.fan_in_fan_out:
+        raise ValueError(
+            "its layer stores the weight transposed (PEFT fan_in_fan_out), which only PEFT's layout records"
+        )
+
+
 def refuse(layout: str, problems: dict[str, str], file: str) -> AdapterError:
     """One error naming every module ``layout`` cannot hold exactly, and the routes that can."""
     shown = "; ".join(f"{name}: {why}" for name, why in list(problems.items())[:5])

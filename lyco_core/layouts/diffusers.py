@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 from ..algorithms.base import PeftFolder, ScaleContext
-from .base import Layout, ModulePath, Written, refuse
+from .base import Layout, ModulePath, Written, only_plain_layers, refuse
 from .keys import layer_path
 from .peft import rank_alpha_fields, scale_context
 
@@ -82,6 +82,7 @@ def write(adapter, targets: dict[str, tuple[str, str]], has_bias: dict[str, bool
         try:
             if module.algo != "lora":
                 raise ValueError(f"diffusers loads LoRA only, this module is {module.algo}")
+            only_plain_layers(module)
             params, rank, alpha = module.to_peft(None if has_bias is None else has_bias.get(name), PeftFolder())
         except ValueError as exc:
             problems[name] = str(exc)

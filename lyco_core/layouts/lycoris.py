@@ -10,7 +10,7 @@ Reference: docs/formats.md, LyCORIS / kohya layout and Writing.
 from __future__ import annotations
 
 
-from .base import Layout, ModulePath, Written, refuse
+from .base import Layout, ModulePath, Written, only_plain_layers, refuse
 
 PREFIX_HINTS = {
     "lora_unet_": ("diffusion_model", "unet"),
@@ -45,6 +45,7 @@ def write(adapter, targets: dict[str, tuple[str, str]], has_bias: dict[str, bool
     written, problems = Written({}), {}
     for name, module in adapter.modules.items():
         try:
+            only_plain_layers(module)
             params, note = module.to_lycoris(None if has_bias is None else has_bias.get(name))
         except ValueError as exc:
             problems[name] = str(exc)

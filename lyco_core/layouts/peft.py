@@ -21,7 +21,7 @@ from ..algorithms import ALGORITHMS
 from ..algorithms.base import PeftFolder, ScaleContext
 from ..algorithms.lokr import peft_builds, peft_factor_shapes
 from ..errors import AdapterError
-from .base import Layout, ModulePath, Written, refuse
+from .base import Layout, ModulePath, Written, only_plain_layers, refuse
 from .peft_config import checked_config
 
 PEFT_PREFIX = "base_model.model."
@@ -30,6 +30,7 @@ _DEFAULT_ALPHA = {"LORA": 8.0, "LOHA": 8.0, "LOKR": 8.0}
 _PEFT_TYPES = {cls.algo: cls.peft_type for cls in ALGORITHMS if cls.peft_type}
 _METHOD_OF_TYPE = {peft_type: method for method, peft_type in _PEFT_TYPES.items()}
 _WHOLE_LAYER = ("saved", "full", "norm")
+_TRANSPOSABLE = ("lora", "ia3", "oft", "boft")  # PEFT methods whose config has fan_in_fan_out
 
 
 def parse_version(text: Any) -> tuple[int, ...] | None:
@@ -70,6 +71,7 @@ def scale_context(file: str, config: dict[str, Any], path: str) -> ScaleContext:
         config_alpha=alpha,
         config_rank=rank,
         rslora=bool(config.get("use_rslora")),
+        fan_in_fan_out=bool(config.get("fan_in_fan_out")),
         peft=True,
         config=config,
         peft_version=parse_version(config.get("peft_version")),
@@ -188,7 +190,6 @@ def oft_fields(modules) -> tuple[dict[str, Any], list[str]]:
         "module_dropout": 0.0,
         "init_weights": True,
         "bias": "none",
-        "fan_in_fan_out": False,
     }
     notes = []
     if version is not None:
@@ -206,7 +207,6 @@ def boft_fields(modules) -> dict[str, Any]:
         "boft_dropout": 0.0,
         "init_weights": True,
         "bias": "none",
-        "fan_in_fan_out": False,
     }
     sizes, counts = {int(s[2]) for s in shapes}, {int(s[1]) for s in shapes}
     if len(sizes) == 1:
@@ -279,10 +279,15 @@ def write(adapter, targets: dict[str, tuple[str, str]], has_bias: dict[str, bool
             config.update(fields)
         elif method == "boft":
             config.update(boft_fields(adapted))
+        if method in _TRANSPOSABLE:
+            config["fan_in_fan_out"] = _one_of({m.ctx.fan_in_fan_out for m in adapted.values()}, "fan_in_fan_out")
+        else:
+            for module in adapted.values():
+                only_plain_layers(module)
     except ValueError as exc:
         raise refuse("PEFT", {"(all)": str(exc)}, adapter.path) from None
     if method == "ia3":
-        config.update(feedforward_modules=sorted(feedforward), fan_in_fan_out=False, init_ia3_weights=True)
+        config.update(feedforward_modules=sorted(feedforward), init_ia3_weights=True)
     elif method == "lora":
         config.update(
             rank_alpha_fields(entries, "lora_alpha"),
@@ -290,7 +295,6 @@ def write(adapter, targets: dict[str, tuple[str, str]], has_bias: dict[str, bool
             use_rslora=False,
             lora_bias=lora_bias,
             bias="none",
-            fan_in_fan_out=False,
             init_lora_weights=True,
             lora_dropout=0.0,
         )
