@@ -19,6 +19,7 @@ import torch
 from .algorithms import detect, known_suffixes
 from .algorithms.base import AdapterModule
 from .errors import AdapterError
+from .foreign import recognise
 from .io import PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES, load_shapes, load_tensors
 from .keymap import MatchReport, WeightIndex, WeightSlice, locate
 from .layouts import ModulePath, detect_layout, split_key
@@ -282,6 +283,9 @@ def adapter_from_tensors(
         except AdapterError as exc:
             raise exc.located(file=file, module=name) from None
     if not modules:
+        other = recognise(tensors)
+        if other is not None:
+            raise AdapterError(f"this is {other[0]}, not an adapter", file=file, expected=other[1])
         raise AdapterError(
             f"no adapter module recognised among {len(tensors)} tensors (e.g. {', '.join(sorted(tensors)[:3])})",
             file=file,

@@ -110,11 +110,29 @@ def test_unknown_suffixes_are_reported_not_dropped(tmp_path):
 
 
 def test_not_an_adapter(tmp_path):
-    path = write(
-        tmp_path,
-        {"model.diffusion_model.conv.weight": torch.randn(4, 4), "model.diffusion_model.conv.bias": torch.randn(4)},
-    )
+    path = write(tmp_path, {"some.thing.weight": torch.randn(4, 4), "other": torch.randn(4)})
     expect_error(path, "no adapter module recognised")
+
+
+FOREIGN = {
+    "checkpoint": ({"model.diffusion_model.conv.weight": (4, 4), "model.diffusion_model.conv.bias": (4,)},
+                   "model checkpoint", "checkpoints"),
+    "flux diffusion model": ({"double_blocks.0.img_attn.qkv.weight": (12, 4)}, "diffusion model", "extract"),
+    "controlnet": ({"control_model.input_hint_block.0.weight": (4, 4)}, "ControlNet", "controlnet folder"),
+    "vae": ({"first_stage_model.encoder.conv_in.weight": (4, 4)}, "VAE", "vae folder"),
+    "embedding": ({"clip_l": (2, 8), "clip_g": (2, 16)}, "textual-inversion embedding", "embedding:<name>"),
+    "cloneofsimo": ({"unet:0:up": (8, 2), "unet:0:down": (2, 8)}, "cloneofsimo", "numbered"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", FOREIGN, ids=list(FOREIGN))
+def test_other_kinds_of_file_are_named(tmp_path, case):
+    shapes, what, where = FOREIGN[case]
+    path = write(tmp_path, {key: torch.randn(*shape) for key, shape in shapes.items()})
+    for header_only in (True, False):
+        with pytest.raises(AdapterError) as info:
+            lyco_core.load_adapter(path, header_only=header_only)
+        assert what in str(info.value) and where in str(info.value) and "not an adapter" in str(info.value)
 
 
 def test_unsafe_pickle_refused(tmp_path):
