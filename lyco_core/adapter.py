@@ -7,6 +7,7 @@ matches modules to weight keys (keymap) and applies each module's own law at the
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -21,7 +22,7 @@ from .algorithms.base import AdapterModule
 from .errors import AdapterError
 from .foreign import recognise
 from .io import PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES, load_shapes, load_tensors
-from .keymap import MatchReport, WeightIndex, WeightSlice, locate
+from .keymap import MatchReport, Side, WeightIndex, WeightSlice, place
 from .layouts import ModulePath, detect_layout, split_key
 from .metadata import highlights
 
@@ -85,7 +86,7 @@ def _as_stored(target: WeightSlice, module: AdapterModule) -> WeightSlice:
     layer stores ``Wᵀ`` (PEFT merges ``transpose(ΔW)`` into it)."""
     if not module.ctx.fan_in_fan_out:
         return target
-    return WeightSlice(target.key, target.part, target.parts, not target.transposed)
+    return dataclasses.replace(target, transposed=not target.transposed)
 
 
 class Adapter:
@@ -119,12 +120,13 @@ class Adapter:
         """Where module ``name`` points inside its model, per the file's layout."""
         return self._layout.module_path(name)
 
-    def match(self, weight_keys, key_map: dict[str, str] | None = None) -> MatchReport:
-        """Which module patches which weight key, or which part of one (``report.target(name)``). ``key_map``
-        {module name: key} overrides automatic matching."""
+    def match(self, weight_keys, key_map: dict[str, str] | None = None, host_map: dict | None = None) -> MatchReport:
+        """Which module patches which weight key, or which part of one (``report.target(name)``), by
+        ``keymap.place`` — the matcher the nodes use too; ``host_map`` is a host's own key map (see
+        ``keymap.Side``). ``key_map`` {module name: key} overrides automatic matching."""
         report = MatchReport(unknown_keys=list(self.unknown_keys))
         keys = set(weight_keys)
-        index = None if key_map is not None else WeightIndex(keys)
+        sides = None if key_map is not None else [Side("model", WeightIndex(keys), host_map or {})]
         for name in self.modules:
             if key_map is not None:
                 key = key_map.get(name)
@@ -135,7 +137,7 @@ class Adapter:
                 else:
                     report.add(name, _as_stored(WeightSlice(key), self.modules[name]))
                 continue
-            target, reason = locate(self.module_path(name), index)
+            _, target, reason = place(name, self.module_path(name), sides)
             if target is None:
                 report.unmatched[name] = reason
             else:
@@ -149,6 +151,7 @@ class Adapter:
         strength: float = 1.0,
         key_map: dict[str, str] | None = None,
         progress=None,
+        host_map: dict | None = None,
     ) -> dict[str, torch.Tensor]:
         """New tensors (same shape and dtype) for every weight/bias key the adapter changes; inputs untouched.
 
@@ -158,13 +161,13 @@ class Adapter:
         (LyCORIS' DoRA and rescaled OFT would still alter W at multiplier 0; we treat 0 as "adapter disabled").
         Modules that match no key are logged with the reason; matching nothing at all raises AdapterError, and so
         does a result holding NaN or Inf where the model's weight did not.
-        ``progress(done, total)`` is called after each module and may raise to stop.
+        ``progress(done, total)`` is called after each module and may raise to stop; ``host_map`` as in ``match``.
         """
         if any(p.is_meta for m in self.modules.values() for p in m.params.values()):
             raise AdapterError(
                 "this Adapter was read header-only; load it again with header_only=False to patch", file=self.path
             )
-        report = self.match(weights.keys(), key_map)
+        report = self.match(weights.keys(), key_map, host_map)
         if not report.matched:
             reasons = "; ".join(f"{n}: {r}" for n, r in list(report.unmatched.items())[:3])
             raise AdapterError(

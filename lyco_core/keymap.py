@@ -1,6 +1,6 @@
 """Matching adapter module names to a model's weight keys, built forward from the model's own paths.
 
-Rules (``match_modules``), for a module whose layout says it points at ``path``:
+Rules (``locate``; ``place`` puts a host's own key map first), for a module whose layout says it points at ``path``:
 1. Candidates are weight keys ending in ``.weight``; their path is the key without it. A module matches a key
    whose path equals ``path`` or ends with ``"." + path`` (dotted layouts), or whose path with every ``.``
    written as ``_`` equals or ends with ``"_" + path`` at a dot boundary (LyCORIS/kohya mangled names).
@@ -36,23 +36,30 @@ def _without_text_model(path: str) -> str:
 @dataclass(frozen=True)
 class WeightSlice:
     """Where a module applies: the weight ``key``, or the ``part``-th of ``parts`` equal blocks of its rows (dim 0)
-    and the same rows of its bias; with ``transposed``, the module's weight is ``key``'s transpose (OpenCLIP keeps
-    its text projection as ``P`` used as ``x·P``, HF as the Linear weight ``Pᵀ``) and rows are counted in it. The
-    row count comes from the tensor, so a model's keys alone (a header) say where a module goes."""
+    and the same rows of its bias, or the rows ``span = (first, count)`` a host's key map names; with
+    ``transposed``, the module's weight is ``key``'s transpose (OpenCLIP keeps its text projection as ``P`` used as
+    ``x·P``, HF as the Linear weight ``Pᵀ``; PEFT's ``fan_in_fan_out`` layers store ``Wᵀ``) and rows are counted in
+    it. Equal parts take their row count from the tensor, so a model's keys alone (a header) say where they go."""
 
     key: str
     part: int = 0
     parts: int = 1
     transposed: bool = False
+    span: tuple[int, int] | None = None
+    blocks: int = 1  # how many consecutive parts, from ``part`` on (Flux's single-block MLP rows: 4 of 7)
 
     def __str__(self) -> str:
-        text = self.key if self.parts == 1 else f"{self.key}[part {self.part + 1} of {self.parts}]"
+        if self.span is not None:
+            text = f"{self.key}[rows {self.span[0]}:{self.span[0] + self.span[1]}]"
+        else:
+            numbers = f"{self.part + 1}" if self.blocks == 1 else f"s {self.part + 1}–{self.part + self.blocks}"
+            text = self.key if self.parts == 1 else f"{self.key}[part{numbers} of {self.parts}]"
         return text + " (transposed)" if self.transposed else text
 
     @property
     def whole(self) -> bool:
         """Whether this is the weight itself, as stored."""
-        return self.parts == 1 and not self.transposed
+        return self.parts == 1 and not self.transposed and self.span is None
 
     @property
     def bias_key(self) -> str | None:
@@ -60,7 +67,15 @@ class WeightSlice:
         return self.key[: -len("weight")] + "bias" if self.key.endswith("weight") else None
 
     def rows(self, total: int) -> tuple[int, int]:
-        """(start, length) of the part's rows among ``total``."""
+        """(start, length) of the slice's rows among ``total``."""
+        if self.span is not None:
+            if self.span[0] + self.span[1] > total:
+                raise AdapterError(
+                    f"has {total} rows; the host's key map names rows {self.span[0]}…{sum(self.span) - 1}",
+                    key=self.key,
+                    expected="the weight the host's key map describes",
+                )
+            return self.span
         if total % self.parts:
             raise AdapterError(
                 f"has {total} rows, which do not split into {self.parts} equal parts",
@@ -68,18 +83,19 @@ class WeightSlice:
                 expected=f"a fused weight of {self.parts} stacked blocks",
             )
         length = total // self.parts
-        return self.part * length, length
+        return self.part * length, self.blocks * length
 
     def shape(self, shape: torch.Size) -> torch.Size:
         """The module's weight shape within a stored weight (or bias) of ``shape``."""
         if self.transposed:
             shape = torch.Size(reversed(shape))
-        return torch.Size((self.rows(shape[0])[1], *shape[1:])) if self.parts > 1 else shape
+        sliced = self.parts > 1 or self.span is not None
+        return torch.Size((self.rows(shape[0])[1], *shape[1:])) if sliced else shape
 
     def of(self, tensor: torch.Tensor) -> torch.Tensor:
         """The module's weight (or bias) inside the stored ``tensor``: a view, so writing it writes the tensor."""
         view = tensor.t() if self.transposed else tensor
-        return view.narrow(0, *self.rows(view.shape[0])) if self.parts > 1 else view
+        return view.narrow(0, *self.rows(view.shape[0])) if self.parts > 1 or self.span is not None else view
 
 
 @dataclass
@@ -134,7 +150,7 @@ class WeightIndex:
         for alias in model_aliases(self.keys):
             target = alias.key
             if alias.part is not None or alias.transposed:
-                part = WeightSlice(alias.key, *(alias.part or (0, 1)), alias.transposed)
+                part = WeightSlice(alias.key, *(alias.part or (0, 1)), alias.transposed, blocks=alias.blocks)
                 target = str(part)
                 self.slices[target] = part
             _add_suffixes(self.other, alias.path, target)
@@ -192,18 +208,6 @@ def locate(target: ModulePath, index: WeightIndex) -> tuple[WeightSlice | None, 
     return index.slices.get(picked) or WeightSlice(picked), ""
 
 
-def resolve(target: ModulePath, index: WeightIndex) -> tuple[str | None, str]:
-    """(weight key, "") when the module applies to a whole weight, else (None, reason) — for callers that patch
-    whole weights only (a host's own key maps)."""
-    found, reason = locate(target, index)
-    if found is not None and not found.whole:
-        return None, (
-            f"its weight is {found}, not the whole stored (fused or transposed) '{found.key}'; only "
-            f"lyco_core's own patching applies a module to such a view"
-        )
-    return None if found is None else found.key, reason
-
-
 _UNET_PREFIXES = ("lora_unet_", "lycoris_", "lora_transformer_")
 _TE_PREFIXES = {"te1": ("lora_te1_", "lora_te_"), "te2": ("lora_te2_",), "te": ("lora_te_", "lora_te1_")}
 _TE_ROOTS = ("encoder_", "embeddings_", "final_layer_norm")
@@ -250,3 +254,49 @@ def kohya_aliases(module_name: str, target: ModulePath) -> list[str]:
             if name.startswith(prefix) and rest.startswith(_TE_ROOTS):
                 names.append(prefix + "text_model_" + rest)
     return list(dict.fromkeys(names))
+
+
+# --- the one matcher -------------------------------------------------------------------------------------------
+@dataclass
+class Side:
+    """One patchable part of a model: its weight keys (``index``) and, where a host supplies it, the host's own key
+    map for it, {name a file may use: weight key, or ``(key, (0, first row, rows))`` for part of one} (ComfyUI's
+    ``model_lora_keys_unet``/``_clip``)."""
+
+    label: str
+    index: WeightIndex
+    host_map: dict = field(default_factory=dict)
+
+
+def _host_target(entry) -> WeightSlice:
+    if isinstance(entry, str):
+        return WeightSlice(entry)
+    key, (dim, start, length) = entry[0], entry[1]
+    if dim != 0:
+        raise AdapterError(f"the host's key map names a slice along dim {dim}", key=key, expected="rows (dim 0)")
+    return WeightSlice(key, span=(int(start), int(length)))
+
+
+def place(module_name: str, target: ModulePath, sides: list[Side]) -> tuple[Side | None, WeightSlice | None, str]:
+    """Where module ``module_name`` (pointing at ``target``) applies: ``(side, slice, "")``, else
+    ``(None, None, reason)``. One order for the core and the nodes:
+
+    1. the host's key map, under each name ``kohya_aliases`` gives (most specific first), side by side;
+    2. the rules of this file (``locate``) on each side's weight keys and aliases; exactly one side may fit.
+    """
+    for alias in kohya_aliases(module_name, target):
+        for side in sides:
+            if alias in side.host_map:
+                return side, _host_target(side.host_map[alias]), ""
+    found, reasons = [], []
+    for side in sides:
+        located, reason = locate(target, side.index)
+        if located is not None:
+            found.append((side, located))
+        else:
+            reasons.append(reason if len(sides) == 1 else f"{side.label}: {reason}")
+    if len(found) == 1:
+        return found[0][0], found[0][1], ""
+    if len(found) > 1:
+        return None, None, "ambiguous: fits both " + " and ".join(f"{side.label} {t}" for side, t in found)
+    return None, None, "; ".join(reasons) or "no model connected"

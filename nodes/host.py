@@ -24,7 +24,7 @@ import folder_paths
 from ..lyco_core import Adapter, AdapterError, load_adapter
 from ..lyco_core.algorithms.inplace import compute_dtype
 from ..lyco_core.bounded_cache import BoundedCache
-from ..lyco_core.keymap import WeightIndex, kohya_aliases, resolve
+from ..lyco_core.keymap import Side, WeightIndex, WeightSlice, place
 from ..lyco_core.train.resume import STATE_SUFFIX
 
 log = logging.getLogger("ComfyUI-LyCO")
@@ -223,92 +223,64 @@ class Coverage:
         return "\n".join(lines)
 
 
-SKIPPED_NO_CLIP = "text-encoder module, but no CLIP is connected"
-
-
 def key_name(target) -> str:
     return target[0] if isinstance(target, tuple) else target
 
 
-def _shape_of(state: dict, target) -> torch.Size | None:
-    tensor = state.get(key_name(target))
-    if tensor is None:
-        return None
-    if isinstance(target, tuple):
-        dim, start, length = target[1]
-        return tensor.narrow(dim, start, length).shape
-    return tensor.shape
-
-
-class _Side:
-    """One patchable model (UNet or text encoder): ComfyUI's key map plus its state dict for fallback matching."""
-
-    def __init__(self, label, key_map, state):
-        self.label, self.key_map, self.state = label, key_map, state
-        self.index = WeightIndex(state.keys())
-
-
-def _sides(model, clip) -> list[_Side]:
-    sides = []
+def _sides(model, clip) -> tuple[list[Side], dict[str, dict]]:
+    """The UNet and the text encoder as the one matcher sees them (weight keys and ComfyUI's key map each), and
+    their state dicts by side label."""
+    sides, states = [], {}
     if model is not None:
-        sides.append(_Side("unet", comfy.lora.model_lora_keys_unet(model.model, {}), model.model_state_dict()))
+        states["unet"] = model.model_state_dict()
+        sides.append(Side("unet", WeightIndex(states["unet"]), comfy.lora.model_lora_keys_unet(model.model, {})))
     if clip is not None:
-        sides.append(
-            _Side(
-                "clip", comfy.lora.model_lora_keys_clip(clip.cond_stage_model, {}), clip.cond_stage_model.state_dict()
-            )
-        )
-    return sides
+        states["clip"] = clip.cond_stage_model.state_dict()
+        keys = comfy.lora.model_lora_keys_clip(clip.cond_stage_model, {})
+        sides.append(Side("clip", WeightIndex(states["clip"]), keys))
+    return sides, states
 
 
-def _locate(adapter: Adapter, name: str, sides: list[_Side]):
-    """(side, target) for a module, or (None, reason)."""
-    target_path = adapter.module_path(name)
-    for alias in kohya_aliases(name, target_path):
-        for side in sides:
-            if alias in side.key_map:
-                return side, side.key_map[alias]
-    found = []
-    reasons = []
-    for side in sides:
-        key, reason = resolve(target_path, side.index)
-        if key is not None:
-            found.append((side, key))
-        else:
-            reasons.append(f"{side.label}: {reason}")
-    if len(found) == 1:
-        return found[0]
-    if len(found) > 1:
-        return None, "ambiguous: fits both " + " and ".join(f"{s.label} {k}" for s, k in found)
-    labels = {s.label for s in sides}
-    if "clip" not in labels and any(h in name for h in ("lora_te", "text_encoder", "text_model")):
-        return None, SKIPPED_NO_CLIP
-    return None, "; ".join(reasons) or "no model connected"
+def _comfy_target(found: WeightSlice, weight: torch.Tensor):
+    """ComfyUI's patch key for a slice: the key, or ``(key, (0, first row, rows))`` for part of one; None for a
+    transposed view, which ComfyUI's patches cannot address."""
+    if found.transposed:
+        return None
+    if found.whole:
+        return found.key
+    return found.key, (0, *found.rows(weight.shape[0]))
 
 
 def build_patches(adapter: Adapter, model, clip) -> tuple[dict, dict, Coverage]:
-    """({unet key: LycoPatch}, {clip key: LycoPatch}, Coverage); shapes validated here, never first at sampling."""
-    sides = _sides(model, clip)
+    """({unet key: LycoPatch}, {clip key: LycoPatch}, Coverage) by ``keymap.place``, the matcher the core uses
+    (ComfyUI's key map first, then our rules on the weights' own paths); shapes validated here, never first at
+    sampling."""
+    sides, states = _sides(model, clip)
     coverage = Coverage(adapter.path, adapter.method_counts(), unknown_keys=len(adapter.unknown_keys))
     patches = {"unet": {}, "clip": {}}
     for name, module in adapter.modules.items():
-        side, target = _locate(adapter, name, sides)
-        if side is None and target == SKIPPED_NO_CLIP:
-            coverage.skipped.append(name)
-            continue
+        side, found, reason = place(name, adapter.module_path(name), sides)
         if side is None:
-            coverage.unmatched[name] = target
+            if "clip" not in states and any(h in name for h in ("lora_te", "text_encoder", "text_model")):
+                coverage.skipped.append(name)
+            else:
+                coverage.unmatched[name] = reason
             continue
-        shape = _shape_of(side.state, target)
-        bias_key = key_name(target)[: -len("weight")] + "bias" if key_name(target).endswith("weight") else None
-        has_bias = bias_key is not None and bias_key in side.state
+        state = states[side.label]
+        target = _comfy_target(found, state[found.key])
+        if target is None:
+            coverage.unmatched[name] = f"its weight is {found}; ComfyUI patches stored weights and rows of them only"
+            continue
+        bias_key = found.bias_key
+        has_bias = bias_key is not None and bias_key in state
         try:
-            module.fits(shape, has_bias)
+            module.fits(found.shape(state[found.key].shape), has_bias)
         except AdapterError as exc:
             raise exc.located(file=adapter.path, module=name) from None
         patches[side.label][target] = LycoPatch.of(module)
-        if has_bias and module.changes_bias() and not isinstance(target, tuple):
-            patches[side.label][bias_key] = LycoPatch.of(module, "bias")
+        if has_bias and module.changes_bias():
+            bias_target = bias_key if found.whole else (bias_key, (0, *found.rows(state[bias_key].shape[0])))
+            patches[side.label][bias_target] = LycoPatch.of(module, "bias")
         getattr(coverage, side.label)[name] = key_name(target)
     return patches["unet"], patches["clip"], coverage
 

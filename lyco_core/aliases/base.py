@@ -9,13 +9,14 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Alias:
     """``path`` (dotted, without ``.weight``) is another name of the weight ``key`` or, with ``part`` (i, n), of the
-    i-th of n equal blocks of its rows (a layer fused into a bigger weight); with ``transposed``, of its transpose
-    (keymap.WeightSlice)."""
+    i-th of n equal blocks of its rows (``blocks`` of them from the i-th on: a layer fused into a bigger weight);
+    with ``transposed``, of its transpose (keymap.WeightSlice)."""
 
     path: str
     key: str
     part: tuple[int, int] | None = None
     transposed: bool = False
+    blocks: int = 1
 
 
 def roots(keys: Collection[str], marker: str, partner: str) -> list[str]:

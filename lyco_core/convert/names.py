@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import AdapterError
-from ..keymap import WeightIndex, locate
+from ..keymap import WeightIndex
 
 # LyCORIS/kohya prefix → component, and the prefix written for each component.
 _LYCORIS_IN = {
@@ -100,14 +100,13 @@ def lycoris_prefix(component: str, te_split: bool = False) -> str:
 def _dotted(adapter, names: list[str], model_keys) -> tuple[dict[str, str], dict[str, str]]:
     """({name: dotted path}, {name: why not}) for mangled modules, resolved against the model's keys."""
     index = WeightIndex(model_keys)
+    report = adapter.match(index.keys)
     found, failed = {}, {}
     for name in names:
-        target = adapter.module_path(name)
-        located, reason = locate(target, index)
-        if located is None:
-            failed[name] = reason
+        if name not in report.matched:
+            failed[name] = report.unmatched[name]
             continue
-        key = str(located)  # a weight key, or the part of a fused one that the module's own name aliases
+        key = str(report.target(name))  # a weight key, or the part of a fused one that the module's own name aliases
         mangled = module_id(adapter, name).path
         # the key's own path, then its aliases (the same layer in another spelling of the network, aliases/)
         tail = next((t for t in (_tail(p, mangled) for p in index.paths(key)) if t is not None), None)

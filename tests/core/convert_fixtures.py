@@ -107,18 +107,6 @@ def relative(new: dict[str, torch.Tensor], ref: dict[str, torch.Tensor], base: d
     return worst
 
 
-def float32_agreement(ref: dict[str, torch.Tensor], base: dict[str, torch.Tensor], depth: int) -> float:
-    """The ``relative`` error two float32 computations of the same W' = W + ΔW may show against each other: each
-    rounds W' once (≤ ε·|W'|) and sums at most ``depth`` products into ΔW (≤ depth·ε·|ΔW|), so their difference
-    is within ``2ε·(max|W'|/max|ΔW| + depth)``, worst over the keys (ε the float32 epsilon). Holds on any CPU."""
-    eps = torch.finfo(torch.float32).eps
-    worst = 0.0
-    for key, value in ref.items():
-        denom = max(float((value - base[key]).abs().max()), 1e-30)
-        worst = max(worst, 2 * eps * (float(value.abs().max()) / denom + depth))
-    return worst
-
-
 def low_rank(out: int, inp: int, rank: int, seed: int, decay: float = 1.0, kernel=()) -> torch.Tensor:
     """A delta of exactly ``rank`` with singular values ``decay**i`` (times a random rotation on each side)."""
     gen = torch.Generator().manual_seed(seed)

@@ -15,6 +15,7 @@ import lyco_core
 from lyco_core.cli import main
 from lyco_core.commands import weighted
 
+from tests.host.tolerances import delta_agreement
 from .convert_fixtures import relative
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -155,7 +156,9 @@ def test_merge_full_and_lora(files, tmp_path, capsys, lyco_cases):
     base = lyco_cases["lycoris-loha"].base
     loha, locon = (lyco_core.load_adapter(files[n]) for n in ("loha", "locon"))
     expected = locon.patch({**base, **loha.patch(base, 0.5)}, -1.0)
-    assert relative(lyco_core.load_adapter(tmp_path / "m.safetensors").patch(base), expected, base) < 1e-5
+    merged = lyco_core.load_adapter(tmp_path / "m.safetensors").patch(base)
+    # ranks ≤ 8; LoHa's two products, then the sum of the two adapters: 3 chained steps
+    assert relative(merged, expected, base) <= delta_agreement(expected, base, depth=8, steps=3)
     code, out, _ = run(capsys, "merge", files["loha"], files["lokr"], "-o", tmp_path / "r.safetensors", "--rank", "8")
     assert code == 0 and "loha+lokr → lora r8" in out
     code, _, err = run(capsys, "merge", files["loha"], files["oft"], "-o", tmp_path / "x.safetensors", "--rank", "8")

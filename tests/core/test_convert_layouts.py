@@ -1,4 +1,4 @@
-"""Layout conversion: A→B→A round trips for every method a target can express (rebuilt weights equal at 1e-5),
+"""Layout conversion: A→B→A round trips for every method a target can express (weights equal up to rounding),
 refusals naming the modules it cannot, and interop with the real libraries: converted LyCORIS-layout files load in
 ``lycoris`` (``create_lycoris_from_weights``) and converted PEFT folders in ``PeftModel.from_pretrained`` with the
 same effective weights."""
@@ -14,10 +14,14 @@ import lyco_core
 from lyco_core import AdapterError
 from lyco_core.convert import convert
 
+from tests.host.tolerances import agreement, close, delta_agreement
 from .convert_fixtures import relative
 from .oracles import lycoris_oracle, peft_oracle
 
-TOL = 1e-5
+# Every case's reductions are ≤ 16 long (ranks ≤ 16, OFT blocks ≤ 16); a conversion re-rounds the factors once and
+# the patch forms ≤ 2 chained products: 3 steps.
+DEPTH, STEPS = 16, 3
+TOL = agreement(DEPTH, steps=STEPS)  # the report's float64 relative error of float32 factors: 2ε·(1 + 48) ≈ 1.2e-5
 
 # (case, target) → None when exact, else a fragment the refusal must contain
 LYCORIS_TARGETS = {
@@ -62,7 +66,9 @@ def _round_trip(case, target, component=None):
     back, _ = convert(there, adapter.layout, model_keys=case.base.keys())
     assert len(back.modules) == len(adapter.modules)
     assert component is not None or set(back.modules) == set(adapter.modules)
-    return relative(there.patch(case.base), reference, case.base), relative(back.patch(case.base), reference, case.base)
+    bound = delta_agreement(reference, case.base, DEPTH, steps=STEPS)
+    there_error = relative(there.patch(case.base), reference, case.base)
+    return there_error, relative(back.patch(case.base), reference, case.base), bound
 
 
 @pytest.mark.parametrize("name,target", [(n, t) for n, ts in LYCORIS_TARGETS.items() for t in ts])
@@ -74,8 +80,8 @@ def test_lycoris_round_trips_or_refusals(name, target, lyco_cases):
         assert expected in str(info.value) and "to-lora" in str(info.value)
         assert expected == "one method" or "lycoris_" in str(info.value)  # the modules are named
         return
-    there, back = _round_trip(case, target, component="unet" if target == "diffusers" else None)
-    assert there < TOL and back < TOL, (there, back)
+    there, back, bound = _round_trip(case, target, component="unet" if target == "diffusers" else None)
+    assert there <= bound and back <= bound, (there, back, bound)
 
 
 @pytest.mark.parametrize("name,target", [(n, t) for n, ts in PEFT_TARGETS.items() for t in ts])
@@ -87,8 +93,8 @@ def test_peft_round_trips_or_refusals(name, target, peft_cases):
             convert(lyco_core.load_adapter(case.path), target, model_keys=case.base.keys(), component=component)
         assert expected in str(info.value)
         return
-    there, back = _round_trip(case, target, component)
-    assert there < TOL and back < TOL, (there, back)
+    there, back, bound = _round_trip(case, target, component)
+    assert there <= bound and back <= bound, (there, back, bound)
 
 
 def test_kohya_names_need_the_model_to_become_dotted(lyco_cases):
@@ -127,7 +133,7 @@ def test_full_matrix_lokr_scale_is_folded_for_lycoris(peft_cases):
     module = out.modules["lycoris_fc1"]
     assert module.full_matrix and module.scale_value() == 1.0
     expected = adapter.modules["base_model.model.fc1"].params["lokr_w1"] * 0.5  # PEFT alpha 4 / r 8
-    assert torch.allclose(module.params["lokr_w1"], expected)
+    torch.testing.assert_close(module.params["lokr_w1"], expected, **close(expected, depth=1))  # one product
 
 
 # ---------------------------------------------------------------------------------------------- real libraries
@@ -165,7 +171,10 @@ def test_converted_lycoris_file_loads_in_lycoris(name, peft_cases, tmp_path):
     path = lyco_core.save_adapter(lyco_core.load_adapter(case.path), tmp_path / f"{name}.safetensors", "lycoris")
     with torch.no_grad():
         effective = _lycoris_forward(path, peft_oracle._tiny_model())
-    assert relative(effective, {k: v for k, v in case.reference[1.0].items() if k in effective}, case.base) < 1e-4
+    reference = {k: v for k, v in case.reference[1.0].items() if k in effective}
+    # the case's own bound (PEFT's merge against ours), one step more: the conversion re-rounds the factors
+    bound = delta_agreement(reference, case.base, case.depth, steps=case.steps + 1)
+    assert relative(effective, reference, case.base) <= bound
     assert set(effective) == {k for k in case.reference[1.0] if k.endswith("weight")}
 
 
@@ -193,4 +202,6 @@ def test_converted_peft_folder_loads_in_peft(name, lyco_cases, tmp_path):
         warnings.simplefilter("ignore")
         model = peft.PeftModel.from_pretrained(lycoris_oracle.tiny_model(), str(folder))
         merged = {k: v.float() for k, v in model.merge_and_unload().state_dict().items()}
-    assert relative(merged, case.reference[1.0], case.base) < 1e-4
+    # the case's own bound (LyCORIS' forward against PEFT's merge), one step more: the conversion re-rounds the factors
+    bound = delta_agreement(case.reference[1.0], case.base, case.depth, steps=case.steps + 1)
+    assert relative(merged, case.reference[1.0], case.base) <= bound

@@ -17,6 +17,7 @@ pytest.importorskip("lycoris")
 
 from safetensors import safe_open  # noqa: E402
 
+from tests.host.tolerances import agreement, delta_agreement  # noqa: E402
 from tests.core.oracles.common import ParityCase, patch_failures, read_failures, relative_error  # noqa: E402
 from tests.core.oracles.lycoris_oracle import (  # noqa: E402
     CASE_NAMES,
@@ -24,6 +25,7 @@ from tests.core.oracles.lycoris_oracle import (  # noqa: E402
     build_lycoris_cases,
     check_probe,
     loha_merge_vs_forward,
+    tiny_model,
 )
 
 
@@ -68,7 +70,9 @@ def test_reads_layout_modules_and_algorithms(name, lycoris_cases, loaded):
 def test_patch_matches_lycoris_forward(name, strength, lycoris_cases, loaded):
     case = lycoris_cases[name]
     failures = patch_failures(case, loaded(name), strength)
-    assert not failures, f"{case.name} ({case.note or 'tol ' + str(case.tol)}):\n" + "\n".join(failures[:40])
+    assert not failures, f"{case.name} (depth {case.depth}, steps {case.steps}; {case.note}):\n" + "\n".join(
+        failures[:40]
+    )
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -81,7 +85,7 @@ def _file_tensors(case: ParityCase) -> dict[str, torch.Tensor]:
 
 
 def test_oracle_probe_recovers_plain_layers():
-    assert check_probe() < 1e-6
+    assert check_probe() <= 1  # a fraction of the probe's float32 rounding bound
 
 
 def test_oracle_lora_is_w_plus_scaled_up_down(lycoris_cases):
@@ -94,7 +98,8 @@ def test_oracle_lora_is_w_plus_scaled_up_down(lycoris_cases):
             up, down = t[f"lycoris_{module}.lora_up.weight"], t[f"lycoris_{module}.lora_down.weight"]
             scale = float(t[f"lycoris_{module}.alpha"]) / down.shape[0]
             delta = (up.reshape(up.shape[0], -1) @ down.reshape(down.shape[0], -1)).reshape(w.shape)
-            assert relative_error(reference[f"{module}.weight"], w + m * scale * delta, w) < 1e-5
+            ref = reference[f"{module}.weight"]  # the library's float32 merge; ours float64: its rounding only
+            assert relative_error(ref, w + m * scale * delta, w) <= delta_agreement(ref, w, depth=down.shape[0])
 
 
 def test_oracle_loha_matches_spec_formula(lycoris_cases):
@@ -107,8 +112,10 @@ def test_oracle_loha_matches_spec_formula(lycoris_cases):
         scale = float(t[p + "alpha"]) / t[p + "hada_w1_b"].shape[0]
         assert scale != 1.0
         delta = ((t[p + "hada_w1_a"] @ t[p + "hada_w1_b"]) * (t[p + "hada_w2_a"] @ t[p + "hada_w2_b"])).reshape(w.shape)
+        rank = t[p + "hada_w1_b"].shape[0]
         for m, reference in plain.reference.items():
-            assert relative_error(reference[f"{module}.weight"], w + m * scale * delta, w) < 1e-5
+            ref = reference[f"{module}.weight"]  # two rank-r products, multiplied: 2 steps
+            assert relative_error(ref, w + m * scale * delta, w) <= delta_agreement(ref, w, depth=rank, steps=2)
 
     t = _file_tensors(tucker)
     p = "lycoris_conv3."
@@ -119,8 +126,10 @@ def test_oracle_loha_matches_spec_formula(lycoris_cases):
         return torch.einsum("pq...,po,qi->oi...", t[f"{p}hada_t{j}"], t[f"{p}hada_w{j}_a"], t[f"{p}hada_w{j}_b"])
 
     scale = float(t[p + "alpha"]) / t[p + "hada_w1_b"].shape[0]
+    rank = t[p + "hada_w1_b"].shape[0]
     for m, reference in tucker.reference.items():
-        assert relative_error(reference["conv3.weight"], w + m * scale * half(1) * half(2), w) < 1e-5
+        ref = reference["conv3.weight"]  # each half contracts the core with two factors (2 steps), two halves: 4
+        assert relative_error(ref, w + m * scale * half(1) * half(2), w) <= delta_agreement(ref, w, depth=rank, steps=4)
 
 
 def test_oracle_lokr_full_full_ignores_alpha(lycoris_cases):
@@ -133,7 +142,8 @@ def test_oracle_lokr_full_full_ignores_alpha(lycoris_cases):
     w2 = t[p + "lokr_w2"]
     delta = torch.kron(t[p + "lokr_w1"], w2.reshape(w2.shape[0], -1)).reshape(w.shape)
     for m, reference in case.reference.items():
-        assert relative_error(reference["conv1.weight"], w + m * delta, w) < 1e-5
+        ref = reference["conv1.weight"]  # a Kronecker product: one rounded product per element
+        assert relative_error(ref, w + m * delta, w) <= delta_agreement(ref, w, depth=1)
 
 
 def test_oracle_rebuild_forward_keeps_bias(lycoris_cases):
@@ -150,5 +160,11 @@ def test_library_loha_merge_applies_scale_twice():
     """Pins spec 3 ‡: LyCORIS' get_diff_weight (used by merge_to) applies alpha/r twice for LoHa."""
     merge_delta, forward_delta, scale = loha_merge_vs_forward()
     assert scale == 0.5
-    assert relative_error(merge_delta, forward_delta * scale, torch.zeros_like(merge_delta)) < 1e-5
+    # the forward delta is read back as W' − W (float32 probe of W' = W + ΔW): its rounding is ε·max|W'|, so the
+    # ratio max|W'|/max|ΔW| counts, with W the seeded tiny model's fc1; rank 4, two products (steps=2)
+    w = tiny_model().fc1.weight.detach()
+    bound = agreement(
+        4, torch.float32, ratio=float((w + forward_delta).abs().max() / forward_delta.abs().max()), steps=2
+    )
+    assert relative_error(merge_delta, forward_delta * scale, torch.zeros_like(merge_delta)) <= bound
     assert relative_error(merge_delta, forward_delta, torch.zeros_like(merge_delta)) > 0.4

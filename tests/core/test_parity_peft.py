@@ -18,6 +18,7 @@ pytest.importorskip("transformers")
 
 from safetensors import safe_open  # noqa: E402
 
+from tests.host.tolerances import delta_agreement  # noqa: E402
 from tests.core.oracles.common import ParityCase, patch_failures, read_failures, relative_error  # noqa: E402
 from tests.core.oracles.peft_oracle import CASE_NAMES, build_peft_cases  # noqa: E402
 
@@ -62,7 +63,9 @@ def test_reads_layout_modules_and_methods(name, peft_cases, loaded):
 def test_patch_matches_peft_merge(name, peft_cases, loaded):
     case = peft_cases[name]
     failures = [f for m in sorted(case.reference, reverse=True) for f in patch_failures(case, loaded(name), m)]
-    assert not failures, f"{case.name} ({case.note or 'tol ' + str(case.tol)}):\n" + "\n".join(failures[:40])
+    assert not failures, f"{case.name} (depth {case.depth}, steps {case.steps}; {case.note}):\n" + "\n".join(
+        failures[:40]
+    )
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -91,7 +94,8 @@ def test_oracle_lora_is_w_plus_scaled_ba(peft_cases):
             a = t[f"base_model.model.{module}.lora_A.weight"]
             b = t[f"base_model.model.{module}.lora_B.weight"]
             expected = w + m * scale * (b.reshape(w.shape[0], -1) @ a.reshape(a.shape[0], -1)).reshape(w.shape)
-            assert relative_error(reference[f"{module}.weight"], expected, w) < 1e-5
+            ref = reference[f"{module}.weight"]  # PEFT's float32 merge; ours float64: its rounding only
+            assert relative_error(ref, expected, w) <= delta_agreement(ref, w, depth=a.shape[0])
 
 
 def test_oracle_lokr_full_full_uses_alpha_over_r(peft_cases):
@@ -103,7 +107,8 @@ def test_oracle_lokr_full_full_uses_alpha_over_r(peft_cases):
     kron = torch.kron(t["base_model.model.fc1.lokr_w1"], t["base_model.model.fc1.lokr_w2"])
     expected = w + cfg["alpha"] / cfg["r"] * kron
     assert cfg["alpha"] != cfg["r"]
-    assert relative_error(case.reference[1.0]["fc1.weight"], expected, w) < 1e-5
+    ref = case.reference[1.0]["fc1.weight"]  # a Kronecker product: one rounded product per element
+    assert relative_error(ref, expected, w) <= delta_agreement(ref, w, depth=1)
 
 
 def test_oracle_ia3_scales_rows_columns_and_bias(peft_cases):
@@ -112,11 +117,12 @@ def test_oracle_ia3_scales_rows_columns_and_bias(peft_cases):
     t, ref = _file_tensors(case), case.reference[1.0]
     l1 = t["base_model.model.fc1.ia3_l"]  # (96, 1): output rows
     w1, b1 = case.base["fc1.weight"].to(torch.float64), case.base["fc1.bias"].to(torch.float64)
-    assert relative_error(ref["fc1.weight"], w1 * l1, w1) < 1e-5
-    assert relative_error(ref["fc1.bias"], b1 * l1.reshape(-1), b1) < 1e-5
+    # one rounded product per element (depth 1), relative to the change W·(l − 1)
+    assert relative_error(ref["fc1.weight"], w1 * l1, w1) <= delta_agreement(ref["fc1.weight"], w1, depth=1)
+    assert relative_error(ref["fc1.bias"], b1 * l1.reshape(-1), b1) <= delta_agreement(ref["fc1.bias"], b1, depth=1)
     l2 = t["base_model.model.fc2.ia3_l"]  # (1, 96): feed-forward, input columns
     w2 = case.base["fc2.weight"].to(torch.float64)
-    assert relative_error(ref["fc2.weight"], w2 * l2, w2) < 1e-5
+    assert relative_error(ref["fc2.weight"], w2 * l2, w2) <= delta_agreement(ref["fc2.weight"], w2, depth=1)
     assert "fc2.bias" not in ref
 
 

@@ -18,11 +18,13 @@ from safetensors.torch import load_file, save_file
 import lyco_core
 from lyco_core.aliases.unet import diffusers_to_ldm
 from lyco_core.cli import main
-from lyco_core.keymap import WeightIndex, WeightSlice, locate, resolve
+from lyco_core.keymap import WeightIndex, WeightSlice, locate
 from lyco_core.layouts.base import ModulePath
 from lyco_core.layouts.lycoris import PREFIX_HINTS
 
-from .convert_fixtures import float32_agreement, relative
+from tests.host.tolerances import delta_agreement
+
+from .convert_fixtures import relative
 
 LDM_ROOT = "model.diffusion_model."
 SD1 = dict(
@@ -161,7 +163,7 @@ def test_every_diffusers_weight_resolves_to_the_ldm_key_holding_it(unet, mangled
     for key in (k for k in state if k.endswith(".weight")):
         path = key[: -len(".weight")]
         target = ModulePath(path.replace(".", "_") if mangled else path, mangled, hints)
-        assert resolve(target, index) == (holder[id(state[key])], ""), key
+        assert locate(target, index) == (WeightSlice(holder[id(state[key])]), ""), key
 
 
 def test_reverse_ldm_names_resolve_on_a_diffusers_keyed_unet(unet):
@@ -174,7 +176,7 @@ def test_reverse_ldm_names_resolve_on_a_diffusers_keyed_unet(unet):
             ModulePath(path.replace(".", "_"), True, PREFIX_HINTS["lora_unet_"]),
             ModulePath(path, False, ("diffusion_model",)),
         ):
-            assert resolve(target, index) == ("unet." + holder[id(ldm[key])], ""), key
+            assert locate(target, index) == (WeightSlice("unet." + holder[id(ldm[key])]), ""), key
 
 
 def _factors(method: str, shape: torch.Size, gen: torch.Generator) -> dict[str, torch.Tensor]:
@@ -265,7 +267,10 @@ def test_to_lora_and_convert_with_an_ldm_base(unet, files, tmp_path, capsys):
     _run(capsys, "bake", files / "ldm.safetensors", tmp_path / "lora.safetensors", "-o", tmp_path / "new.safetensors")
     ref = unet.as_ldm(_changed(unet.pipeline, load_file(str(tmp_path / "ref.safetensors"))))
     assert len(ref) == len(linear)
-    assert relative(load_file(str(tmp_path / "new.safetensors")), ref, unet.ldm) < 1e-4
+    # rank 64 keeps every linear layer whole (widths ≤ 64): only rounding, float32 SVD of an m×n delta (∝ max(m, n))
+    svd_depth = max(max(t.shape) for t in ref.values())
+    new = load_file(str(tmp_path / "new.safetensors"))
+    assert relative(new, ref, unet.ldm) <= delta_agreement(ref, unet.ldm, depth=svd_depth)
 
     layers = [m for m in MODULES[unet.name] if state[m + ".weight"].ndim > 1]  # a norm's diff has no PEFT form
     lora = _kohya_file(tmp_path / "plain.safetensors", state, layers, "lora", seed=13)
@@ -273,7 +278,8 @@ def test_to_lora_and_convert_with_an_ldm_base(unet, files, tmp_path, capsys):
     peft = lyco_core.load_adapter(tmp_path / "peft")
     assert set(peft.modules) == {"base_model.model." + m for m in layers}
     base = unet.pipeline
-    assert relative(peft.patch(base), lyco_core.load_adapter(lora).patch(base), base) < 1e-6
+    expected = lyco_core.load_adapter(lora).patch(base)
+    assert relative(peft.patch(base), expected, base) <= delta_agreement(expected, base, depth=2)  # rank-2 factors
 
 
 @pytest.mark.parametrize("prefix", ["lora_unet_", "diffusion_model."])
@@ -360,11 +366,8 @@ def test_sdxl_openclip_text_encoder():
             assert (found, reason) == (WeightSlice(in_proj, ("q_proj", "k_proj", "v_proj").index(name), 3), "")
             assert torch.equal(found.of(model[in_proj]), hf[key])
             assert torch.equal(found.of(model[found.bias_key]), hf[key.replace(".weight", ".bias")])
-            whole_only, why = resolve(target, index)  # what a caller placing whole weights only (a host) gets
-            assert whole_only is None and "part" in why and "fused" in why and in_proj in why, key
         else:
             assert (found, reason) == (WeightSlice(holder[id(hf[key])]), ""), key
-            assert resolve(target, index) == (holder[id(hf[key])], ""), key
     projection, _ = locate(ModulePath("text_projection", True, PREFIX_HINTS["lora_te2_"]), index)
     assert projection == WeightSlice(te2_root + "text_projection", transposed=True)
     assert torch.equal(projection.of(model[projection.key]), hf["text_projection.weight"])
@@ -474,7 +477,7 @@ def test_bake_qkv_modules_into_fused_in_proj(openclip, openclip_files, tmp_path,
         baked = load_file(str(on_ldm))
         assert set(_changed(openclip.ldm, baked)) == set(expected)
         # the two paths compute the same float32 values in other orders (fused q/k/v rows, width-12 products)
-        assert relative(baked, expected, openclip.ldm) <= float32_agreement(expected, openclip.ldm, depth=12)
+        assert relative(baked, expected, openclip.ldm) <= delta_agreement(expected, openclip.ldm, depth=12)
 
 
 @pytest.mark.parametrize("method", ["dora", "oft"])
@@ -491,13 +494,17 @@ def test_to_lora_and_convert_with_fused_qkv_in_the_base(openclip, openclip_files
     _run(capsys, "bake", base, tmp_path / "lora.safetensors", "-o", tmp_path / "new.safetensors")
     reference = _changed(openclip.ldm, load_file(str(tmp_path / "ref.safetensors")))
     assert len(reference) == len(modules) - 4  # 2 in_proj_weight (q, k, v), out_proj, text_projection
-    assert relative(load_file(str(tmp_path / "new.safetensors")), reference, openclip.ldm) < 1e-4
+    # rank 12 keeps every width-12 module whole: only rounding, float32 SVD of an m×n delta (∝ max(m, n))
+    svd_depth = max(max(t.shape) for t in reference.values())
+    new = load_file(str(tmp_path / "new.safetensors"))
+    assert relative(new, reference, openclip.ldm) <= delta_agreement(reference, openclip.ldm, depth=svd_depth)
 
     lora = tmp_path / "lora.safetensors"
     _run(capsys, "convert", lora, "--to", "peft", "-o", tmp_path / "peft", "--base", base)
     peft = lyco_core.load_adapter(tmp_path / "peft")
     assert set(peft.modules) == {"base_model.model." + m for m in modules}
-    assert relative(peft.patch(openclip.hf), lyco_core.load_adapter(lora).patch(openclip.hf), openclip.hf) < 1e-6
+    expected = lyco_core.load_adapter(lora).patch(openclip.hf)
+    assert relative(peft.patch(openclip.hf), expected, openclip.hf) <= delta_agreement(expected, openclip.hf, depth=12)
 
 
 def test_sd1_text_encoder_keeps_matching_by_suffix():

@@ -7,6 +7,8 @@ import pytest
 import torch
 from torch import nn
 
+from tests.host.tolerances import forward_agreement
+
 from lyco_core.train import BOFTConfig, GLoRAConfig, IA3Config, LoHaConfig, LoKrConfig, LoraConfig, OFTConfig
 
 LINEAR = ["fc1", "fc2"]
@@ -27,6 +29,16 @@ class TinyNet(nn.Module):
 
     def forward(self, x, image):
         return self.ln(self.fc2(torch.tanh(self.fc1(x)))), self.conv1(torch.tanh(self.gn(self.conv3(image))))
+
+
+# Reductions on TinyNet's longest path: conv3 (32·3·3 products), GroupNorm (12 channels × 8×8 pixels), conv1 (48).
+TINYNET_DEPTHS = (32 * 3 * 3, 12 * 8 * 8, 48)
+
+
+def output_tolerance(outputs) -> float:
+    """Absolute bound for two float32 forwards of TinyNet giving ``outputs``: ``forward_agreement(TINYNET_DEPTHS)``
+    (2ε·(1 + √288 + √768 + √48) ≈ 1.3e-5) times the largest output."""
+    return forward_agreement(TINYNET_DEPTHS) * max(float(y.detach().abs().max()) for y in outputs)
 
 
 def tiny_model(seed: int = 0) -> TinyNet:

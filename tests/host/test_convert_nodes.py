@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import adapter_fixtures as af
+from tolerances import agreement, delta_agreement
 
 NODE_IDS = (
     "LyCOAdapterLoad",
@@ -89,12 +90,16 @@ def test_load_to_lora_save_and_load_with_our_and_native_loader(comfy, tiny):
     for key in list(native_m.patches)[:4]:
         base = model.model_state_dict()[key].float()
         ours, native, original = patched(ours_m, key), patched(native_m, key), patched(orig_m, key)
-        assert float((ours - native).abs().max()) <= 1e-5 * float((native - base).abs().max())
+        # ours and ComfyUI's float32 W + up·down (rank 2, one product) of the same file
+        bound = delta_agreement(native, base, 2) * float((native - base).abs().max())
+        assert float((ours - native).abs().max()) <= bound
         assert 0 < rel(native, original, base) < 1  # rank 2 of a rank-4 delta: the reported SVD tail
     worst = max(m.error for m in modules.values())
     assert 0 < worst < 1
     key = next(iter(native_c.patcher.patches))
-    assert torch.allclose(patched(ours_c.patcher, key), patched(native_c.patcher, key), atol=1e-6)
+    ours, native = patched(ours_c.patcher, key), patched(native_c.patcher, key)
+    base = native_c.patcher.model_state_dict()[key].float()
+    assert float((ours - native).abs().max()) <= delta_agreement(native, base, 2) * float((native - base).abs().max())
 
 
 def test_oft_to_lora_makes_the_native_loader_exact(comfy, tiny, tmp_path):
@@ -117,6 +122,7 @@ def test_oft_to_lora_makes_the_native_loader_exact(comfy, tiny, tmp_path):
     native_m, native_c = comfy.nodes.LoraLoader().load_lora(model, clip, "lyco_test/oft_as_lora.safetensors", 1, 1)
     for key, reference in fixture.reference[1.0].items():
         patcher = native_m if key.startswith("diffusion_model.") else native_c.patcher
+        # error of the method, not rounding: the energy policy keeps 1 − 1e-7 of ‖ΔW‖², a tail up to √1e-7 ≈ 3e-4
         assert rel(patched(patcher, key), reference, base[key]) < 1e-3, key
 
 
@@ -139,9 +145,14 @@ def test_merge_bake_and_convert(comfy, tiny):
     orig_m, _ = comfy.nodes.LoraLoader().load_lora(model, clip, comfy.base.lora_name, 1.0, 1.0)
     key = next(iter(orig_m.patches))
     assert baked_m.patches[key][-1][1][0] == "set"
-    assert torch.allclose(patched(baked_m, key), patched(orig_m, key), atol=1e-3)
+    orig = patched(orig_m, key)
+    orig_base = orig_m.model_state_dict()[key].float()
+    # the rank-4 LoRA's W + up·down against the same ΔW as a full diff (0.5·ΔW + 0.5·ΔW): rank 4, the product,
+    # the sum of the halves and the add to W, 3 steps (measured: equal)
+    same = delta_agreement(orig, orig_base, 4, steps=3) * float((orig - orig_base).abs().max())
+    assert float((patched(baked_m, key) - orig).abs().max()) <= same
     applied_m, _, text = run(comfy, "LyCOApplyAdapter", model, full, 1.0, 1.0, clip=clip).result
-    assert "UNet 40" in text and torch.allclose(patched(applied_m, key), patched(orig_m, key), atol=1e-4)
+    assert "UNet 40" in text and float((patched(applied_m, key) - orig).abs().max()) <= same
     peft_named, report = run(comfy, "LyCOAdapterConvert", adapter, "diffusers", "auto", model=model, clip=clip).result
     assert peft_named.layout == "diffusers" and "exact" in report
 
@@ -159,7 +170,10 @@ def test_extract_from_two_models(comfy, tiny):
     assert list(lokr.modules) == ["lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"]
     assert lokr.modules[next(iter(lokr.modules))].full_matrix
     error = float(report.split("total relative error ")[1].split(",")[0])
-    assert error < 1e-2  # the Kronecker delta comes back; the rest is the weight dtype's rounding
+    # the Kronecker delta comes back; the rest is the weight dtype's rounding: the rank-1 SVD of the rearranged
+    # 256×400 ΔW (depth 256) and the product (2 steps), with the rounding of W + ΔW (ratio max|W'|/max|ΔW|)
+    ratio = float(layer.weight.abs().max() / delta.abs().max())
+    assert error <= agreement(256, layer.weight.dtype, ratio=ratio, steps=2)
     MEASURED["extract lokr (exact Kronecker delta)"] = report.splitlines()[0]
 
 

@@ -22,11 +22,15 @@ import torch
 
 from comfy_bootstrap import REPO_ROOT
 from test_loader_parity import read_full_load
+from tolerances import agreement
 
 FP16_UNIT_ROUNDOFF = 2.0**-11
 STRENGTH = 0.6
 ARTIFACT = REPO_ROOT / "test-artifacts" / "fp16_intermediate.md"
 RESULTS: dict[str, tuple[float, float]] = {}
+# beyond one fp16 rounding, the float32 result itself may differ from our path's float32 intermediate by each side's
+# own rounding of it and one float32 operation (the add to W), relative to max|W'|: 2ε₃₂·(1 + 1) ≈ 4.8e-7
+SLACK = agreement(1, torch.float32)
 
 
 def excess(got: torch.Tensor, exact: torch.Tensor) -> float:
@@ -98,7 +102,7 @@ def test_full_load_with_fp16_intermediate_rounds_once(comfy, parity_files, force
         for p, k in _patched_keys(model, clip)
     )
     RESULTS[name] = (worst, native_worst)
-    assert worst <= 1e-6, f"{name}: {worst:.3e} beyond one fp16 rounding of the float32 result"
+    assert worst <= SLACK, f"{name}: {worst:.3e} beyond one fp16 rounding of the float32 result"
 
 
 @pytest.mark.parametrize("name", _names())
@@ -110,7 +114,7 @@ def test_lowvram_patch_on_fp16_weight_rounds_once(comfy, parity_files, name):
         got = lowvram_patch(key, patcher.patches)(weight16.clone())
         assert got.dtype == torch.float16
         worst = excess(got, _fp32_on(patcher, key, weight16))
-        assert worst <= 1e-6, f"{name} {key}: {worst:.3e} beyond one fp16 rounding of the float32 result"
+        assert worst <= SLACK, f"{name} {key}: {worst:.3e} beyond one fp16 rounding of the float32 result"
 
 
 def test_write_fp16_table():

@@ -34,7 +34,6 @@ SCALED_STRENGTHS = (1.0, 0.6, -0.5)
 UNIT_STRENGTH = (1.0,)
 TARGETS = ["fc1", "fc2", "conv3", "conv1"]
 BASE_SEED = 1234
-COFT_TOL = 1e-3
 
 # Names of the cases build_peft_cases() returns, in order (static, so tests can parametrise without building).
 CASE_NAMES = (
@@ -298,7 +297,8 @@ def _peft_case(
     strengths: tuple[float, ...],
     *,
     factor_std: float = 0.1,
-    tol: float = 1e-4,
+    depth: int = 8,
+    steps: int = 2,
     note: str = "",
     path_is_file: bool = False,
     boft_stand_in: bool | None = None,
@@ -326,7 +326,8 @@ def _peft_case(
         reference=reference,
         dora=_dora_flags(file, modules),
         key_map=None,
-        tol=tol,
+        depth=depth,
+        steps=steps,
         note=note,
     )
 
@@ -362,6 +363,8 @@ def _bare_peft_case(out_dir: Path) -> ParityCase:
         reference=reference,
         dora=_dora_flags(file, modules),
         key_map=None,
+        depth=4,  # rank 4, B·A
+        steps=1,
     )
 
 
@@ -452,6 +455,8 @@ def _diffusers_case(out_dir: Path, name: str, seed: int, *, dora: bool, converte
         reference=reference,
         dora=_dora_flags(file, modules),
         key_map=None,
+        depth=64,  # rank 4; DoRA's norm reduces over a fan-in ≤ 64 (block_out_channels, CLIP hidden 32)
+        steps=2,
     )
 
 
@@ -462,19 +467,28 @@ def build_peft_cases(out_dir: Path) -> list[ParityCase]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     S, U = SCALED_STRENGTHS, UNIT_STRENGTH
+    # Rounding bound per case: delta_agreement = 2ε·(max|W'|/max|ΔW| + steps·depth) (ParityCase.tol). depth: the
+    # rank (LoRA, LoHa, LoKr), the OFT/BOFT block size (oft-r and boft-block-num: conv3's 32·3·3 / 4 = 72), a DoRA
+    # norm's fan-in (conv3: 32·3·3 = 288); steps: B·A (1); LoHa's two products multiplied (2), with Tucker cores
+    # (4); LoKr's w2 = a·b and the Kronecker product (2, 3 with decompose_both, 4 with Tucker); OFT's Cayley
+    # solve or its t Neumann terms, then R·W (2, or t + 1); BOFT's butterfly stages between them (3 or 4).
     coft_note = (
-        "coft bounds every block's Q to a tiny norm, so the delta is ~1e-4 of W and fp32 round-off of the "
-        "reference merge alone is ~2e-4 of it (spec section 3)"
+        "coft projects every block's Q onto a ball of radius eps: one more step (a norm over the block, a rescale), "
+        "so steps = Cayley (1, or t Neumann terms) + projection (1) + R·W (1). Its delta is then tiny against W "
+        "(max|W'|/max|ΔW| ≈ 16 for eps 0.1, ≈ 340 for eps 5e-3), and rounding W' = W + ΔW alone costs "
+        "2ε·max|W'|/max|ΔW| of the delta: 2ε·(340 + 7·16) ≈ 1.1e-4 for coft-neumann, where 1e-4 would not hold"
     )
     cases = [
         # ---- LoRA
-        _peft_case(out_dir, "peft-lora", LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS), 1, S),
+        _peft_case(out_dir, "peft-lora", LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS), 1, S, depth=4, steps=1),
         _peft_case(
             out_dir,
             "peft-lora-rslora",
             LoraConfig(r=8, lora_alpha=4, use_rslora=True, target_modules=TARGETS),
             2,
             S,
+            depth=8,
+            steps=1,
         ),
         _peft_case(
             out_dir,
@@ -488,6 +502,8 @@ def build_peft_cases(out_dir: Path) -> list[ParityCase]:
             ),
             3,
             S,
+            depth=8,
+            steps=1,
         ),
         _peft_case(
             out_dir,
@@ -495,6 +511,8 @@ def build_peft_cases(out_dir: Path) -> list[ParityCase]:
             LoraConfig(r=4, lora_alpha=4, lora_bias=True, target_modules=TARGETS),
             4,
             S,
+            depth=4,
+            steps=1,
         ),
         _peft_case(
             out_dir,
@@ -502,6 +520,8 @@ def build_peft_cases(out_dir: Path) -> list[ParityCase]:
             LoraConfig(r=4, lora_alpha=8, use_dora=True, target_modules=TARGETS),
             5,
             S,
+            depth=288,
+            steps=2,
         ),
         _peft_case(
             out_dir,
@@ -510,6 +530,8 @@ def build_peft_cases(out_dir: Path) -> list[ParityCase]:
             6,
             S,
             path_is_file=True,
+            depth=288,
+            steps=2,
         ),
         _bare_peft_case(out_dir),
         # ---- LoHa
@@ -520,6 +542,8 @@ def build_peft_cases(out_dir: Path) -> list[ParityCase]:
             11,
             S,
             factor_std=0.3,
+            depth=4,
+            steps=2,
         ),
         _peft_case(
             out_dir,
@@ -535,9 +559,20 @@ def build_peft_cases(out_dir: Path) -> list[ParityCase]:
             12,
             S,
             factor_std=0.3,
+            depth=4,
+            steps=4,
         ),
         # ---- LoKr
-        _peft_case(out_dir, "peft-lokr", LoKrConfig(r=2, alpha=3, target_modules=TARGETS), 21, S, factor_std=0.2),
+        _peft_case(
+            out_dir,
+            "peft-lokr",
+            LoKrConfig(r=2, alpha=3, target_modules=TARGETS),
+            21,
+            S,
+            factor_std=0.2,
+            depth=2,
+            steps=2,
+        ),
         _peft_case(
             out_dir,
             "peft-lokr-decompose-both",
@@ -545,6 +580,8 @@ def build_peft_cases(out_dir: Path) -> list[ParityCase]:
             22,
             S,
             factor_std=0.2,
+            depth=2,
+            steps=3,
         ),
         _peft_case(
             out_dir,
@@ -553,6 +590,8 @@ def build_peft_cases(out_dir: Path) -> list[ParityCase]:
             23,
             S,
             factor_std=0.3,
+            depth=2,
+            steps=4,
         ),
         # r=8 >= max(b, d)/2 everywhere and no decompose_both: both halves full; PEFT still scales by alpha/r.
         _peft_case(
@@ -562,6 +601,8 @@ def build_peft_cases(out_dir: Path) -> list[ParityCase]:
             24,
             S,
             factor_std=0.2,
+            depth=1,
+            steps=1,
         ),
         # ---- OFT (>= 0.16 format: oft_R.weight)
         _peft_case(
@@ -570,14 +611,20 @@ def build_peft_cases(out_dir: Path) -> list[ParityCase]:
             OFTConfig(oft_block_size=8, use_cayley_neumann=False, target_modules=TARGETS),
             31,
             U,
+            depth=8,
+            steps=2,
         ),
-        _peft_case(out_dir, "peft-oft-neumann", OFTConfig(oft_block_size=8, target_modules=TARGETS), 32, U),
+        _peft_case(
+            out_dir, "peft-oft-neumann", OFTConfig(oft_block_size=8, target_modules=TARGETS), 32, U, depth=8, steps=6
+        ),
         _peft_case(
             out_dir,
             "peft-oft-neumann-t3",
             OFTConfig(oft_block_size=16, num_cayley_neumann_terms=3, target_modules=TARGETS),
             33,
             U,
+            depth=16,
+            steps=4,
         ),
         _peft_case(
             out_dir,
@@ -585,6 +632,8 @@ def build_peft_cases(out_dir: Path) -> list[ParityCase]:
             OFTConfig(oft_block_size=8, num_cayley_neumann_terms=8, target_modules=TARGETS),
             34,
             U,
+            depth=8,
+            steps=9,
         ),
         _peft_case(
             out_dir,
@@ -592,8 +641,9 @@ def build_peft_cases(out_dir: Path) -> list[ParityCase]:
             OFTConfig(oft_block_size=8, coft=True, eps=1e-1, use_cayley_neumann=False, target_modules=TARGETS),
             35,
             U,
-            tol=COFT_TOL,
             note=coft_note,
+            depth=8,
+            steps=3,
         ),
         _peft_case(
             out_dir,
@@ -601,8 +651,9 @@ def build_peft_cases(out_dir: Path) -> list[ParityCase]:
             OFTConfig(oft_block_size=16, coft=True, eps=5e-3, target_modules=TARGETS),
             36,
             U,
-            tol=COFT_TOL,
             note=coft_note,
+            depth=16,
+            steps=7,
         ),
         _peft_case(
             out_dir,
@@ -610,6 +661,8 @@ def build_peft_cases(out_dir: Path) -> list[ParityCase]:
             OFTConfig(oft_block_size=8, block_share=True, use_cayley_neumann=False, target_modules=TARGETS),
             37,
             U,
+            depth=8,
+            steps=2,
         ),
         _peft_case(
             out_dir,
@@ -617,6 +670,8 @@ def build_peft_cases(out_dir: Path) -> list[ParityCase]:
             OFTConfig(r=4, oft_block_size=0, use_cayley_neumann=False, target_modules=TARGETS),
             38,
             U,
+            depth=72,
+            steps=2,
         ),
         # ---- BOFT
         _peft_case(
@@ -626,6 +681,8 @@ def build_peft_cases(out_dir: Path) -> list[ParityCase]:
             41,
             U,
             boft_stand_in=False,
+            depth=8,
+            steps=3,
         ),
         _peft_case(
             out_dir,
@@ -634,6 +691,8 @@ def build_peft_cases(out_dir: Path) -> list[ParityCase]:
             42,
             U,
             boft_stand_in=True,
+            depth=8,
+            steps=4,
         ),
         _peft_case(
             out_dir,
@@ -642,6 +701,8 @@ def build_peft_cases(out_dir: Path) -> list[ParityCase]:
             43,
             U,
             boft_stand_in=False,
+            depth=72,
+            steps=3,
         ),
         # ---- IA3
         _peft_case(
@@ -650,6 +711,8 @@ def build_peft_cases(out_dir: Path) -> list[ParityCase]:
             IA3Config(target_modules=TARGETS, feedforward_modules=["fc2", "conv1"]),
             51,
             U,
+            depth=1,
+            steps=1,
         ),
         # ---- diffusers-in-PEFT
         _diffusers_case(out_dir, "diffusers-lora", 61, dora=False),
