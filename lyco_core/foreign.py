@@ -2,8 +2,8 @@
 goes, instead of only "no adapter module recognised". Each entry: (what it is, test on the tensor keys, what to do).
 
 The tests look at key names only (a header is enough): model checkpoints (``model.diffusion_model.…``, a bare
-UNet/DiT state dict), ControlNets, VAEs, textual-inversion embeddings and cloneofsimo's early ``lora`` format
-(``<target>:<index>:up``).
+UNet/DiT state dict), ControlNets, VAEs, textual-inversion embeddings, cloneofsimo's early ``lora`` format
+(``<target>:<index>:up``) and MLX LoRAs (``<layer>.lora_a``/``lora_b``).
 """
 
 from __future__ import annotations
@@ -23,6 +23,11 @@ FORMATS: tuple[tuple[str, Callable[[list[str]], bool], str], ...] = (
         "cloneofsimo's early LoRA format (keys '<target>:<index>:up/down', no module names)",
         lambda keys: _any(keys, _CLONEOFSIMO.match),
         "convert it with the tools of that project (its modules are numbered, not named) to a kohya or diffusers file",
+    ),
+    (
+        "an MLX LoRA (mlx-lm adapters: keys '<layer>.lora_a'/'lora_b', A as (in, r))",
+        lambda keys: _any(keys, lambda k: k.endswith((".lora_a", ".lora_b"))),
+        "mlx-lm's fuse command (mlx_lm.fuse), or a conversion to PEFT's lora_A/lora_B naming with A transposed",
     ),
     (
         "a textual-inversion embedding",

@@ -122,6 +122,8 @@ FOREIGN = {
     "vae": ({"first_stage_model.encoder.conv_in.weight": (4, 4)}, "VAE", "vae folder"),
     "embedding": ({"clip_l": (2, 8), "clip_g": (2, 16)}, "textual-inversion embedding", "embedding:<name>"),
     "cloneofsimo": ({"unet:0:up": (8, 2), "unet:0:down": (2, 8)}, "cloneofsimo", "numbered"),
+    "mlx": ({"model.layers.0.self_attn.q_proj.lora_a": (8, 2), "model.layers.0.self_attn.q_proj.lora_b": (2, 8)},
+            "MLX LoRA", "mlx_lm.fuse"),
 }  # fmt: skip
 
 
