@@ -278,17 +278,10 @@ class TrainAdapter(io.ComfyNode):
 
         patchers = [unet_patcher] + ([te_clip.patcher] if te_clip is not None else [])
         comfy.model_management.load_models_gpu(patchers, force_full_load=True)
-        record = TrainingRecord(
-            learning_rate=o["learning_rate"],
-            optimizer=o["optimizer"],
+        record = TrainingRecord.of(
+            settings,
             text_encoder_lr=o["text_encoder_lr"] if te is not None else None,
-            scheduler=o["scheduler"],
-            warmup_steps=o["warmup_steps"],
-            seed=o["seed"],
             dataset_size=len(samples),
-            batch_size=o["batch_size"],
-            grad_accumulation=o["grad_accumulation"],
-            dtype=o["training_dtype"],
             base_model=type(model.model.model_config).__name__,
             started_at=started,
             gradient_checkpointing=o["gradient_checkpointing"],

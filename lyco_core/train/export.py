@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Callable
 
 import torch
@@ -126,6 +126,14 @@ class TrainingRecord:
     gradient_checkpointing: bool = False
     loss_history: list[float] = field(default_factory=list)
     started_at: float = field(default_factory=time.time)
+
+    @classmethod
+    def of(cls, settings, **facts) -> TrainingRecord:
+        """The record of a run with ``settings`` (a ``TrainSettings``): the fields both name are taken from it, so
+        they are stated once; ``facts`` are what only the run knows (dataset size, base model, steps done, …)."""
+        names = {f.name for f in fields(cls)}
+        shared = {f.name: getattr(settings, f.name) for f in fields(settings) if f.name in names}
+        return cls(**{**shared, "steps": 0, **facts})
 
 
 def training_metadata(config, record: TrainingRecord) -> dict[str, str]:

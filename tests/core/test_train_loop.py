@@ -255,22 +255,12 @@ def test_saved_metadata_and_resume_from_the_file(tmp_path):
     data = dataset(8)
     config = LoKrConfig(r=2, alpha=4, decompose_factor=4, target_modules=TARGETS)
     tuner = wrap(mlp(), config)
-    state = train(
-        tuner.adapter().parameters(),
-        mse_loss(tuner, data, data),
-        len(data),
-        TrainSettings(steps=4, learning_rate=1e-2, seed=9),
+    settings = TrainSettings(steps=4, learning_rate=1e-2, seed=9)
+    state = train(tuner.adapter().parameters(), mse_loss(tuner, data, data), len(data), settings)
+    record = TrainingRecord.of(
+        settings, steps=state.step, dataset_size=8, base_model="tiny-mlp", loss_history=state.loss_history
     )
-    record = TrainingRecord(
-        steps=state.step,
-        learning_rate=1e-2,
-        optimizer="AdamW",
-        scheduler="constant",
-        seed=9,
-        dataset_size=8,
-        base_model="tiny-mlp",
-        loss_history=state.loss_history,
-    )
+    assert (record.learning_rate, record.optimizer, record.scheduler, record.seed) == (1e-2, "AdamW", "constant", 9)
     path = save_trained(tuner.adapter(), tmp_path / "lokr.safetensors", record=record)
     meta = lyco_core.load_adapter(path).metadata
     assert (meta["ss_steps"], meta["ss_learning_rate"], meta["ss_optimizer"], meta["ss_seed"]) == (
