@@ -173,12 +173,12 @@ FLUX_CONFIG = {
 }
 
 
-def build_flux(seed: int = 1) -> TinyArch | None:
+def _flux_like(name: str, model_class: str, config: dict, seed: int) -> TinyArch | None:
+    """A Flux-family transformer (Flux.1, Chroma): double/single blocks, diffusers names from ``flux_to_diffusers``."""
     utils = importlib.import_module("comfy.utils")
-    config = _with_host_fields(FLUX_CONFIG, "comfy.ldm.flux.model", "FluxParams", {"txt_ids_dims": []})
     return _arch(
-        "Flux.1",
-        "Flux",
+        name,
+        model_class,
         config,
         seed,
         ("double_blocks.", "single_blocks."),
@@ -186,6 +186,11 @@ def build_flux(seed: int = 1) -> TinyArch | None:
         diffusers_within=("transformer_blocks.", "single_transformer_blocks."),
         exclude=FLUX2_ONLY,
     )
+
+
+def build_flux(seed: int = 1) -> TinyArch | None:
+    config = _with_host_fields(FLUX_CONFIG, "comfy.ldm.flux.model", "FluxParams", {"txt_ids_dims": []})
+    return _flux_like("Flux.1", "Flux", config, seed)
 
 
 # SDXL base layout (no attention on the first level, linear proj_in/out, ADM label embedding, cross-attention),
@@ -278,20 +283,10 @@ CHROMA_CONFIG = {
 
 
 def build_chroma(seed: int = 4) -> TinyArch | None:
-    utils = importlib.import_module("comfy.utils")
     config = _with_host_fields(
         CHROMA_CONFIG, "comfy.ldm.chroma.model", "ChromaParams", {"txt_ids_dims": [], "vec_in_dim": None}
     )
-    return _arch(
-        "Chroma",
-        "Chroma",
-        config,
-        seed,
-        ("double_blocks.", "single_blocks."),
-        table=lambda cfg: utils.flux_to_diffusers(cfg, output_prefix=PREFIX),
-        diffusers_within=("transformer_blocks.", "single_transformer_blocks."),
-        exclude=FLUX2_ONLY,
-    )
+    return _flux_like("Chroma", "Chroma", config, seed)
 
 
 # Qwen-Image (MMDiT with the diffusers module names: transformer_blocks.N.attn.to_q, img_mlp.net.0.proj …),

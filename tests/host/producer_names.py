@@ -16,7 +16,7 @@ Factors, per method, in the shapes the files hold (``out``/``in`` of the target 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 # kohya-style tensor names (kohya-ss/sd-scripts networks/lora.py LoRAModule: lora_down/lora_up/alpha; LyCORIS
 # KohakuBlueleaf/LyCORIS lycoris/modules/lokr.py and loha.py: lokr_w1, lokr_w2[_a/_b], hada_w1_a …, alpha)
@@ -225,26 +225,10 @@ DIFFUSION_PIPE = Producer(
 # musubi-tuner on HunyuanVideo (kohya-ss/musubi-tuner hunyuan_model/models.py keeps the original HunyuanVideo module
 # names; networks/lora.py names them lora_unet_<module with _>: lora_unet_double_blocks_0_img_mod_linear,
 # lora_unet_double_blocks_0_img_mlp_fc1, lora_unet_single_blocks_0_modulation_linear), plain and with LyCORIS.
-MUSUBI_HUNYUAN = Producer(
-    "musubi-tuner",
-    "native",
-    "lora_unet_",
-    True,
-    KOHYA_SUFFIX,
-    ("lora",),
-    source="kohya-ss/musubi-tuner hunyuan_model/models.py, networks/lora.py",
-    rename=hunyuan_video_original,
+MUSUBI_HUNYUAN = replace(
+    MUSUBI, source="kohya-ss/musubi-tuner hunyuan_model/models.py, networks/lora.py", rename=hunyuan_video_original
 )
-MUSUBI_LYCORIS_HUNYUAN = Producer(
-    "musubi-tuner + LyCORIS",
-    "native",
-    "lora_unet_",
-    True,
-    KOHYA_SUFFIX,
-    ("lokr", "loha"),
-    rename=hunyuan_video_original,
-    source="kohya-ss/musubi-tuner + KohakuBlueleaf/LyCORIS lycoris/kohya.py",
-)
+MUSUBI_LYCORIS_HUNYUAN = replace(MUSUBI_LYCORIS, rename=hunyuan_video_original)
 
 
 def kohya_text_encoder(path: str) -> str:
