@@ -52,7 +52,7 @@ class WeightSlice:
         if self.span is not None:
             text = f"{self.key}[rows {self.span[0]}:{self.span[0] + self.span[1]}]"
         else:
-            numbers = f"{self.part + 1}" if self.blocks == 1 else f"s {self.part + 1}–{self.part + self.blocks}"
+            numbers = f" {self.part + 1}" if self.blocks == 1 else f"s {self.part + 1}–{self.part + self.blocks}"
             text = self.key if self.parts == 1 else f"{self.key}[part{numbers} of {self.parts}]"
         return text + " (transposed)" if self.transposed else text
 

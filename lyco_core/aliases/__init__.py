@@ -4,6 +4,8 @@ model's own keys, so an adapter named for one spelling matches a checkpoint writ
 * ``unet.py``: SD-style UNets, diffusers (``down_blocks.0.resnets.0.conv1``) ↔ LDM (``input_blocks.1.0.in_layers.2``).
 * ``openclip.py``: OpenCLIP text encoders in LDM checkpoints (SD2, SDXL's second) → Hugging Face CLIP names.
 * ``flux.py``: Flux.1/Chroma transformers as BFL/ComfyUI store them (fused q/k/v) → diffusers names.
+* ``mmdit.py``: SD3/SD3.5 MMDiT as Stability/ComfyUI store it (fused q/k/v) → diffusers names.
+* ``lumina.py``: Lumina2/Z-Image attention outputs → diffusers names (their fused q/k/v are not aliased).
 * ``hunyuan_video.py``: HunyuanVideo as ComfyUI stores it → the original release's names (musubi-tuner).
 
 An ``Alias`` is matched like the key's own path (keymap.py). One may name only part of a weight (q, k or v in a fused
@@ -17,6 +19,8 @@ from collections.abc import Collection
 from .base import Alias
 from .flux import flux_aliases
 from .hunyuan_video import hunyuan_video_aliases
+from .lumina import lumina_aliases
+from .mmdit import mmdit_aliases
 from .openclip import openclip_aliases
 from .unet import unet_aliases
 
@@ -25,4 +29,11 @@ __all__ = ["Alias", "model_aliases"]
 
 def model_aliases(keys: Collection[str]) -> list[Alias]:
     """Every alias the recognised sub-models among ``keys`` (a set, for membership tests) give their weights."""
-    return unet_aliases(keys) + openclip_aliases(keys) + flux_aliases(keys) + hunyuan_video_aliases(keys)
+    return (
+        unet_aliases(keys)
+        + openclip_aliases(keys)
+        + flux_aliases(keys)
+        + mmdit_aliases(keys)
+        + lumina_aliases(keys)
+        + hunyuan_video_aliases(keys)
+    )
