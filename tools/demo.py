@@ -125,7 +125,8 @@ def _announce_when_ready(url: str, proc: subprocess.Popen, t0: float, base: Path
     bar = "=" * 78
     print(
         f"\n{bar}\n ComfyUI-LyCO demo is up after {time.perf_counter() - t0:.1f} s: {url}\n"
-        f"   Open the Workflows sidebar (W) -> {FIRST_WORKFLOW} and press Run.\n"
+        f"   Open the Workflows sidebar (W) -> {FIRST_WORKFLOW} and press Run: the preview on the right shows\n"
+        f"   the same seed with the demo LoKr | without it | their difference.\n"
         f"   Every node has its own workflow there (lyco_load_lokr/_loha/_oft/_lora, _model_only,\n"
         f"   lyco_adapter_info, lyco_convert_lokr_to_lora, lyco_train_lokr); they are also under\n"
         f"   Templates -> ComfyUI-LyCO.\n"

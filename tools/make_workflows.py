@@ -1,16 +1,19 @@
 #!/usr/bin/env python3
 """Build ``example_workflows/*.json`` (ComfyUI templates) from one compact description, so they stay consistent.
 
-Each workflow is what the ComfyUI frontend saves (litegraph "UI format", version 0.4): CheckpointLoaderSimple with
-the tiny test checkpoint -> one of our nodes (with a demo adapter of its method) -> CLIPTextEncode ×2 ->
-EmptyLatentImage 64×64 -> KSampler (4 steps, euler) -> VAEDecode -> SaveImage, our STRING output shown by core's
-``PreviewAny`` ("Preview as Text", comfy_extras/nodes_preview_any.py), and a Note saying what to swap in. The
-training template trains a LoKr on a VAE-encoded solid image (EmptyImage → VAEEncode), plots its loss and renders
-with the trained MODEL. The conversion template loads the demo LoKr as an ADAPTER, turns it into a LoRA (Adapter to
-LoRA, MODEL/CLIP connected), saves that into ``loras`` and renders with it through Apply Adapter. ComfyUI serves
-every ``example_workflows/*.json`` of a pack as a template (``GET /api/workflow_templates`` lists them, the files
-are under ``/api/workflow_templates/<pack folder>/<name>.json``). The demo (``scripts/demo.sh``) provides the
-checkpoint and the ``lyco_demo_*`` adapters, so every template runs as is there and in CI.
+Each workflow is what the ComfyUI frontend saves (litegraph "UI format", version 0.4): CheckpointLoaderSimple with the
+tiny test checkpoint -> one of our nodes (with a demo adapter of its method) -> CLIPTextEncode ×2 -> EmptyLatentImage
+64×64 -> KSampler (4 steps, euler) -> VAEDecode -> SaveImage, our STRING output shown by core's ``PreviewAny`` ("Preview
+as Text", comfy_extras/nodes_preview_any.py), and a Note that opens with the template's one-line summary (``SUMMARIES``)
+and says what to swap in. ``lyco_load_adapter`` (the one the demo and the README open first) also renders the same seed
+without the adapter and previews *with | without | difference* in one PreviewImage (ImageBlend "difference" both ways,
+joined by "screen"; ImageStitch). Adapter Info's template has no PreviewAny: its facts show in the node (info panel,
+then its summary). The training template trains a LoKr on a VAE-encoded solid image (EmptyImage → VAEEncode), plots its
+loss and renders with the trained MODEL. The conversion template loads the demo LoKr as an ADAPTER, turns it into a LoRA
+(Adapter to LoRA, MODEL/CLIP connected), saves that into ``loras`` and renders with it through Apply Adapter. ComfyUI
+serves every ``example_workflows/*.json`` of a pack as a template (``GET /api/workflow_templates`` lists them, the files
+are under ``/api/workflow_templates/<pack folder>/<name>.json``). The demo (``scripts/demo.sh``) provides the checkpoint
+and the ``lyco_demo_*`` adapters, so every template runs as is there and in CI.
 
 Usage::
 
@@ -76,6 +79,19 @@ NODE_DEFS: dict[str, dict] = {
     ),
     "SaveImage": dict(inputs=[("images", "IMAGE")], widgets=["filename_prefix"], outputs=[], size=[320, 360]),
     "PreviewAny": dict(inputs=[("source", "*")], widgets=[], outputs=[], size=[340, 200]),
+    "PreviewImage": dict(inputs=[("images", "IMAGE")], widgets=[], outputs=[], size=[440, 280]),
+    "ImageBlend": dict(
+        inputs=[("image1", "IMAGE"), ("image2", "IMAGE")],
+        widgets=["blend_factor", "blend_mode"],
+        outputs=[("IMAGE", "IMAGE")],
+        size=[315, 102],
+    ),
+    "ImageStitch": dict(
+        inputs=[("image1", "IMAGE"), ("image2", "IMAGE")],
+        widgets=["direction", "match_image_size", "spacing_width", "spacing_color"],
+        outputs=[("IMAGE", "IMAGE")],
+        size=[315, 150],
+    ),
     "Note": dict(inputs=[], widgets=["text"], outputs=[], size=[340, 170]),
     "LyCOLoadAdapter": _LOADER,
     "LyCOLoadLoKr": _LOADER,
@@ -280,6 +296,29 @@ CONVERT_WORKFLOW = (
     " renders with the converted adapter without touching disk. Resize Adapter changes the rank of "
     "any adapter; Convert Adapter Layout rewrites it for PEFT or diffusers.",
 )
+# One line per template. The frontend's Templates dialog shows a custom pack's template by its file name only (title
+# and description are both the name; 1.32.9, 1.49.6 and 1.58.1 read no metadata for them), so the line opens the
+# template's note, where a person sees it once the template is open.
+SUMMARIES = {
+    "lyco_load_adapter": "Load any LyCORIS adapter and see its effect: the same seed with | without it | difference.",
+    "lyco_load_adapter_model_only": "Load an adapter into the diffusion model only (no CLIP).",
+    "lyco_load_lokr": "Load a LoKr file (other methods are refused with the right node's name).",
+    "lyco_load_loha": "Load a LoHa file (other methods are refused with the right node's name).",
+    "lyco_load_oft": "Load an OFT or BOFT file, its strength applied once.",
+    "lyco_load_lora": "Load a LoRA / LoCon file (Tucker and DoRA included).",
+    "lyco_adapter_info": "What an adapter file holds and which modules of the model it matches.",
+    "lyco_train_lokr": "Train a LoKr in the graph, plot its loss and render with it.",
+    "lyco_convert_lokr_to_lora": "Turn a LoKr into a LoRA, save it and render with it.",
+}
+
+# the workflow scripts/demo.sh and the README open first: it also renders the same seed without the adapter
+COMPARE_WORKFLOW = "lyco_load_adapter"
+COMPARE_NOTE = (
+    "\n\nWhat you see: the preview on the right shows, for the same seed and prompt, the image with the adapter | "
+    "without it | their difference (black = unchanged, bright = changed). The demo checkpoint is random, so both "
+    "renders are noise; the difference is what shows the adapter's effect. Set both strengths to 0 and it turns "
+    "black."
+)
 CONVERT_WIDGETS = {"to_lora": ["rank", 32, 0.99, 0, False], "save": ["lycoris", "fp16", True]}
 NOTE_TAIL = (
     "\n\nRuns as is in the LyCO demo (scripts/demo.sh: tiny random SD1.5 checkpoint, lyco_demo_* "
@@ -306,9 +345,11 @@ def _loader_widgets(loader: str, adapter: str) -> list:
     return [adapter, 1.0, False] if loader == "LyCOLoadAdapterModelOnly" else [adapter, 1.0, 1.0, False]
 
 
-def _txt2img(ours: str, ours_widgets: list, note: str, prefix: str, extra_nodes=(), extra_links=()):
-    """(nodes, links) of checkpoint -> ours -> encode ×2 -> latent -> KSampler -> decode -> save + PreviewAny of
-    ours' STRING output."""
+def _txt2img(
+    ours: str, ours_widgets: list, note: str, prefix: str, extra_nodes=(), extra_links=(), summary_preview=True
+):
+    """(nodes, links) of checkpoint -> ours -> encode ×2 -> latent -> KSampler -> decode -> save + (unless
+    ``summary_preview`` is false) PreviewAny of ours' STRING output."""
     model_only = ours == "LyCOLoadAdapterModelOnly"
     nodes = [
         ("ckpt", "CheckpointLoaderSimple", (_X["ckpt"], 200), [CKPT], None),
@@ -319,7 +360,7 @@ def _txt2img(ours: str, ours_widgets: list, note: str, prefix: str, extra_nodes=
         ("ksampler", "KSampler", (_X["ks"], 200), [SEED, "fixed", STEPS, 7.0, "euler", "normal", 1.0], None),
         ("decode", "VAEDecode", (_X["dec"], 200), [], None),
         ("save", "SaveImage", (_X["save"], 200), [prefix], None),
-        ("preview", "PreviewAny", (_X["ours"], 700), [], "Summary"),
+        *([("preview", "PreviewAny", (_X["ours"], 700), [], "Summary")] if summary_preview else []),
         ("note", "Note", (_X["ckpt"], 420), [note + NOTE_TAIL], "About this workflow"),
         *extra_nodes,
     ]
@@ -331,7 +372,7 @@ def _txt2img(ours: str, ours_widgets: list, note: str, prefix: str, extra_nodes=
         (*clip_src, "neg", "clip"),
         ("ours", 0, "ksampler", "model"),
         *_SAMPLING_LINKS,
-        ("ours", 1 if model_only else 2, "preview", "source"),
+        *([("ours", 1 if model_only else 2, "preview", "source")] if summary_preview else []),
         *extra_links,
     ]
     return nodes, links
@@ -341,7 +382,14 @@ def descriptions() -> dict[str, tuple[list, list]]:
     """{file stem: (nodes, links)}; nodes (key, type, pos, widgets_values, title), links (src, slot, dst, input)."""
     out = {}
     for stem, ours, adapter, note in LOADER_WORKFLOWS:
-        out[stem] = _txt2img(ours, _loader_widgets(ours, adapter), note, prefix=stem)
+        if stem == COMPARE_WORKFLOW:
+            out[stem] = _txt2img(
+                ours, _loader_widgets(ours, adapter), note + COMPARE_NOTE, prefix=stem, **_comparison()
+            )
+        else:
+            out[stem] = _txt2img(ours, _loader_widgets(ours, adapter), note, prefix=stem)
+    # Adapter Info shows the file's facts once: its info panel before a run, its own summary after one (a
+    # PreviewAny of its text would repeat them on one line); the loader's coverage is in the loader's summary
     stem, adapter, note = INFO_WORKFLOW
     widgets = _loader_widgets("LyCOLoadAdapter", adapter)
     out[stem] = _txt2img(
@@ -349,19 +397,64 @@ def descriptions() -> dict[str, tuple[list, list]]:
         widgets,
         note,
         prefix=stem,
-        extra_nodes=[
-            ("info", "LyCOAdapterInfo", (_X["ckpt"], 700), [adapter], None),
-            ("info_preview", "PreviewAny", (_X["enc"], 760), [], "Adapter info"),
-        ],
-        extra_links=[
-            ("ckpt", 0, "info", "model"),
-            ("ckpt", 1, "info", "clip"),
-            ("info", 0, "info_preview", "source"),
-        ],
+        extra_nodes=[("info", "LyCOAdapterInfo", (_X["ckpt"], 700), [adapter], None)],
+        extra_links=[("ckpt", 0, "info", "model"), ("ckpt", 1, "info", "clip")],
+        summary_preview=False,
     )
     out[TRAIN_WORKFLOW[0]] = _training()
     out[CONVERT_WORKFLOW[0]] = _conversion()
+    assert set(SUMMARIES) == set(out), sorted(set(SUMMARIES) ^ set(out))
+    for stem, (nodes, _links) in out.items():  # each note opens with the template's one-line summary
+        for i, (key, typ, pos, widgets, title) in enumerate(nodes):
+            if typ == "Note":
+                nodes[i] = (key, typ, pos, [f"{SUMMARIES[stem]}\n\n{widgets[0]}"], title)
     return out
+
+
+def _comparison() -> dict:
+    """Extra nodes and links (``_txt2img`` keywords) that render the same seed without the adapter (the
+    checkpoint's own MODEL and CLIP, the same latent and sampler settings) and show, in one PreviewImage, the image
+    with the adapter | without it | their difference |with − without|, joined side by side by two ImageStitch nodes.
+    ImageBlend's "difference" is one-sided (max(image1 − image2, 0)), so the absolute difference is the two one-sided
+    ones joined by "screen" (x + y − x·y, = x + y here: one of the two is 0 in every channel). Core nodes of ComfyUI
+    0.3.75 and 0.33.0 alike."""
+    y, cmp = 780, _X["save"] + 380  # below the latent (enc column) and the sampler (ks column); one more column
+    sampler = [SEED, "fixed", STEPS, 7.0, "euler", "normal", 1.0]
+    stitch = ["right", True, 4, "white"]
+    nodes = [
+        ("pos_base", "CLIPTextEncode", (_X["enc"], y), [POSITIVE], "Positive (no adapter)"),
+        ("neg_base", "CLIPTextEncode", (_X["enc"], y + 250), [NEGATIVE], "Negative (no adapter)"),
+        ("ksampler_base", "KSampler", (_X["ks"], y), sampler, "KSampler (no adapter, same seed)"),
+        ("decode_base", "VAEDecode", (_X["dec"], y), [], "VAE Decode (no adapter)"),
+        ("brighter", "ImageBlend", (_X["save"], 660), [1.0, "difference"], "with − without (≥ 0)"),
+        ("darker", "ImageBlend", (_X["save"], 820), [1.0, "difference"], "without − with (≥ 0)"),
+        ("difference", "ImageBlend", (_X["save"], 980), [1.0, "screen"], "|with − without|"),
+        ("compare", "PreviewImage", (cmp, 200), [], "With adapter | without | difference"),
+        ("stitch_pair", "ImageStitch", (cmp, 660), stitch, "with | without"),
+        ("stitch_all", "ImageStitch", (cmp, 900), stitch, "with | without | difference"),
+    ]
+    links = [
+        ("ckpt", 1, "pos_base", "clip"),
+        ("ckpt", 1, "neg_base", "clip"),
+        ("ckpt", 0, "ksampler_base", "model"),
+        ("pos_base", 0, "ksampler_base", "positive"),
+        ("neg_base", 0, "ksampler_base", "negative"),
+        ("latent", 0, "ksampler_base", "latent_image"),
+        ("ksampler_base", 0, "decode_base", "samples"),
+        ("ckpt", 2, "decode_base", "vae"),
+        ("decode", 0, "brighter", "image1"),
+        ("decode_base", 0, "brighter", "image2"),
+        ("decode_base", 0, "darker", "image1"),
+        ("decode", 0, "darker", "image2"),
+        ("brighter", 0, "difference", "image1"),
+        ("darker", 0, "difference", "image2"),
+        ("decode", 0, "stitch_pair", "image1"),
+        ("decode_base", 0, "stitch_pair", "image2"),
+        ("stitch_pair", 0, "stitch_all", "image1"),
+        ("difference", 0, "stitch_all", "image2"),
+        ("stitch_all", 0, "compare", "images"),
+    ]
+    return {"extra_nodes": nodes, "extra_links": links}
 
 
 def _conversion() -> tuple[list, list]:

@@ -6,9 +6,10 @@ Checked: our extensions register and our JS is served; dropping LyCOLoadAdapter 
 info panel with its method and rank; a strength field steps by 0.01 and takes a typed value (canvas arrows and
 prompt, or the Vue node's input); the block-weight editor writes the text and reads hand edits back; the stack
 editor adds, toggles and reorders rows; the stack's JSON text stays hidden and our panels have a sensible size inside
-their node; the example workflow queued from the UI produces an image and our summary appears in the node; a graph
-of our nodes runs; every template, loaded and queued from the page, runs and leaves no two nodes overlapping; no
-console or page error comes from our files. Screenshots:
+their node; the example workflow queued from the UI produces an image, its with | without | difference preview and
+our summary in the node; a graph of our nodes runs; the Templates dialog shows every template's thumbnail (HTTP 200,
+a loaded image); every template, loaded and queued from the page, runs and leaves no two nodes overlapping; no console
+or page error comes from our files. Screenshots:
 test-artifacts/browser/<name>-<renderer>-fe<frontend version>.png.
 
 Graphs are emptied with ``lycoTest.reset()``, which keeps node ids from being used again and waits a frame before
@@ -420,8 +421,11 @@ def test_example_workflow_queued_from_the_ui_makes_an_image(ui, comfy_server, ar
     ui.evaluate("async () => { await lycoTest.app.queuePrompt(0, 1); }")
     entry = wait_history(comfy_server, before)
     assert entry["status"]["status_str"] == "success", entry["status"]
-    images = workflow.output_images(entry["outputs"])
+    images = [i for i in workflow.output_images(entry["outputs"]) if i["type"] == "output"]  # SaveImage's
     assert images and (comfy_server.base.output_dir / images[0]["subfolder"] / images[0]["filename"]).is_file()
+    compare = ui.evaluate("() => lycoTest.app.graph.nodes.find((n) => n.type === 'PreviewImage').id")
+    shown = entry["outputs"][str(compare)]["images"]  # with | without | difference, stitched into one picture
+    assert len(shown) == 1 and shown[0]["type"] == "temp", shown
     summary = wait_summary(ui, loader)
     assert "UNet 40 · CLIP 72 patched" in summary
     shot(ui, artifacts, "04_example_workflow_run")
@@ -473,6 +477,84 @@ def test_graph_of_our_nodes_runs_and_shows_summaries(ui, comfy_server, demo, art
     stacked = wait_summary(ui, ids["stack"])
     assert stacked.startswith("1. (model 0.8, clip 0.8)") and f"2. {demo['loha']}: off" in stacked
     shot(ui, artifacts, "05_our_nodes_after_run")
+
+
+# --------------------------------------------------------------------------- templates dialog
+
+TEMPLATE_STEMS = sorted(p.stem for p in (REPO_ROOT / "example_workflows").glob("*.json"))
+# each of our cards' thumbnail (the frontends show the template's name as its title and alt text)
+CARD_IMAGES = """(names) => Object.fromEntries(names.map((name) => {
+  const card = document.querySelector(`[data-testid="template-workflow-${CSS.escape(name)}"]`);
+  const img = card?.querySelector(`img[alt="${CSS.escape(name)}"]`) ?? card?.querySelector('img')
+    ?? [...document.querySelectorAll('img')].find((i) => i.alt === name || i.src.endsWith(`/${name}.jpg`));
+  return [name, img ? { complete: img.complete, naturalWidth: img.naturalWidth, naturalHeight: img.naturalHeight,
+                        card: !!card } : null];
+}))"""
+
+
+def _close_dialogs(page, timeout: float = 10.0) -> None:
+    """Close the frontend's open dialogs (Escape, then the dialog's own close button) and wait until no dialog mask
+    covers the page (a mask left behind would take the clicks of the tests after this one)."""
+    page.keyboard.press("Escape")
+    deadline = time.monotonic() + timeout
+    while page.locator(".p-dialog-mask").count():
+        if time.monotonic() > deadline:
+            raise AssertionError("a dialog stays open over the page")
+        page.evaluate(
+            """() => {
+            const dialog = [...document.querySelectorAll('.p-dialog-mask .p-dialog')].pop();
+            const close = dialog && [...dialog.querySelectorAll('button')].find((b) =>
+                /close/i.test(`${b.getAttribute('aria-label') ?? ''} ${b.className} ${b.dataset.pcSection ?? ''}`)
+                || b.querySelector('.pi-times, [class*="icon-[lucide--x]"]'));
+            close?.click();
+        }"""
+        )
+        page.wait_for_timeout(300)
+
+
+def test_templates_dialog_shows_our_thumbnails(ui, comfy_server, artifacts):
+    """Templates dialog (the frontend's own Comfy.BrowseTemplates command) → our pack: every template's thumbnail
+    ``/api/workflow_templates/ComfyUI-LyCO/<name>.jpg`` answers 200 and is shown (a loaded image, naturalWidth >
+    0). The frontends ask for exactly that file: a custom pack's template has ``mediaSubtype: 'jpg'``."""
+    for stem in TEMPLATE_STEMS:  # committed beside the workflow, small
+        jpg = REPO_ROOT / "example_workflows" / f"{stem}.jpg"
+        assert jpg.is_file() and 1_000 < jpg.stat().st_size < 60_000, jpg
+    responses: dict[str, int] = {}
+
+    def seen(response):
+        if f"/api/workflow_templates/{PACK}/" in response.url and response.url.endswith(".jpg"):
+            responses[response.url.rsplit("/", 1)[1][: -len(".jpg")]] = response.status
+
+    ui.on("response", seen)
+    try:
+        ui.evaluate("async () => { await lycoTest.reset(); }")
+        ui.evaluate("async () => { await lycoTest.app.extensionManager.command.execute('Comfy.BrowseTemplates'); }")
+        nav = ui.locator(".p-dialog, [role='dialog']").get_by_text(PACK, exact=True).first
+        nav.wait_for(state="visible", timeout=20_000)
+        nav.click()
+        images = {}
+        for stem in TEMPLATE_STEMS:  # the grid mounts (and loads) the cards near the view only: one at a time
+            card = ui.locator(f'[data-testid="template-workflow-{stem}"]')
+            card.wait_for(state="attached", timeout=20_000)
+            card.scroll_into_view_if_needed()
+            loaded = f"""() => {{ const i = ({CARD_IMAGES})([{json.dumps(stem)}])[{json.dumps(stem)}];
+                return !!i && i.complete && i.naturalWidth > 0; }}"""
+            try:
+                ui.wait_for_function(loaded, timeout=20_000)
+            except Exception:  # noqa: BLE001  (reported below with what the card shows)
+                pass
+            images[stem] = ui.evaluate(CARD_IMAGES, [stem])[stem]
+        first = ui.locator(f'[data-testid="template-workflow-{TEMPLATE_STEMS[0]}"]')
+        first.evaluate("(card) => card.scrollIntoView({block: 'center'})")  # the top of the grid in the picture
+        ui.wait_for_timeout(300)
+        path = artifacts / f"07_templates_dialog-{ui.lyco_renderer}-fe{ui.lyco_frontend}.png"
+        ui.screenshot(path=str(path))
+    finally:
+        ui.remove_listener("response", seen)
+        _close_dialogs(ui)
+    assert responses == {stem: 200 for stem in TEMPLATE_STEMS}, responses
+    bad = {k: v for k, v in images.items() if not v or not v["complete"] or v["naturalWidth"] <= 0}
+    assert not bad, bad
 
 
 # --------------------------------------------------------------------------- console

@@ -3,7 +3,8 @@
 One server for the session (the ``comfy_server`` fixture); the demo adapters of ``tools/demo_assets.py`` (the files
 ``scripts/demo.sh`` shows) and a few broken files are put in its ``models/loras`` folder. Covered: registration
 (``/object_info``, ``/extensions``, the import log), the example workflows (widgets against ``/object_info``, served
-as templates, each one run, an adapter a template saves read back by ComfyUI), strength 0 == no adapter
+as templates with their thumbnails, each one run, an adapter a template saves read back by ComfyUI, the demo
+workflow's with | without | difference picture), strength 0 == no adapter
 (bit-identical image) != strength 1, the summary in ``/history``, and clear node errors for bad files while the
 server keeps serving.
 
@@ -269,6 +270,22 @@ def test_object_info_lists_our_nodes(object_info, demo_adapters):
     assert object_info["LyCOLoadAdapterModelOnly"]["output"] == ["MODEL", "STRING"]
 
 
+def test_one_strength_limit_for_every_field(server, object_info):
+    """The loaders', convert nodes' and stack editor's strength fields share one limit (the stack editor reads it
+    from /lyco/adapters)."""
+    limit = server.get_json("/lyco/adapters")["strength_limit"]
+    fields = [
+        (node_id, name, spec[1])
+        for node_id, info in object_info.items()
+        if node_id.startswith("LyCO")
+        for group in ("required", "optional")
+        for name, spec in info["input"].get(group, {}).items()
+        if name.startswith(("strength_", "weight_")) and spec[0] == "FLOAT"
+    ]
+    assert len(fields) >= 8
+    assert all((opts["min"], opts["max"]) == (-limit, limit) for _, _, opts in fields), fields
+
+
 def test_extensions_list_nothing_broken(server):
     listed = server.get_json("/extensions")
     ours = [u for u in listed if f"/extensions/{PACK_DIR_NAME}/" in u]
@@ -358,6 +375,11 @@ def test_example_workflows_served_as_templates(server):
     for path in TEMPLATE_FILES:
         served = server.get_json(f"/api/workflow_templates/{PACK_DIR_NAME}/{path.name}")
         assert served == json.loads(path.read_text(encoding="utf-8")), path.name
+        # the thumbnail the frontend asks for (a custom pack's template is "<name>.jpg"), tools/make_thumbnails.py
+        jpg = path.with_suffix(".jpg")
+        with urllib.request.urlopen(f"{server.url}/api/workflow_templates/{PACK_DIR_NAME}/{jpg.name}") as r:
+            assert r.status == 200 and r.read() == jpg.read_bytes(), jpg.name
+        assert Image.open(jpg).format == "JPEG" and jpg.stat().st_size < 60_000, jpg.name
 
 
 @pytest.mark.parametrize("path", TEMPLATE_FILES, ids=lambda p: p.stem)
@@ -413,6 +435,29 @@ def test_strength_zero_equals_no_adapter_and_differs_from_strength_one(server, d
     )
 
 
+def test_demo_workflow_shows_with_without_and_difference(server, demo_adapters):
+    """lyco_load_adapter (the demo's first workflow) previews one picture: the image with the adapter | the same seed
+    without it | their difference, |with − without|; the first third is the saved image."""
+    prompt = _set_prefix(_template_api("lyco_load_adapter"), "compare")
+    ours = _node_id(prompt, "LyCOLoadAdapter")
+    prompt[ours]["inputs"]["strength_model"] = _fresh_strength()
+    outputs = workflow.run_prompt(server.url, prompt, timeout=300)
+    with_adapter = _image(server, outputs)
+    shown = outputs[_node_id(prompt, "PreviewImage")]["images"]
+    assert len(shown) == 1 and shown[0]["type"] == "temp", shown
+    query = urllib.parse.urlencode({k: shown[0][k] for k in ("filename", "subfolder", "type")})
+    with urllib.request.urlopen(f"{server.url}/view?{query}") as r:
+        picture = np.asarray(Image.open(r).convert("RGB"), dtype=np.int16)
+    gaps = {prompt[k]["inputs"]["spacing_width"] for k, v in prompt.items() if v["class_type"] == "ImageStitch"}
+    assert len(gaps) == 1, gaps
+    gap = gaps.pop()
+    assert picture.shape == (64, 3 * 64 + 2 * gap, 3), picture.shape
+    left, middle, right = (picture[:, i * (64 + gap) : i * (64 + gap) + 64] for i in range(3))
+    assert np.array_equal(left, with_adapter)
+    assert np.abs(left - middle).mean() > 1.0  # the adapter changed the image
+    assert np.abs(right - np.abs(left - middle)).max() <= 1  # difference (rounded once more)
+
+
 def test_summary_ui_text_in_history(server, demo_adapters):
     prompt = _set_prefix(_template_api("lyco_load_adapter"), "summary")
     ours = _node_id(prompt, "LyCOLoadAdapter")
@@ -453,7 +498,7 @@ def test_info_node_reports_file_and_matches(server, demo_adapters):
     [
         ("truncated", r"truncated"),
         ("sdxl_only", r"no module matches this model"),
-        ("plain", r"no adapter module recognised"),
+        ("plain", r"this is a model checkpoint"),
     ],
 )
 def test_bad_file_gives_node_error_and_server_keeps_serving(server, demo_adapters, case, problem):
