@@ -50,6 +50,7 @@ class TinyArch:
     diffusers: list = field(default_factory=list)  # [Target] on diffusers module paths
     params: int = 0
     clip: object | None = None  # a text-encoder arch: the comfy.sd.CLIP whose patcher is ``patcher``
+    unet: str = "sdxl"  # a text-encoder arch: the BUILDERS name of the diffusion model loaded beside it
 
     def originals(self) -> dict:
         sd = self.patcher.model.state_dict()
@@ -418,22 +419,42 @@ TINY_CLIP = {
 }
 
 
-def build_sdxl_clip(seed: int = 9) -> TinyArch | None:
+def _clip_arch(name: str, config_class: str, unet_config: dict, options: dict, seed: int, unet: str) -> TinyArch:
+    """A text-encoder arch: the host's ``<config_class>.clip_target()`` in ``comfy.sd.CLIP`` with ``options`` (tiny
+    per-encoder configs, float32); targets are every encoder-layer Linear (CLIP ``encoder.layers.N``, T5
+    ``encoder.block.N``; not T5's relative-attention-bias embedding), path "<encoder>.<module in the encoder>"."""
     sm = importlib.import_module("comfy.supported_models")
     comfy_sd = importlib.import_module("comfy.sd")
-    target = sm.SDXL(dict(SDXL_CONFIG)).clip_target()
-    options = {"dtype": torch.float32, "clip_l_model_config": dict(TINY_CLIP), "clip_g_model_config": dict(TINY_CLIP)}
-    clip = comfy_sd.CLIP(target, model_options=options)
+    target = getattr(sm, config_class)(dict(unet_config)).clip_target()
+    clip = comfy_sd.CLIP(target, model_options={"dtype": torch.float32, **options})
     params = _fill(clip.cond_stage_model, seed)
-    arch = TinyArch("SDXL CLIP-L+G", "SDXL.clip_target", dict(TINY_CLIP), clip.patcher, params=params, clip=clip)
+    arch = TinyArch(name, f"{config_class}.clip_target", {}, clip.patcher, params=params, clip=clip, unet=unet)
     for key, tensor in clip.cond_stage_model.state_dict().items():
         encoder, _, rest = key.partition(".transformer.")
-        if ".encoder.layers." in rest and key.endswith(".weight") and tensor.dim() == 2:
+        layer = ".encoder.layers." in rest or rest.startswith("encoder.block.")
+        if layer and key.endswith(".weight") and tensor.dim() == 2 and "relative_attention_bias" not in key:
             # path "clip_l.text_model.encoder.layers.0.self_attn.q_proj": the encoder, then the module in it
             arch.native.append(Target(f"{encoder}.{rest[: -len('.weight')]}", key))
     arch.native.sort(key=lambda t: t.path)
-    arch.diffusers = list(arch.native)  # ComfyUI's CLIP keeps the transformers names
+    arch.diffusers = list(arch.native)  # ComfyUI's text encoders keep the transformers names
     return arch
+
+
+def build_sdxl_clip(seed: int = 9) -> TinyArch | None:
+    options = {"clip_l_model_config": dict(TINY_CLIP), "clip_g_model_config": dict(TINY_CLIP)}
+    return _clip_arch("SDXL CLIP-L+G", "SDXL", SDXL_CONFIG, options, seed, "sdxl")
+
+
+# T5-XXL's layout (gated-GELU T5 v1.1 encoder, relative position buckets) at hidden 32, 2 heads of 16, 2 blocks, a
+# 512-token vocabulary; merged over the host's t5_config_xxl.json through model_options "t5xxl_model_config".
+TINY_T5 = {"d_model": 32, "d_kv": 16, "num_heads": 2, "d_ff": 64, "num_layers": 2, "vocab_size": 512}
+
+
+def build_flux_clip(seed: int = 10) -> TinyArch | None:
+    """Flux.1's text encoders (CLIP-L + T5-XXL) through the host's ``Flux.clip_target()``."""
+    options = {"clip_l_model_config": dict(TINY_CLIP), "t5xxl_model_config": dict(TINY_T5)}
+    config = _with_host_fields(FLUX_CONFIG, "comfy.ldm.flux.model", "FluxParams", {"txt_ids_dims": []})
+    return _clip_arch("Flux CLIP-L+T5", "Flux", config, options, seed, "flux")
 
 
 BUILDERS = {
@@ -446,4 +467,5 @@ BUILDERS = {
     "hunyuan_video": build_hunyuan_video,
     "zimage": build_zimage,
     "sdxl_clip": build_sdxl_clip,
+    "flux_clip": build_flux_clip,
 }

@@ -10,7 +10,10 @@ Factors, per method, in the shapes the files hold (``out``/``in`` of the target 
 * LoRA: ``down`` (r, in), ``up`` (out, r), ``alpha`` (scalar; ΔW = up·down·alpha/r, no alpha = scale 1);
 * LoKr: ``w1`` (a1, a2) and either ``w2`` (b1, b2) (full: scale 1) or ``w2_a`` (b1, r) · ``w2_b`` (r, b2)
   (scale alpha/r); ΔW = kron(w1, w2);
-* LoHa: ``w1_a`` (out, r), ``w1_b`` (r, in), ``w2_a``, ``w2_b``; ΔW = (w1_a·w1_b) ⊙ (w2_a·w2_b)·alpha/r.
+* LoHa: ``w1_a`` (out, r), ``w1_b`` (r, in), ``w2_a``, ``w2_b``; ΔW = (w1_a·w1_b) ⊙ (w2_a·w2_b)·alpha/r;
+* diag-OFT: ``oft_blocks`` (n, bs, bs), ``alpha`` (the constraint), optional ``rescale`` (out, 1); BOFT: 4-D
+  ``oft_blocks`` (stages, n, bs, bs), same ``alpha``/``rescale`` (KohakuBlueleaf/LyCORIS lycoris/modules/
+  diag_oft.py, boft.py ``weight_list``); W' comes from the reference library itself, not from a formula here.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ KOHYA_SUFFIX = {
     "w1_b": "hada_w1_b",
     "hw2_a": "hada_w2_a",
     "hw2_b": "hada_w2_b",
+    "oft_blocks": "oft_blocks",
+    "rescale": "rescale",
 }
 # PEFT LoRA tensors (huggingface/peft src/peft/tuners/lora/layer.py: lora_A / lora_B; no alpha in the file)
 PEFT_SUFFIX = {"down": "lora_A.weight", "up": "lora_B.weight"}
@@ -89,6 +94,9 @@ LYCORIS_KOHYA = Producer(
     ("lokr", "loha"),
     source="KohakuBlueleaf/LyCORIS lycoris/kohya.py",
 )
+# The same with algo=diag-oft / boft (LyCORIS lycoris/kohya.py names, tensors of lycoris/modules/diag_oft.py and
+# boft.py: oft_blocks, alpha = the constraint, rescale when rescaled).
+LYCORIS_KOHYA_OFT = replace(LYCORIS_KOHYA, methods=("oft", "boft"))
 # SimpleTuner's LyCORIS training (bghira/SimpleTuner, through KohakuBlueleaf/LyCORIS lycoris/wrapper.py
 # LycorisNetwork, LORA_PREFIX = "lycoris", on the diffusers model's module names with "_": lycoris_transformer_
 # blocks_0_attn_to_q); SimpleTuner's default lycoris config is LoKr with linear_dim 10000, i.e. full w1 and w2.
@@ -102,6 +110,9 @@ SIMPLETUNER = Producer(
     lokr_full=True,
     source="bghira/SimpleTuner + KohakuBlueleaf/LyCORIS lycoris/wrapper.py",
 )
+# SimpleTuner's LyCORIS config with algo diag-oft / boft (same lycoris_ names; on Flux to_q/to_k/to_v land on rows
+# of the fused img_attn.qkv / single-block linear1).
+SIMPLETUNER_OFT = replace(SIMPLETUNER, methods=("oft", "boft"), lokr_full=False)
 # diffusers save_lora_weights (huggingface/diffusers src/diffusers/loaders/lora_pipeline.py: PEFT state dict of the
 # transformer / unet, keys "transformer.<module>.lora_A.weight"); ai-toolkit (ostris/ai-toolkit, Flux LoRAs saved
 # in the same diffusers/PEFT layout) writes the same names for Flux.
@@ -155,6 +166,28 @@ MUSUBI = Producer(
     KOHYA_SUFFIX,
     ("lora",),
     source="kohya-ss/musubi-tuner networks/lora_wan.py, lora_qwen_image.py, lora.py",
+)
+# OneTrainer (Nerogar/OneTrainer): its LoRA/LoHa modules (modules/module/LoRAModule.py: LoRAModule lora_down/
+# lora_up + alpha buffer; LoHaModule hada_w1_a/hada_w1_b/hada_w2_a/hada_w2_b + alpha) are held on the diffusers model
+# under "lora_unet" / "lora_transformer" / "lora_te1" / "lora_te2"; the default safetensors save (modules/modelSaver/
+# mixin/LoRASaverMixin.py: ModelFormat.SAFETENSORS without the OMI switch → convert_to_legacy_diffusers) writes the
+# "legacy diffusers" names of modules/util/convert/lora/convert_lora_util.py (LoraConversionKeySet
+# legacy_diffusers_prefix: the diffusers path with "_"): lora_unet_down_blocks_1_attentions_0_… for SDXL
+# (convert_sdxl_lora.py), lora_transformer_transformer_blocks_0_attn_to_q for Flux (convert_flux_lora.py) and SD3
+# (convert_sd3_lora.py).
+ONETRAINER_UNET = Producer(
+    "OneTrainer",
+    "diffusers",
+    "lora_unet_",
+    True,
+    KOHYA_SUFFIX,
+    ("lora", "loha"),
+    source="Nerogar/OneTrainer modules/util/convert/lora/convert_sdxl_lora.py, convert_lora_util.py",
+)
+ONETRAINER_TRANSFORMER = replace(
+    ONETRAINER_UNET,
+    prefix="lora_transformer_",
+    source="Nerogar/OneTrainer modules/util/convert/lora/convert_flux_lora.py, convert_sd3_lora.py",
 )
 # ai-toolkit on Wan / Qwen-Image (ostris/ai-toolkit: "diffusion_model.<original module>.lora_A.weight", the layout
 # ComfyUI's own Wan/Qwen LoRAs use).
@@ -238,6 +271,14 @@ def kohya_text_encoder(path: str) -> str:
     return {"clip_l": "te1", "clip_g": "te2"}[encoder] + "." + rest
 
 
+def kohya_flux_text_encoder(path: str) -> str:
+    """kohya's Flux text-encoder names (sd-scripts networks/lora_flux.py: LORA_PREFIX_TEXT_ENCODER_CLIP = "lora_te1"
+    on CLIP-L, LORA_PREFIX_TEXT_ENCODER_T5 = "lora_te3" on T5-XXL, then the transformers module path:
+    lora_te3_encoder_block_0_layer_0_SelfAttention_q)."""
+    encoder, rest = path.split(".", 1)
+    return {"clip_l": "te1", "t5xxl": "te3"}[encoder] + "." + rest
+
+
 def diffusers_text_encoder(path: str) -> str:
     """diffusers' SDXL text-encoder LoRA names (StableDiffusionXLPipeline.save_lora_weights:
     text_encoder_lora_layers under "text_encoder.", text_encoder_2_lora_layers under "text_encoder_2.")."""
@@ -276,15 +317,34 @@ DIFFUSERS_TE = Producer(
     rename=diffusers_text_encoder,
 )
 
+KOHYA_FLUX_TE = replace(KOHYA_TE, source="kohya-ss/sd-scripts networks/lora_flux.py", rename=kohya_flux_text_encoder)
+LYCORIS_KOHYA_FLUX_TE = replace(LYCORIS_KOHYA_TE, rename=kohya_flux_text_encoder)
+
+# OneTrainer's SDXL text encoders: LoraConversionKeySet("clip_l", "lora_te1") / ("clip_g", "lora_te2") with the
+# transformers module path unchanged (convert_sdxl_lora.py __map_text_encoder_1/2), i.e. kohya's names.
+ONETRAINER_TE = replace(
+    KOHYA_TE, name="OneTrainer", methods=("lora", "loha"), source="Nerogar/OneTrainer convert_sdxl_lora.py"
+)
+
 # which producers write files for which architecture (key: arch_models builder name)
 PRODUCERS = {
-    "flux": (KOHYA, LYCORIS_KOHYA, SIMPLETUNER, AI_TOOLKIT, COMFY_TRAINER),
-    "sdxl": (KOHYA, LYCORIS_KOHYA, SIMPLETUNER, DIFFUSERS_UNET, COMFY_TRAINER),
-    "sd3": (KOHYA, LYCORIS_KOHYA, SIMPLETUNER, DIFFUSERS, COMFY_TRAINER),
+    "flux": (
+        KOHYA,
+        LYCORIS_KOHYA,
+        LYCORIS_KOHYA_OFT,
+        SIMPLETUNER,
+        SIMPLETUNER_OFT,
+        AI_TOOLKIT,
+        COMFY_TRAINER,
+        ONETRAINER_TRANSFORMER,
+    ),
+    "sdxl": (KOHYA, LYCORIS_KOHYA, LYCORIS_KOHYA_OFT, SIMPLETUNER, DIFFUSERS_UNET, COMFY_TRAINER, ONETRAINER_UNET),
+    "sd3": (KOHYA, LYCORIS_KOHYA, LYCORIS_KOHYA_OFT, SIMPLETUNER, DIFFUSERS, COMFY_TRAINER, ONETRAINER_TRANSFORMER),
     "chroma": (KOHYA, AI_TOOLKIT_DM, DIFFUSERS, SIMPLETUNER, COMFY_TRAINER),
     "qwen_image": (MUSUBI, MUSUBI_LYCORIS, AI_TOOLKIT_DM, DIFFUSERS, SIMPLETUNER, COMFY_TRAINER),
     "wan": (MUSUBI, MUSUBI_LYCORIS, AI_TOOLKIT_DM, COMFY_TRAINER),
     "hunyuan_video": (MUSUBI_HUNYUAN, MUSUBI_LYCORIS_HUNYUAN, DIFFUSION_PIPE, COMFY_TRAINER),
     "zimage": (AI_TOOLKIT_DIFFUSERS_DM, DIFFUSERS, SIMPLETUNER, COMFY_TRAINER),
-    "sdxl_clip": (KOHYA_TE, LYCORIS_KOHYA_TE, DIFFUSERS_TE),
+    "sdxl_clip": (KOHYA_TE, LYCORIS_KOHYA_TE, DIFFUSERS_TE, ONETRAINER_TE),
+    "flux_clip": (KOHYA_FLUX_TE, LYCORIS_KOHYA_FLUX_TE),
 }

@@ -13,6 +13,11 @@ random factors, seeded) into the loras folder. Then
   restore every original bit-exactly;
 * ComfyUI's native ``LoraLoaderModelOnly`` loads the same file and the number of modules it places is recorded.
 
+diag-OFT and BOFT files (LyCORIS via kohya, SimpleTuner's LyCORIS) take their expected weight from the reference
+library instead: a lycoris-lora ``DiagOFTModule`` / ``ButterflyOFTModule`` on an ``nn.Linear`` holding the module's
+base weight (or row slice) with the file's tensors, its ``get_merged_weight(multiplier=1)``; those rows run at
+strength 1 so that no strength law is compared.
+
 Diffusers-named files on Flux/SD3 land on row slices of fused weights (``img_attn.qkv``, single-block ``linear1`` =
 q, k, v and the MLP input; MMDiT ``attn.qkv``); several slices of one weight are checked together.
 
@@ -38,6 +43,12 @@ from conftest import one_thread
 from tolerances import delta_agreement
 
 STRENGTH = 0.8
+# OFT/BOFT rows at strength 1: the reference library's multiplier 1, so no strength law is compared (ours
+# interpolates each rotation block, docs/methods.md "Strength laws"; LyCORIS folds the multiplier in differently)
+OFT_STRENGTH = 1.0
+OFT_METHODS = ("oft", "boft")
+OFT_STD = 0.03  # std of the random oft_blocks (rotations a few degrees from I, as trained ones)
+OFT_CONSTRAINT = 0.01  # the file's alpha: LyCORIS rescales Q to ‖Q‖_F ≤ alpha·out where it is larger
 RANK, ALPHA = 4, 2.0
 # Reductions: a rank-4 product (LoRA, LoHa's two factors, LoKr's w2_a·w2_b) → depth 4; chains: the factor
 # products, the Kronecker/Hadamard product, the scale, the add to W → 3 steps.
@@ -120,25 +131,70 @@ def _factors(method: str, shape: tuple[int, int], full: bool, gen: torch.Generat
     raise ValueError(method)
 
 
-def _write(arch, producer, method, path) -> tuple[list, dict]:
-    """Write the file; returns (targets, {weight key: expected float64 W'})."""
+def _strength(method: str) -> float:
+    return OFT_STRENGTH if method in OFT_METHODS else STRENGTH
+
+
+def _lycoris_oft(method: str, base: torch.Tensor, index: int, gen: torch.Generator) -> tuple[dict, torch.Tensor, int]:
+    """({tensor: value}, W' − W in float64, reduction depth) for one diag-OFT / BOFT module on the weight ``base``,
+    from the reference library (lycoris-lora ``DiagOFTModule`` / ``ButterflyOFTModule`` on an ``nn.Linear``
+    holding ``base``): the library chooses the block layout for the out size, its ``oft_blocks`` are set to seeded
+    random values, ``rescale`` on every other module, and W' is its own ``get_merged_weight(multiplier=1)``.
+    The library computes in float32 (its Cayley inverse casts with ``.float()``), so W' is a float32 computation
+    like ours. Raises where the library cannot build the module (BOFT needs out = 2k·2^p, k ≤ the block size) rather
+    than leave a target out."""
+    from lycoris.modules import ButterflyOFTModule, DiagOFTModule
+
+    cls = DiagOFTModule if method == "oft" else ButterflyOFTModule
+    linear = torch.nn.Linear(base.shape[1], base.shape[0], bias=False)
+    with torch.no_grad():
+        linear.weight.copy_(base.float())
+    rescaled = index % 2 == 1
+    module = None
+    for block in (8, 4, 16, 32) if method == "oft" else (4, 8, 16, 32):
+        try:
+            module = cls(f"m{index}", linear, 1.0, lora_dim=block, constraint=OFT_CONSTRAINT, rescaled=rescaled)
+            break
+        except ValueError:  # BOFT: "impossible to decompose … under BOFT constraints"
+            continue
+    if module is None:
+        raise ValueError(f"lycoris-lora builds no {method} module for a weight of shape {tuple(base.shape)}")
+    with torch.no_grad():
+        module.oft_blocks.copy_(torch.randn(module.oft_blocks.shape, generator=gen) * OFT_STD)
+        if rescaled:
+            module.rescale.copy_(1 + torch.randn(module.rescale.shape, generator=gen) * 0.1)
+        merged, _ = module.get_merged_weight(multiplier=1.0)
+    tensors = {"oft_blocks": module.oft_blocks.detach().clone(), "alpha": torch.tensor(OFT_CONSTRAINT)}
+    if rescaled:
+        tensors["rescale"] = module.rescale.detach().clone()
+    # reductions: bs-term products in the Cayley inverse and each rotation stage
+    stages = module.oft_blocks.shape[0] if method == "boft" else 1
+    return tensors, merged.double() - base.double(), module.oft_blocks.shape[-1] * stages
+
+
+def _write(arch, producer, method, path) -> tuple[list, dict, int]:
+    """Write the file; returns (targets, {weight key: expected float64 W'}, reduction depth for the tolerance)."""
     targets = arch.native if producer.naming == "native" else arch.diffusers
     state = arch.patcher.model.state_dict()
     gen = torch.Generator().manual_seed(zlib.crc32(f"{arch.name}|{producer.name}|{method}".encode()))
-    tensors, expected = {}, {}
-    for t in targets:
+    tensors, expected, depth = {}, {}, RANK
+    for index, t in enumerate(targets):
         weight = state[t.key]
-        shape = tuple(weight.narrow(*t.offset).shape if t.offset else weight.shape)
-        factors, delta = _factors(method, shape, producer.lokr_full, gen)
+        base = weight.narrow(*t.offset) if t.offset else weight
+        if method in OFT_METHODS:
+            factors, delta, module_depth = _lycoris_oft(method, base.detach(), index, gen)
+            depth = max(depth, module_depth)
+        else:
+            factors, delta = _factors(method, tuple(base.shape), producer.lokr_full, gen)
         if not producer.has_alpha:  # PEFT files carry no alpha: scale 1
             delta = delta / (ALPHA / RANK) if method == "lora" else delta
             factors.pop("alpha", None)
         for name, value in factors.items():
             tensors[producer.tensor(t.path, name)] = value.contiguous()
         ref = expected.setdefault(t.key, weight.detach().double().clone())
-        (ref.narrow(*t.offset) if t.offset else ref).add_(delta * STRENGTH)
+        (ref.narrow(*t.offset) if t.offset else ref).add_(delta * _strength(method))
     save_file(tensors, str(path))
-    return targets, expected
+    return targets, expected, depth
 
 
 # --------------------------------------------------------------------------------------------------- host
@@ -185,20 +241,21 @@ def test_architecture_file_is_placed_exactly(comfy, loras_dir, arch_name, produc
 
 def _check(comfy, arch, producer, method, path, row):
     with one_thread():
-        targets, expected = _write(arch, producer, method, path)
+        targets, expected, depth = _write(arch, producer, method, path)
+        strength = _strength(method)
         row["modules"] = len(targets)
         name = _listed(path)
         originals = arch.originals()
 
         node = comfy.lyco_nodes["LyCOLoadAdapter"]
         if arch.clip is None:
-            native = comfy.nodes.LoraLoaderModelOnly().load_lora_model_only(arch.patcher, name, STRENGTH)[0]
-            out = node.execute(arch.patcher, None, name, STRENGTH, 0.0).result
+            native = comfy.nodes.LoraLoaderModelOnly().load_lora_model_only(arch.patcher, name, strength)[0]
+            out = node.execute(arch.patcher, None, name, strength, 0.0).result
             model = out[0]
-        else:  # text encoders: with the tiny SDXL UNet beside them, as a checkpoint's MODEL and CLIP
-            unet = _arch(comfy, "sdxl").patcher
-            native = comfy.nodes.LoraLoader().load_lora(unet, arch.clip, name, STRENGTH, STRENGTH)[1].patcher
-            out = node.execute(unet, arch.clip, name, STRENGTH, STRENGTH).result
+        else:  # text encoders: with their checkpoint's tiny diffusion model beside them, as its MODEL and CLIP
+            unet = _arch(comfy, arch.unet).patcher
+            native = comfy.nodes.LoraLoader().load_lora(unet, arch.clip, name, strength, strength)[1].patcher
+            out = node.execute(unet, arch.clip, name, strength, strength).result
             model = out[1].patcher
         row["native"] = _placed(native)
         summary = out[2]
@@ -231,7 +288,7 @@ def _check(comfy, arch, producer, method, path, row):
             base = originals[key].double()
             denom = float((ref - base).abs().max())
             err = float((got[key].double() - ref).abs().max()) / denom
-            errors[key] = (err, delta_agreement(ref, base, RANK, steps=STEPS))
+            errors[key] = (err, delta_agreement(ref, base, depth, steps=STEPS))
         row["err"] = f"{max(e for e, _ in errors.values()):.1e}"
         bad = {k: v for k, v in errors.items() if not v[0] <= v[1]}
         assert not bad, bad
@@ -245,8 +302,9 @@ def test_write_architectures_table():
     lines = [
         f"## ComfyUI {version}",
         "",
-        f"Tiny models through the host's classes; every file at strength {STRENGTH}; 'modules' = adapter modules in",
-        "the file, 'ours' = placed by LyCOLoadAdapter, 'native' = patch entries placed by core LoraLoaderModelOnly,",
+        f"Tiny models through the host's classes; every file at strength {STRENGTH} (OFT/BOFT at {OFT_STRENGTH},",
+        "checked against lycoris-lora's own merged weight); 'modules' = adapter modules in the file, 'ours' = placed",
+        "by LyCOLoadAdapter, 'native' = patch entries placed by core LoraLoaderModelOnly,",
         "'max err' = our worst delta-relative error against the float64 expectation after a full load.",
         "",
         "'unmatched by ours' lists the modules our coverage report leaves unmatched (then that test fails).",
