@@ -323,3 +323,35 @@ def test_write_architectures_table():
     sections = [s for s in sections if not s.startswith(f"## ComfyUI {version}\n")] + [section]
     ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
     ARTIFACT.write_text(header + "\n".join(s.rstrip() + "\n" for s in sorted(sections)), encoding="utf-8")
+
+
+def test_bias_delta_on_a_fused_slice_changes_only_its_rows(comfy, loras_dir):
+    """A module with a bias delta (a full difference with ``diff_b``) on q/k/v of Flux's fused ``img_attn.qkv``,
+    named the diffusers way: the node patches those rows of the weight *and* of the bias, nothing else."""
+    from tolerances import agreement
+
+    arch = _arch(comfy, "flux")
+    target = next(t for t in arch.diffusers if t.offset is not None and t.key.endswith("img_attn.qkv.weight"))
+    bias_key = target.key[: -len("weight")] + "bias"
+    originals = {**arch.originals(), bias_key: arch.patcher.model.state_dict()[bias_key].detach().clone()}
+    _, start, rows = target.offset
+    gen = torch.Generator().manual_seed(61)
+    diff = 0.1 * torch.randn(rows, originals[target.key].shape[1], generator=gen)
+    diff_b = 0.1 * torch.randn(rows, generator=gen)
+    path = loras_dir / "flux-fused-bias.safetensors"
+    save_file({f"{target.path}.diff": diff, f"{target.path}.diff_b": diff_b}, str(path))
+    try:
+        node = comfy.lyco_nodes["LyCOLoadAdapter"]
+        model, _, summary = node.execute(arch.patcher, None, _listed(path), STRENGTH, 0.0).result
+        assert "UNet 1 · CLIP 0 patched · 0 unmatched" in summary, summary
+        got, restored = _full_load(model, [target.key, bias_key], originals)
+    finally:
+        path.unlink(missing_ok=True)
+    assert restored
+    for key, delta in ((target.key, diff), (bias_key, diff_b)):
+        expected = originals[key].double().clone()
+        expected[start : start + rows] += STRENGTH * delta.double()
+        error = float((got[key].double() - expected).abs().max() / expected.abs().max())
+        assert error <= agreement(1, steps=2), (key, error)
+        assert torch.equal(got[key][:start], originals[key][:start])
+        assert torch.equal(got[key][start + rows :], originals[key][start + rows :])
