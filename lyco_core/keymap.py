@@ -284,10 +284,11 @@ def place(module_name: str, target: ModulePath, sides: list[Side]) -> tuple[Side
     1. the host's key map, under each name ``kohya_aliases`` gives (most specific first), side by side;
     2. the rules of this file (``locate``) on each side's weight keys and aliases; exactly one side may fit.
     """
-    for alias in kohya_aliases(module_name, target):
-        for side in sides:
-            if alias in side.host_map:
-                return side, _host_target(side.host_map[alias]), ""
+    if any(side.host_map for side in sides):  # the core alone (CLI) has no host map: no aliases to form
+        for alias in kohya_aliases(module_name, target):
+            for side in sides:
+                if alias in side.host_map:
+                    return side, _host_target(side.host_map[alias]), ""
     found, reasons = [], []
     for side in sides:
         located, reason = locate(target, side.index)
