@@ -5,22 +5,14 @@
     state = train(tuner.adapter().parameters(), loss_fn, len(data), TrainSettings(steps=500, learning_rate=1e-3))
     save_trained(tuner.adapter(), "my_lokr.safetensors")          # LyCORIS layout; layout="peft" for a folder
 
-Files: config (PEFT-named configs), targets (selection rules), methods/ (one trainable per method, reusing
+Files: config (the shared config base, PEFT's target rules, the config registry), targets (selection rules),
+methods/ (one file per method: its config and its trainable, registered together with ``@trainable``, reusing
 ``lyco_core.algorithms``), wrap (attach/merge/unmerge/detach), loop (+ optim, checkpointing), export (files and
-``ss_*`` metadata), resume (continue from a saved adapter).
+``ss_*`` metadata), resume (continue from a saved adapter). The config classes (``LoraConfig``, ``LoKrConfig``, …)
+are importable from here and from ``config`` by name.
 """
 
-from .config import (
-    AdapterConfig,
-    BOFTConfig,
-    GLoRAConfig,
-    IA3Config,
-    LoHaConfig,
-    LoKrConfig,
-    LoraConfig,
-    OFTConfig,
-    config_from_dict,
-)
+from .config import CONFIGS, AdapterConfig, config_from_dict, named_config
 from .export import TrainingRecord, as_adapter, lycoris_name, lycoris_tensors, save_trained, training_metadata
 from .loop import TrainSettings, TrainState, load_state, save_state, train
 from .optim import SCHEDULERS, optimizer_names
@@ -29,18 +21,17 @@ from .methods import can_adapt
 from .targets import select
 from .wrap import AttachedAdapter, LycoTuner, build_adapter, wrap
 
+
+def __getattr__(name: str):
+    """The config classes by name (``LoraConfig``, ``LoKrConfig``, …), as their method files register them."""
+    return named_config(__name__, name)
+
+
 __all__ = [
     "AdapterConfig",
     "as_adapter",
     "AttachedAdapter",
-    "BOFTConfig",
-    "GLoRAConfig",
-    "IA3Config",
-    "LoHaConfig",
-    "LoKrConfig",
-    "LoraConfig",
     "LycoTuner",
-    "OFTConfig",
     "build_adapter",
     "SCHEDULERS",
     "TrainSettings",
@@ -62,3 +53,4 @@ __all__ = [
     "training_metadata",
     "wrap",
 ]
+__all__ += [cls.__name__ for cls in CONFIGS.values()]

@@ -19,12 +19,66 @@ method as its config means it; ``"lycoris"`` is LyCORIS' (output-side OFT blocks
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, Union
-
-from ..algorithms.oft_peft import PeftOFTOptions
+from dataclasses import MISSING, dataclass, field
+from typing import Any, ClassVar, NamedTuple, Union
 
 Targets = Union[str, list, None]
+
+CONFIGS: dict[str, type[AdapterConfig]] = {}  # method → its config class (``@trainable`` in each method file)
+
+DEFAULT_TARGETS = "to_q, to_k, to_v, to_out.0, ff.net.0.proj, ff.net.2, q_proj, k_proj, v_proj, out_proj, fc1, fc2"
+NAMES_HELP = (
+    "Empty = every Linear and Conv layer; 'all-linear' = every Linear except the output layer; "
+    "'re:<regex>' = names the regex matches in full; else comma-separated names or dotted name suffixes "
+    "(UNet names such as to_q, ff.net.2, proj_in; CLIP names such as q_proj, fc1)."
+)
+RANK_DROPOUT_HELP = "Per forward, each row of ΔW is dropped with this probability (training only)."
+MODULE_DROPOUT_HELP = "Per forward, the whole adapter of a layer is skipped with this probability (training only)."
+
+
+def option(
+    default: Any = MISSING,
+    *,
+    tooltip: str,
+    shown: Any = MISSING,
+    kind: str | None = None,
+    choices: list | None = None,
+    min: float | None = None,
+    max: float | None = None,
+    step: float | None = None,
+    multiline: bool | None = None,
+    ours: bool = False,
+    dropout: bool = False,
+    default_factory: Any = MISSING,
+):
+    """A config field with the widget a config node shows for it, as plain data in ``metadata["widget"]``; two more
+    facts: ``ours`` (a field PEFT does not have, left out of ``peft_dict``) and ``dropout`` (a probability that
+    ``__post_init__`` keeps in [0, 1)).
+
+    The widget's type follows from ``choices`` (a choice list), ``kind`` (text) or the field's type (bool, int,
+    float); ``shown`` is the node's default where it differs from the field's. Text kinds, each read back into the
+    field's value (empty text = None): ``"names"`` a module-name rule (``all-linear``, ``re:<regex>`` or a
+    comma-separated list of names), ``"list"`` a comma-separated list, ``"layers"`` comma-separated layer indices,
+    ``"text"`` a string, ``"pattern"`` a JSON object ``{"<regex>": value}``. ``kind="flag"`` on choices: "true" and
+    "false" stand for the booleans. Fields without this metadata have no widget."""
+    widget = dict(tooltip=tooltip, kind=kind, choices=choices, min=min, max=max, step=step, multiline=multiline)
+    widget = {key: value for key, value in widget.items() if value is not None}
+    if shown is not MISSING:
+        widget["shown"] = shown
+    return field(
+        default=default, default_factory=default_factory, metadata={"widget": widget, "ours": ours, "dropout": dropout}
+    )
+
+
+class Node(NamedTuple):
+    """The ComfyUI config node of a config: its id, menu name and description, its own inputs in order (saved
+    workflows store widget values by position; the target fields follow them) and its place in the node menu."""
+
+    id: str
+    display: str
+    description: str
+    inputs: tuple[str, ...]
+    position: int
 
 
 @dataclass
@@ -33,11 +87,28 @@ class AdapterConfig:
 
     method: ClassVar[str] = ""
     peft_type: ClassVar[str] = ""
-    target_modules: Targets = None
-    exclude_modules: Targets = None
-    layers_to_transform: Union[int, list, None] = None
-    layers_pattern: Union[str, list, None] = None
-    modules_to_save: Union[list, None] = None
+    node: ClassVar[Node]
+    target_modules: Targets = option(
+        None, shown=DEFAULT_TARGETS, kind="names", multiline=True, tooltip="Modules to adapt. " + NAMES_HELP
+    )
+    exclude_modules: Targets = option(
+        None, kind="names", tooltip="Modules never adapted (wins over target_modules). " + NAMES_HELP
+    )
+    layers_to_transform: Union[int, list, None] = option(
+        None,
+        kind="layers",
+        tooltip="Comma-separated layer indices to keep (with a "
+        "name list): the first '<layers_pattern>.<n>.' in a module name, or without a pattern the "
+        "first '.<name>.<n>.' (e.g. diffusion_model.input_blocks.<n>.).",
+    )
+    layers_pattern: Union[str, list, None] = option(
+        None, kind="text", tooltip="Name of the layer list layers_to_transform counts in, e.g. input_blocks or layers."
+    )
+    modules_to_save: Union[list, None] = option(
+        None,
+        kind="list",
+        tooltip="Comma-separated modules trained in full (weights and biases) and saved as full deltas, never adapted.",
+    )
 
     def __post_init__(self):
         for name in ("target_modules", "exclude_modules", "modules_to_save", "layers_to_transform", "layers_pattern"):
@@ -46,8 +117,8 @@ class AdapterConfig:
                 setattr(self, name, sorted(value) if name != "layers_to_transform" else list(value))
         if self.layers_pattern and self.layers_to_transform is None:
             raise ValueError("layers_pattern needs layers_to_transform")
-        for name in ("rank_dropout", "module_dropout", "lora_dropout", "boft_dropout"):
-            p = getattr(self, name, 0.0)
+        for name in (f.name for f in dataclasses.fields(self) if f.metadata.get("dropout")):
+            p = getattr(self, name)
             if not 0.0 <= p < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {p}")
 
@@ -58,7 +129,8 @@ class AdapterConfig:
     def peft_dict(self) -> dict[str, Any]:
         """The ``adapter_config.json`` PEFT reads for this config (``peft_type`` set; our own fields and unset
         (None) fields dropped, so PEFT's defaults apply)."""
-        data = {k: v for k, v in dataclasses.asdict(self).items() if k not in _OURS and v is not None}
+        ours = {f.name for f in dataclasses.fields(self) if f.metadata.get("ours")}
+        data = {k: v for k, v in dataclasses.asdict(self).items() if k not in ours and v is not None}
         return {"peft_type": self.peft_type, "task_type": None, **data}
 
     def alpha_value(self) -> float | None:
@@ -70,189 +142,74 @@ class AdapterConfig:
         return bool(getattr(self, "rank_pattern", None) or getattr(self, "alpha_pattern", None))
 
 
-_OURS = {"variant", "constraint", "rescaled", "conv_decomposition"}
+def rank_option():
+    """``r`` of the low-rank methods (default 8)."""
+    return option(
+        8,
+        min=1,
+        max=1024,
+        tooltip="Rank of the factors (per module unless rank_pattern says otherwise). Where r·(out + in) would "
+        "reach the layer's own size, a dense delta is trained instead.",
+    )
 
 
-@dataclass
-class LoraConfig(AdapterConfig):
-    """LoRA: ``ΔW = s·B@A`` with ``s = lora_alpha/r`` (``/√r`` with ``use_rslora``); DoRA with ``use_dora``.
+def alpha_option():
+    """The alpha of the low-rank methods (default 8; ΔW carries alpha/r)."""
+    return option(
+        8, min=0.0, max=4096.0, step=0.5, tooltip="Scale numerator: ΔW carries alpha/r (alpha/√r with rsLoRA)."
+    )
 
-    ``lora_dropout`` drops input features of the adapter branch (PEFT; only where the layer runs the bypass form,
-    i.e. under ``wrap`` — a host that applies adapters to the weight has no branch to drop from);
-    ``init_lora_weights`` True: A kaiming, B 0,
-    ``"gaussian"``: A ~ N(0, 1/r), B 0, False: both random. ``conv_decomposition="balanced"`` factors a k×k Conv2d
-    as ``(out·kh) × (in·kw)`` (rank r) and runs it as a ``1×kw`` then a ``kh×1`` convolution; saved as the exact
-    rank ``r·kh`` LoCon. nn.Embedding layers get an embedding LoRA (``ΔW = s·B@A`` on the table).
-    """
 
-    method: ClassVar[str] = "lora"
-    peft_type: ClassVar[str] = "LORA"
-    r: int = 8
-    lora_alpha: float = 8
-    lora_dropout: float = 0.0
-    use_rslora: bool = False
-    use_dora: bool = False
-    init_lora_weights: Union[bool, str] = True
-    rank_pattern: dict = field(default_factory=dict)
-    alpha_pattern: dict = field(default_factory=dict)
-    conv_decomposition: str = "standard"
+def dropout_option(tooltip: str):
+    """A dropout probability (default 0; ``__post_init__`` refuses one outside [0, 1))."""
+    return option(0.0, min=0.0, max=0.99, step=0.01, dropout=True, tooltip=tooltip)
 
-    def __post_init__(self):
-        super().__post_init__()
-        if self.conv_decomposition not in ("standard", "balanced"):
-            raise ValueError(f"conv_decomposition must be 'standard' or 'balanced', got {self.conv_decomposition!r}")
-        if self.init_lora_weights not in (True, False, "gaussian"):
-            raise ValueError(f"init_lora_weights must be True, False or 'gaussian', got {self.init_lora_weights!r}")
 
-    def alpha_value(self):
-        return float(self.lora_alpha)
+def rank_pattern_option():
+    """``rank_pattern`` (regex → r; empty)."""
+    return option(
+        default_factory=dict,
+        kind="pattern",
+        tooltip='JSON {"<regex>": r}: per-module rank; the regex must match the end of the module name at a dot '
+        "boundary (first match wins).",
+    )
+
+
+def alpha_pattern_option():
+    """``alpha_pattern`` (regex → alpha; empty)."""
+    return option(
+        default_factory=dict,
+        kind="pattern",
+        tooltip='JSON {"<regex>": alpha}: per-module alpha, same matching as rank_pattern.',
+    )
+
+
+def variant_option():
+    """``variant`` (``"peft"`` in the config, ``"lycoris"`` in the node)."""
+    return option(
+        "peft",
+        shown="lycoris",
+        choices=["lycoris", "peft"],
+        ours=True,
+        tooltip="lycoris: LyCORIS' math (output-side rotations; saves as kohya/LyCORIS files that ComfyUI loads); "
+        "peft: PEFT's math (input-side; saves as a PEFT folder).",
+    )
 
 
 @dataclass
 class RankedConfig(AdapterConfig):
     """Fields of the low-rank LyCORIS methods: ``r``, ``alpha`` (ΔW carries alpha/r), per-module patterns."""
 
-    r: int = 8
-    alpha: float = 8
-    rank_pattern: dict = field(default_factory=dict)
-    alpha_pattern: dict = field(default_factory=dict)
+    r: int = rank_option()
+    alpha: float = alpha_option()
+    rank_pattern: dict = rank_pattern_option()
+    alpha_pattern: dict = alpha_pattern_option()
 
     def alpha_value(self):
         return float(self.alpha)
 
 
-@dataclass
-class LoHaConfig(RankedConfig):
-    """LoHa: ``ΔW = (alpha/r)·(w1_a@w1_b) ⊙ (w2_a@w2_b)``; Tucker cores for k×k convs with
-    ``use_effective_conv2d``. ``rank_dropout`` masks rows of ΔW (rescaled by the mask mean, as PEFT LoHa);
-    ``module_dropout`` skips the adapter per forward. ``init_weights`` True: w2_b 0, the rest kaiming (PEFT);
-    ``"lycoris"``: LyCORIS' normal init with w2_a 0; False: all random."""
-
-    method: ClassVar[str] = "loha"
-    peft_type: ClassVar[str] = "LOHA"
-    rank_dropout: float = 0.0
-    module_dropout: float = 0.0
-    use_effective_conv2d: bool = False
-    init_weights: Union[bool, str] = True
-
-
-@dataclass
-class LoKrConfig(LoHaConfig):
-    """LoKr: ``ΔW = (alpha/r)·kron(W1, W2)``. Shapes as PEFT builds them: ``(a,b) = factorization(out, f)``,
-    ``(c,d) = factorization(in, f)`` with ``f = decompose_factor``; W1 ``(a,c)`` is split into ``w1_a@w1_b`` iff
-    ``decompose_both`` and ``r < max(a,c)/2``; W2 is split iff ``r < max(b,d)/2`` (Tucker ``t2`` for k×k convs with
-    ``use_effective_conv2d``). ``rank_dropout`` masks rows, divided by the mask mean iff ``rank_dropout_scale``.
-    ``init_weights`` True: W1 0 (PEFT); ``"lycoris"``: W2 (or w2_b) 0; False: all random."""
-
-    method: ClassVar[str] = "lokr"
-    peft_type: ClassVar[str] = "LOKR"
-    decompose_both: bool = False
-    decompose_factor: int = -1
-    rank_dropout_scale: bool = False
-
-
-@dataclass
-class OFTConfig(AdapterConfig):
-    """OFT: a block-diagonal orthogonal ``R`` (``r`` blocks, or blocks of ``oft_block_size``; give one, the other 0;
-    a size that does not divide is moved to the nearest divisor, as PEFT does).
-
-    ``variant="peft"``: rotates the input columns, ``W' = W·Rᵀ``, from packed skew parameters ``oft_R``; Cayley
-    exact or Cayley–Neumann (``use_cayley_neumann``, ``num_cayley_neumann_terms``); ``coft`` keeps each block's
-    skew matrix within ``eps/√n`` (projected in place every forward); ``block_share`` one block for all.
-    ``variant="lycoris"``: rotates the output rows, ``W'_k = R_kᵀ·W_k``, ``R = (I+Q)(I−Q)⁻¹``, ``Q = B−Bᵀ``
-    bounded jointly by ``constraint·out`` (0 = none); ``rescaled`` adds a trained per-row scale; a block size
-    follows LyCORIS' rule ``(bs, n) = sorted(factorization(out, oft_block_size))``.
-    ``module_dropout``: PEFT replaces ``int(p·n)`` random blocks by I per forward; LyCORIS skips the adapter.
-    """
-
-    method: ClassVar[str] = "oft"
-    peft_type: ClassVar[str] = "OFT"
-    r: int = 0
-    oft_block_size: int = 32
-    module_dropout: float = 0.0
-    init_weights: bool = True
-    coft: bool = PeftOFTOptions.coft
-    eps: float = PeftOFTOptions.eps
-    block_share: bool = PeftOFTOptions.block_share
-    use_cayley_neumann: bool = PeftOFTOptions.use_cayley_neumann
-    num_cayley_neumann_terms: int = PeftOFTOptions.num_cayley_neumann_terms
-    variant: str = "peft"
-    constraint: float = 0.0
-    rescaled: bool = False
-
-    def __post_init__(self):
-        super().__post_init__()
-        if (self.r != 0) == (self.oft_block_size != 0):
-            raise ValueError(f"give either r ({self.r}) or oft_block_size ({self.oft_block_size}), the other 0")
-        _check_variant(self, peft_only=("coft", "block_share"), lycoris_only=("constraint", "rescaled"))
-
-
-@dataclass
-class BOFTConfig(AdapterConfig):
-    """BOFT: butterfly products of block-orthogonal factors.
-
-    ``variant="peft"``: ``boft_n_butterfly_factor`` factors of ``boft_block_num`` blocks of ``boft_block_size``
-    (give one of the two) over the input columns, ½-skew Cayley, a trained per-row scale ``boft_s``;
-    ``boft_dropout`` replaces ``int(p·n)`` random blocks by I per forward. ``variant="lycoris"``: output rows,
-    block size = the largest even ``bs ≤ boft_block_size`` with ``out/bs`` a power of two, ``log2(out/bs)+1``
-    stages, ``constraint`` and ``rescaled`` as LyCORIS OFT; ``boft_dropout`` skips the adapter per forward.
-    """
-
-    method: ClassVar[str] = "boft"
-    peft_type: ClassVar[str] = "BOFT"
-    boft_block_size: int = 4
-    boft_block_num: int = 0
-    boft_n_butterfly_factor: int = 1
-    boft_dropout: float = 0.0
-    init_weights: bool = True
-    variant: str = "peft"
-    constraint: float = 0.0
-    rescaled: bool = False
-
-    def __post_init__(self):
-        super().__post_init__()
-        if (self.boft_block_size != 0) == (self.boft_block_num != 0):
-            raise ValueError("give either boft_block_size or boft_block_num, the other 0")
-        if self.boft_n_butterfly_factor < 1:
-            raise ValueError("boft_n_butterfly_factor must be ≥ 1")
-        _check_variant(self, peft_only=(), lycoris_only=("constraint", "rescaled"))
-
-
-@dataclass
-class GLoRAConfig(RankedConfig):
-    """GLoRA (LyCORIS): ``ΔW = (alpha/r)·(W ×_in (a1@a2) + b1@b2)``; a1, b1 kaiming and a2, b2 zero
-    (``init_weights=False``: all random). ``module_dropout`` skips the adapter per forward. Saved in LyCORIS layout
-    (PEFT's own ``GloraConfig`` is a different parametrisation)."""
-
-    method: ClassVar[str] = "glora"
-    peft_type: ClassVar[str] = ""
-    module_dropout: float = 0.0
-    init_weights: bool = True
-
-
-@dataclass
-class IA3Config(AdapterConfig):
-    """(IA)³: a learned per-channel gain, on the input columns for ``feedforward_modules`` (same matching rules as
-    ``target_modules``), else on the output rows.
-
-    ``variant="peft"``: ``W' = W ⊙ l`` (l starts at 1) and, for layers that are not feed-forward, ``b' = b ⊙ l``.
-    ``variant="lycoris"``: ``W' = W ⊙ (1 + w)`` (w starts at 0), bias untouched. ``init_ia3_weights=False``: random.
-    """
-
-    method: ClassVar[str] = "ia3"
-    peft_type: ClassVar[str] = "IA3"
-    feedforward_modules: Targets = None
-    init_ia3_weights: bool = True
-    variant: str = "peft"
-
-    def __post_init__(self):
-        super().__post_init__()
-        if isinstance(self.feedforward_modules, (set, tuple)):
-            self.feedforward_modules = sorted(self.feedforward_modules)
-        _check_variant(self, peft_only=(), lycoris_only=())
-
-
-def _check_variant(config, peft_only: tuple[str, ...], lycoris_only: tuple[str, ...]) -> None:
+def check_variant(config, peft_only: tuple[str, ...], lycoris_only: tuple[str, ...]) -> None:
     """Refuse a variant name we do not know, and fields that mean nothing in the chosen variant."""
     if config.variant not in ("peft", "lycoris"):
         raise ValueError(f"variant must be 'peft' or 'lycoris', got {config.variant!r}")
@@ -263,11 +220,6 @@ def _check_variant(config, peft_only: tuple[str, ...], lycoris_only: tuple[str, 
             raise ValueError(f"{name} has no meaning for variant={config.variant!r}")
 
 
-CONFIGS: dict[str, type[AdapterConfig]] = {
-    cls.method: cls for cls in (LoraConfig, LoHaConfig, LoKrConfig, OFTConfig, BOFTConfig, GLoRAConfig, IA3Config)
-}
-
-
 def config_from_dict(data: dict[str, Any]) -> AdapterConfig:
     """Rebuild a config from ``to_dict()`` output (unknown keys are refused)."""
     data = dict(data)
@@ -275,3 +227,15 @@ def config_from_dict(data: dict[str, Any]) -> AdapterConfig:
     if method not in CONFIGS:
         raise ValueError(f"unknown method {method!r}; expected one of {', '.join(CONFIGS)}")
     return CONFIGS[method](**data)
+
+
+def named_config(module: str, name: str) -> type[AdapterConfig]:
+    """The registered config class called ``name`` (``"LoKrConfig"``), for a module's ``__getattr__`` (PEP 562)."""
+    for cls in CONFIGS.values():
+        if cls.__name__ == name:
+            return cls
+    raise AttributeError(f"module {module!r} has no attribute {name!r}")
+
+
+def __getattr__(name: str):
+    return named_config(__name__, name)

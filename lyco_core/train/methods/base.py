@@ -24,6 +24,7 @@ from torch import nn
 
 from ...algorithms.base import AdapterModule, ScaleContext, compute_dtype
 from ...bypass import layer_call
+from ..config import CONFIGS, AdapterConfig
 
 CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -32,10 +33,12 @@ TRAINABLES: dict[str, type] = {}  # config method → its Trainable class (each 
 
 
 def trainable(cls):
-    """Register ``cls`` as the Trainable of its config ``method``."""
+    """Register ``cls`` as the Trainable of its config's ``method``, and its ``config_class`` as that method's config
+    (``config.CONFIGS``, which config_from_dict and the config nodes read)."""
     if cls.method in TRAINABLES:
         raise ValueError(f"{cls.__name__} and {TRAINABLES[cls.method].__name__} both train {cls.method!r}")
     TRAINABLES[cls.method] = cls
+    CONFIGS[cls.method] = cls.config_class
     return cls
 
 
@@ -75,9 +78,11 @@ def row_mask(rows: int, p: float, rescale: bool, like: torch.Tensor) -> torch.Te
 
 
 class Trainable(nn.Module):
-    """One layer's adapter. Subclasses set ``method``/``algorithm`` and create their tensors in ``__init__``; the
-    class registered for a config method (``@trainable``) also says which layers it adapts and how it is made."""
+    """One layer's adapter. Subclasses set ``config_class`` (their ``method`` is its method) and ``algorithm`` and
+    create their tensors in ``__init__``; the class registered for a config method (``@trainable``) also says which
+    layers it adapts and how it is made."""
 
+    config_class: ClassVar[type[AdapterConfig] | None] = None  # the config of the method it trains
     method: ClassVar[str] = ""
     algorithm: ClassVar[type[AdapterModule]]
     rank_dropout_rescales: ClassVar[bool] = True
@@ -87,6 +92,11 @@ class Trainable(nn.Module):
     grouped_convs: ClassVar[bool] = False  # adapts convolutions with groups > 1 (factors use in/groups)
     embeddings: ClassVar[bool] = False  # adapts nn.Embedding
     ranked: ClassVar[bool] = True  # built with the module's r and alpha
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.config_class is not None:
+            cls.method = cls.config_class.method
 
     @classmethod
     def adapts(cls, layer: nn.Module) -> bool:
@@ -193,6 +203,11 @@ class Trainable(nn.Module):
         """Canonical tensors as a LyCORIS/kohya file stores them (alpha folded so readers get the same W').
         PEFT-variant modules (``saves_as_peft``) are saved from ``tensors()`` under PEFT names instead."""
         raise NotImplementedError
+
+    def peft_module(self, module: AdapterModule) -> AdapterModule | None:
+        """``module`` (this trainable as saved) in the form PEFT holds it, where that differs from ours; else
+        None."""
+        return None
 
     @property
     def saves_as_peft(self) -> bool:

@@ -12,14 +12,72 @@ LyCORIS (``oft_blocks (M, n, bs, bs)`` zeros, ``alpha`` = constraint, ``rescale`
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from ...algorithms.boft import BOFT
 from ...algorithms.boft_peft import PeftBOFT
+from ..config import AdapterConfig, Node, check_variant, dropout_option, option, variant_option
 from .base import Trainable, trainable
-from .oft import identity_blocks
+from .oft import constraint_option, identity_blocks, identity_init_option, rescaled_option
+
+
+@dataclass
+class BOFTConfig(AdapterConfig):
+    """BOFT: butterfly products of block-orthogonal factors.
+
+    ``variant="peft"``: ``boft_n_butterfly_factor`` factors of ``boft_block_num`` blocks of ``boft_block_size``
+    (give one of the two) over the input columns, ½-skew Cayley, a trained per-row scale ``boft_s``;
+    ``boft_dropout`` replaces ``int(p·n)`` random blocks by I per forward. ``variant="lycoris"``: output rows,
+    block size = the largest even ``bs ≤ boft_block_size`` with ``out/bs`` a power of two, ``log2(out/bs)+1``
+    stages, ``constraint`` and ``rescaled`` as LyCORIS OFT; ``boft_dropout`` skips the adapter per forward.
+    """
+
+    method: ClassVar[str] = "boft"
+    peft_type: ClassVar[str] = "BOFT"
+    node: ClassVar[Node] = Node(
+        "LyCOBOFTConfig",
+        "BOFT Config",
+        "Butterfly OFT, LyCORIS' or PEFT's variant.",
+        (
+            "variant",
+            "boft_block_size",
+            "boft_block_num",
+            "boft_n_butterfly_factor",
+            "boft_dropout",
+            "init_weights",
+            "constraint",
+            "rescaled",
+        ),
+        position=50,
+    )
+    boft_block_size: int = option(
+        4,
+        min=0,
+        max=4096,
+        tooltip="Block size (0 = use boft_block_num); lycoris: the largest even size up to this that leaves a "
+        "power-of-two block count.",
+    )
+    boft_block_num: int = option(0, min=0, max=4096, tooltip="peft: number of blocks.")
+    boft_n_butterfly_factor: int = option(
+        1, min=1, max=16, tooltip="peft: butterfly factors (lycoris derives its stages from the block count)."
+    )
+    boft_dropout: float = dropout_option("peft: blocks of one factor set to identity per forward; lycoris: skip.")
+    init_weights: bool = identity_init_option()
+    variant: str = variant_option()
+    constraint: float = constraint_option()
+    rescaled: bool = rescaled_option()
+
+    def __post_init__(self):
+        super().__post_init__()
+        if (self.boft_block_size != 0) == (self.boft_block_num != 0):
+            raise ValueError("give either boft_block_size or boft_block_num, the other 0")
+        if self.boft_n_butterfly_factor < 1:
+            raise ValueError("boft_n_butterfly_factor must be ≥ 1")
+        check_variant(self, peft_only=(), lycoris_only=("constraint", "rescaled"))
 
 
 def power2_blocks(dim: int, max_block: int) -> tuple[int, int]:
@@ -53,7 +111,7 @@ def _init(blocks: torch.Tensor, config) -> torch.Tensor:
 
 @trainable
 class BOFTTrainable(Trainable):
-    method = "boft"
+    config_class = BOFTConfig
     recompute = True  # every butterfly stage would keep a weight-sized permuted copy for backward
     ranked = False
 

@@ -7,17 +7,39 @@ conv shapes ``(…,1,1)`` and ``b2 (r,in,*k)``). a1, b1 kaiming, a2, b2 zero (``
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from ...algorithms.glora import GLoRA
+from ..config import MODULE_DROPOUT_HELP, Node, RankedConfig, dropout_option, option
 from .base import Trainable, kaiming_, trainable
+
+
+@dataclass
+class GLoRAConfig(RankedConfig):
+    """GLoRA (LyCORIS): ``ΔW = (alpha/r)·(W ×_in (a1@a2) + b1@b2)``; a1, b1 kaiming and a2, b2 zero
+    (``init_weights=False``: all random). ``module_dropout`` skips the adapter per forward. Saved in LyCORIS layout
+    (PEFT's own ``GloraConfig`` is a different parametrisation)."""
+
+    method: ClassVar[str] = "glora"
+    peft_type: ClassVar[str] = ""
+    node: ClassVar[Node] = Node(
+        "LyCOGLoRAConfig",
+        "GLoRA Config",
+        "GLoRA (LyCORIS): ΔW = (alpha/r)·(W·A + B) with low-rank A and B.",
+        ("r", "alpha", "module_dropout", "init_weights", "rank_pattern", "alpha_pattern"),
+        position=60,
+    )
+    module_dropout: float = dropout_option(MODULE_DROPOUT_HELP)
+    init_weights: bool = option(True, tooltip="true: no change at start.")
 
 
 @trainable
 class GLoRATrainable(Trainable):
-    method = "glora"
+    config_class = GLoRAConfig
     algorithm = GLoRA
     scale_carriers = ("a2.weight", "b2.weight")
     needs_rank = True

@@ -8,17 +8,55 @@ PEFT (``ia3_l``, ones): ``W' = W ⊙ l`` and, for layers that are not feed-forwa
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 
 from ...algorithms.base import ScaleContext
 from ...algorithms.ia3 import IA3
+from ..config import NAMES_HELP, AdapterConfig, Node, Targets, check_variant, option, variant_option
 from ..matching import name_matches
 from .base import Trainable, trainable
 
 
+@dataclass
+class IA3Config(AdapterConfig):
+    """(IA)³: a learned per-channel gain, on the input columns for ``feedforward_modules`` (same matching rules as
+    ``target_modules``), else on the output rows.
+
+    ``variant="peft"``: ``W' = W ⊙ l`` (l starts at 1) and, for layers that are not feed-forward, ``b' = b ⊙ l``.
+    ``variant="lycoris"``: ``W' = W ⊙ (1 + w)`` (w starts at 0), bias untouched. ``init_ia3_weights=False``: random.
+    """
+
+    method: ClassVar[str] = "ia3"
+    peft_type: ClassVar[str] = "IA3"
+    node: ClassVar[Node] = Node(
+        "LyCOIA3Config",
+        "(IA)³ Config",
+        "(IA)³: a learned gain per channel.",
+        ("variant", "feedforward_modules", "init_ia3_weights"),
+        position=70,
+    )
+    feedforward_modules: Targets = option(
+        None,
+        shown="ff.net.2, fc2",
+        kind="names",
+        tooltip="Modules whose gain acts on input channels (others: output channels). " + NAMES_HELP,
+    )
+    init_ia3_weights: bool = option(True, tooltip="true: gain 1 (no change at start).")
+    variant: str = variant_option()
+
+    def __post_init__(self):
+        super().__post_init__()
+        if isinstance(self.feedforward_modules, (set, tuple)):
+            self.feedforward_modules = sorted(self.feedforward_modules)
+        check_variant(self, peft_only=(), lycoris_only=())
+
+
 @trainable
 class IA3Trainable(Trainable):
-    method = "ia3"
+    config_class = IA3Config
     algorithm = IA3
     ranked = False
 

@@ -14,19 +14,60 @@ masks the rows of ``L_1``, which masks the same rows of ΔW.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import ClassVar, Union
 
 import torch
 from torch import nn
 
 from ...algorithms.base import compute_dtype
 from ...algorithms.loha import LoHa
+from ..config import MODULE_DROPOUT_HELP, RANK_DROPOUT_HELP, Node, RankedConfig, dropout_option, option
 from .base import AdditiveTrainable, Trainable, kaiming_, row_mask, trainable
 from .fused import hadamard_update
 
 
+@dataclass
+class LoHaConfig(RankedConfig):
+    """LoHa: ``ΔW = (alpha/r)·(w1_a@w1_b) ⊙ (w2_a@w2_b)``; Tucker cores for k×k convs with
+    ``use_effective_conv2d``. ``rank_dropout`` masks rows of ΔW (rescaled by the mask mean, as PEFT LoHa);
+    ``module_dropout`` skips the adapter per forward. ``init_weights`` True: w2_b 0, the rest kaiming (PEFT);
+    ``"lycoris"``: LyCORIS' normal init with w2_a 0; False: all random."""
+
+    method: ClassVar[str] = "loha"
+    peft_type: ClassVar[str] = "LOHA"
+    node: ClassVar[Node] = Node(
+        "LyCOLoHaConfig",
+        "LoHa Config",
+        "LoHa (Hadamard product of two low-rank products) with PEFT's LoHaConfig fields.",
+        (
+            "r",
+            "alpha",
+            "rank_dropout",
+            "module_dropout",
+            "use_effective_conv2d",
+            "init_weights",
+            "rank_pattern",
+            "alpha_pattern",
+        ),
+        position=20,
+    )
+    rank_dropout: float = dropout_option(RANK_DROPOUT_HELP + " Kept rows are rescaled by the kept fraction.")
+    module_dropout: float = dropout_option(MODULE_DROPOUT_HELP)
+    use_effective_conv2d: bool = option(
+        False, tooltip="Tucker cores for k×k convolutions (fewer values than flattened factors)."
+    )
+    init_weights: Union[bool, str] = option(
+        True,
+        kind="flag",
+        choices=["true", "lycoris", "false"],
+        tooltip="true: w2_b 0 (PEFT); lycoris: LyCORIS' normal init, w2_a 0; false: random.",
+    )
+
+
 @trainable
 class LoHaTrainable(AdditiveTrainable):
-    method = "loha"
+    config_class = LoHaConfig
     algorithm = LoHa
     scale_carriers = ("hada_w1_a",)
     layer_forward = Trainable.layer_forward  # the weight form (see the module docstring)

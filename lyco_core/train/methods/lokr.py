@@ -15,6 +15,8 @@ backward of two matrix-vector products); with rank dropout at work the masked Δ
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import ClassVar, Union
 
 import torch
 from torch import nn
@@ -22,13 +24,54 @@ from torch import nn
 from ...algorithms.base import compute_dtype
 from ...algorithms.factorization import factorization
 from ...algorithms.lokr import LoKr
+from ..config import RANK_DROPOUT_HELP, Node, dropout_option, option
 from .base import AdditiveTrainable, kaiming_, trainable
 from .fused import kronecker_update
+from .loha import LoHaConfig
+
+
+@dataclass
+class LoKrConfig(LoHaConfig):
+    """LoKr: ``ΔW = (alpha/r)·kron(W1, W2)``. Shapes as PEFT builds them: ``(a,b) = factorization(out, f)``,
+    ``(c,d) = factorization(in, f)`` with ``f = decompose_factor``; W1 ``(a,c)`` is split into ``w1_a@w1_b`` iff
+    ``decompose_both`` and ``r < max(a,c)/2``; W2 is split iff ``r < max(b,d)/2`` (Tucker ``t2`` for k×k convs with
+    ``use_effective_conv2d``). ``rank_dropout`` masks rows, divided by the mask mean iff ``rank_dropout_scale``.
+    ``init_weights`` True: W1 0 (PEFT); ``"lycoris"``: W2 (or w2_b) 0; False: all random."""
+
+    method: ClassVar[str] = "lokr"
+    peft_type: ClassVar[str] = "LOKR"
+    node: ClassVar[Node] = Node(
+        "LyCOLoKrConfig",
+        "LoKr Config",
+        "LoKr (Kronecker product) with PEFT's LoKrConfig fields.",
+        (*LoHaConfig.node.inputs, "rank_dropout_scale", "decompose_both", "decompose_factor"),
+        position=30,
+    )
+    # LoHa's fields, with what they mean here
+    rank_dropout: float = dropout_option(RANK_DROPOUT_HELP)
+    use_effective_conv2d: bool = option(False, tooltip="Tucker core for the second factor of k×k convolutions.")
+    init_weights: Union[bool, str] = option(
+        True,
+        kind="flag",
+        choices=["true", "lycoris", "false"],
+        tooltip="true: first factor 0 (PEFT); lycoris: second factor 0; false: random.",
+    )
+    decompose_both: bool = option(
+        False, tooltip="Also split the first (left) Kronecker factor into two rank-r factors."
+    )
+    decompose_factor: int = option(
+        -1,
+        min=-1,
+        max=8192,
+        tooltip="Kronecker split: a factor that divides the dimension is used as is; -1 = the split closest to "
+        "the square root.",
+    )
+    rank_dropout_scale: bool = option(False, tooltip="Rescale kept rows by the kept fraction when rank dropout is on.")
 
 
 @trainable
 class LoKrTrainable(AdditiveTrainable):
-    method = "lokr"
+    config_class = LoKrConfig
     algorithm = LoKr
     grouped_convs = True
 

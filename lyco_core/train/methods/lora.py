@@ -13,6 +13,8 @@ of width go to the first, of height to the second). It is the LoCon of rank ``r�
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import ClassVar, Union
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +22,85 @@ from torch import nn
 
 from ...algorithms.base import compute_dtype
 from ...algorithms.lora import LoRA
+from ...algorithms.lora_embedding import EmbeddingLoRA
+from ..config import (
+    AdapterConfig,
+    Node,
+    alpha_option,
+    alpha_pattern_option,
+    dropout_option,
+    option,
+    rank_option,
+    rank_pattern_option,
+)
 from .base import AdditiveTrainable, Trainable, functional_forward, kaiming_, trainable
+
+
+@dataclass
+class LoraConfig(AdapterConfig):
+    """LoRA: ``ΔW = s·B@A`` with ``s = lora_alpha/r`` (``/√r`` with ``use_rslora``); DoRA with ``use_dora``.
+
+    ``lora_dropout`` drops input features of the adapter branch (PEFT; only where the layer runs the bypass form,
+    i.e. under ``wrap`` — a host that applies adapters to the weight has no branch to drop from);
+    ``init_lora_weights`` True: A kaiming, B 0,
+    ``"gaussian"``: A ~ N(0, 1/r), B 0, False: both random. ``conv_decomposition="balanced"`` factors a k×k Conv2d
+    as ``(out·kh) × (in·kw)`` (rank r) and runs it as a ``1×kw`` then a ``kh×1`` convolution; saved as the exact
+    rank ``r·kh`` LoCon. nn.Embedding layers get an embedding LoRA (``ΔW = s·B@A`` on the table).
+    """
+
+    method: ClassVar[str] = "lora"
+    peft_type: ClassVar[str] = "LORA"
+    node: ClassVar[Node] = Node(
+        "LyCOLoRAConfig",
+        "LoRA Config",
+        "LoRA / LoCon (DoRA, rsLoRA, balanced conv) with PEFT's LoraConfig fields.",
+        (
+            "r",
+            "lora_alpha",
+            "lora_dropout",
+            "use_rslora",
+            "use_dora",
+            "init_lora_weights",
+            "conv_decomposition",
+            "rank_pattern",
+            "alpha_pattern",
+        ),
+        position=10,
+    )
+    r: int = rank_option()
+    lora_alpha: float = alpha_option()
+    lora_dropout: float = dropout_option(
+        "Dropout on the adapter's input features (training only). Acts where the layer runs the LoRA as a branch "
+        "(lyco_core.wrap); ComfyUI's trainer applies adapters to the weight, where it has no effect."
+    )
+    use_rslora: bool = option(False, tooltip="Scale by alpha/√r instead of alpha/r.")
+    use_dora: bool = option(False, tooltip="DoRA: learn each output row's magnitude separately from its direction.")
+    init_lora_weights: Union[bool, str] = option(
+        True,
+        kind="flag",
+        choices=["true", "gaussian", "false"],
+        tooltip="true: down kaiming, up 0 (no change at start); gaussian: down N(0, 1/r); "
+        "false: both random (changes the model at step 0).",
+    )
+    rank_pattern: dict = rank_pattern_option()
+    alpha_pattern: dict = alpha_pattern_option()
+    conv_decomposition: str = option(
+        "standard",
+        choices=["standard", "balanced"],
+        ours=True,
+        tooltip="balanced: a k×k conv is factored as (out·kh)×(in·kw) and runs as a 1×kw then a kh×1 convolution "
+        "(saved as the equivalent rank r·kh LoCon).",
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.conv_decomposition not in ("standard", "balanced"):
+            raise ValueError(f"conv_decomposition must be 'standard' or 'balanced', got {self.conv_decomposition!r}")
+        if self.init_lora_weights not in (True, False, "gaussian"):
+            raise ValueError(f"init_lora_weights must be True, False or 'gaussian', got {self.init_lora_weights!r}")
+
+    def alpha_value(self):
+        return float(self.lora_alpha)
 
 
 def _init_pair(down: torch.Tensor, up: torch.Tensor, init, rank: int) -> None:
@@ -47,7 +127,7 @@ def _balanced(layer: nn.Module, config) -> bool:
 
 @trainable
 class LoRATrainable(AdditiveTrainable):
-    method = "lora"
+    config_class = LoraConfig
     algorithm = LoRA
     scale_carriers = ("lora_up.weight",)
     aliases = {"magnitude": "dora_scale"}
@@ -96,11 +176,23 @@ class LoRATrainable(AdditiveTrainable):
             tensors["dora_scale"] = self.magnitude.reshape(-1, *[1] * (len(self.weight_shape) - 1))
         return tensors
 
+    def peft_module(self, module):
+        """An embedding LoRA as PEFT's: ``lora_embedding_A = upᵀ``, ``lora_embedding_B = downᵀ``."""
+        if not self.is_embedding:
+            return None
+        params = module.params
+        tensors = {
+            "lora_embedding_A": params["lora_up.weight"].t(),
+            "lora_embedding_B": params["lora_down.weight"].t(),
+            "alpha": params["alpha"],
+        }
+        return EmbeddingLoRA(module.name, tensors, module.ctx)
+
 
 class BalancedConvLoRA(AdditiveTrainable):
     """Conv2d LoRA of rank r in the (out·kh)×(in·kw) matricisation (see the module docstring)."""
 
-    method = "lora"
+    config_class = LoraConfig
     algorithm = LoRA
 
     def __init__(self, name, layer, config, rank, alpha):

@@ -15,17 +15,107 @@ skips the adapter.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from ...algorithms.factorization import factorization
 from ...algorithms.oft import DiagOFT
-from ...algorithms.oft_peft import PeftOFT, coft_bound, project_blocks, skew_from_packed
+from ...algorithms.oft_peft import PeftOFT, PeftOFTOptions, coft_bound, project_blocks, skew_from_packed
 from ...algorithms.base import ScaleContext
+from ..config import AdapterConfig, Node, check_variant, dropout_option, option, variant_option
 from .base import Trainable, trainable
 
 PEFT_VERSION = (0, 18)  # the Cayley–Neumann coefficients trained here (PEFT ≥ 0.18)
+
+
+def identity_init_option():
+    """``init_weights`` of the rotations (True: they start at I)."""
+    return option(True, tooltip="true: rotations start at identity.")
+
+
+def constraint_option():
+    """LyCORIS' ``constraint`` (0 = none)."""
+    return option(
+        0.0,
+        min=0.0,
+        max=10.0,
+        step=1e-4,
+        ours=True,
+        tooltip="lycoris: bound on the rotation (‖Q‖ ≤ constraint·out); 0 = none.",
+    )
+
+
+def rescaled_option():
+    """LyCORIS' ``rescaled`` (a trained per-row scale)."""
+    return option(False, ours=True, tooltip="lycoris: also learn a per-row scale.")
+
+
+@dataclass
+class OFTConfig(AdapterConfig):
+    """OFT: a block-diagonal orthogonal ``R`` (``r`` blocks, or blocks of ``oft_block_size``; give one, the other 0;
+    a size that does not divide is moved to the nearest divisor, as PEFT does).
+
+    ``variant="peft"``: rotates the input columns, ``W' = W·Rᵀ``, from packed skew parameters ``oft_R``; Cayley
+    exact or Cayley–Neumann (``use_cayley_neumann``, ``num_cayley_neumann_terms``); ``coft`` keeps each block's
+    skew matrix within ``eps/√n`` (projected in place every forward); ``block_share`` one block for all.
+    ``variant="lycoris"``: rotates the output rows, ``W'_k = R_kᵀ·W_k``, ``R = (I+Q)(I−Q)⁻¹``, ``Q = B−Bᵀ``
+    bounded jointly by ``constraint·out`` (0 = none); ``rescaled`` adds a trained per-row scale; a block size
+    follows LyCORIS' rule ``(bs, n) = sorted(factorization(out, oft_block_size))``.
+    ``module_dropout``: PEFT replaces ``int(p·n)`` random blocks by I per forward; LyCORIS skips the adapter.
+    """
+
+    method: ClassVar[str] = "oft"
+    peft_type: ClassVar[str] = "OFT"
+    node: ClassVar[Node] = Node(
+        "LyCOOFTConfig",
+        "OFT Config",
+        "Orthogonal fine-tuning (block-diagonal rotations), LyCORIS' or PEFT's variant.",
+        (
+            "variant",
+            "r",
+            "oft_block_size",
+            "module_dropout",
+            "init_weights",
+            "constraint",
+            "rescaled",
+            "coft",
+            "eps",
+            "block_share",
+            "use_cayley_neumann",
+            "num_cayley_neumann_terms",
+        ),
+        position=40,
+    )
+    r: int = option(0, min=0, max=4096, tooltip="Number of blocks (0 = use oft_block_size).")
+    oft_block_size: int = option(
+        32, min=0, max=4096, tooltip="Block size (0 = use r); moved to a divisor of the dimension if needed."
+    )
+    module_dropout: float = dropout_option(
+        "peft: this share of blocks becomes identity per forward; lycoris: the adapter is skipped with this "
+        "probability."
+    )
+    init_weights: bool = identity_init_option()
+    coft: bool = option(PeftOFTOptions.coft, tooltip="peft: constrained OFT (blocks stay near I).")
+    eps: float = option(PeftOFTOptions.eps, min=0.0, max=1.0, step=1e-5, tooltip="peft: coft radius.")
+    block_share: bool = option(PeftOFTOptions.block_share, tooltip="peft: one rotation shared by all blocks.")
+    use_cayley_neumann: bool = option(
+        PeftOFTOptions.use_cayley_neumann, tooltip="peft: Cayley–Neumann series instead of the exact inverse."
+    )
+    num_cayley_neumann_terms: int = option(
+        PeftOFTOptions.num_cayley_neumann_terms, min=1, max=32, tooltip="peft: terms of the Cayley–Neumann series."
+    )
+    variant: str = variant_option()
+    constraint: float = constraint_option()
+    rescaled: bool = rescaled_option()
+
+    def __post_init__(self):
+        super().__post_init__()
+        if (self.r != 0) == (self.oft_block_size != 0):
+            raise ValueError(f"give either r ({self.r}) or oft_block_size ({self.oft_block_size}), the other 0")
+        check_variant(self, peft_only=("coft", "block_share"), lycoris_only=("constraint", "rescaled"))
 
 
 def nearest_divisor(dim: int, value: int) -> int:
@@ -64,7 +154,7 @@ def identity_blocks(rotation: torch.Tensor, p: float) -> torch.Tensor:
 
 @trainable
 class OFTTrainable(Trainable):
-    method = "oft"
+    config_class = OFTConfig
     ranked = False
 
     def __init__(self, name, layer, config):
