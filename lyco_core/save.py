@@ -36,7 +36,6 @@ from .io import SAFETENSORS_SUFFIXES, atomic_write_bytes, save_safetensors
 
 PEFT_WEIGHTS, PEFT_CONFIG = "adapter_model.safetensors", "adapter_config.json"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-_LYCORIS_ALGO = {"oft": "diag-oft"}
 
 
 def _uniform(values: list[float]) -> str:
@@ -50,10 +49,10 @@ def network_metadata(adapter: Adapter) -> dict[str, str]:
     """``ss_network_module``, ``ss_network_args``, ``ss_network_dim``, ``ss_network_alpha`` for the modules."""
     modules = list(adapter.modules.values())
     algos = Counter(m.algo for m in modules)
-    main = algos.most_common(1)[0][0]
-    args = {"algo": _LYCORIS_ALGO.get(main, main)}
+    lycoris_names = {m.algo: m.lycoris_algo or m.algo for m in modules}
+    args = {"algo": lycoris_names[algos.most_common(1)[0][0]]}
     if len(algos) > 1:
-        args["algos"] = ", ".join(f"{_LYCORIS_ALGO.get(a, a)}×{n}" for a, n in sorted(algos.items()))
+        args["algos"] = ", ".join(f"{lycoris_names[a]}×{n}" for a, n in sorted(algos.items()))
     if any(m.tucker for m in modules):
         args["use_tucker"] = "True"
     if any(m.dora for m in modules):
@@ -65,14 +64,13 @@ def network_metadata(adapter: Adapter) -> dict[str, str]:
         args["conv_dim"] = _uniform([m.rank() for m in conv])
         args["conv_alpha"] = _uniform([m.scale_value() * m.rank() for m in conv])
     linear = [m for m in ranked if m not in conv] or ranked
-    plain_lora = set(algos) == {"lora"} and "use_tucker" not in args and "dora_wd" not in args
     old_args = adapter.metadata.get("ss_network_args")
     try:
         merged = {**(json.loads(old_args) if old_args else {}), **args}
     except (json.JSONDecodeError, TypeError):
         merged = args
     return {
-        "ss_network_module": "networks.lora" if plain_lora else "lycoris.kohya",
+        "ss_network_module": "networks.lora" if all(m.kohya_lora() for m in modules) else "lycoris.kohya",
         "ss_network_args": json.dumps(merged),
         "ss_network_dim": _uniform([m.rank() for m in linear]),
         "ss_network_alpha": _uniform([m.scale_value() * m.rank() for m in linear]),

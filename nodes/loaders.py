@@ -1,8 +1,9 @@
 """Loader nodes: any LyCORIS-family file onto MODEL and CLIP at the user's strengths, with a coverage report.
 
-``LyCOLoadAdapter`` takes every method; the per-method nodes refuse a file holding another method and name the
-node to use instead. Strengths are ComfyUI's ``strength_patch``; each method applies its own law (see host.py). With
-``bypass`` the adapter runs in each layer's forward pass instead of being merged (bypass.py).
+``LyCOLoadAdapter`` takes every method; the per-method nodes (one per ``loader`` the method classes declare) refuse
+a file holding another method and name the node to use instead. Strengths are ComfyUI's ``strength_patch``; each
+method applies its own law (see host.py). With ``bypass`` the adapter runs in each layer's forward pass instead of
+being merged (bypass.py).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 from comfy_api.latest import io, ui
 
 from ..lyco_core import AdapterError
+from ..lyco_core.algorithms import ALGORITHMS
+from ..lyco_core.algorithms.base import Loader
 from .bypass import apply_bypass
 from .host import adapter_names, apply_adapter, load_cached
 
@@ -43,21 +46,18 @@ def _bypass_input():
     )
 
 
+# each method with a dedicated loader (the method classes' ``loader`` record) → that loader
+_LOADER_OF = {cls.algo: cls.loader for cls in ALGORITHMS if cls.loader is not None}
+
+
 def _check_methods(adapter, allowed: frozenset | None, node_label: str) -> None:
     if allowed is None:
         return
     found = {m.algo for m in adapter.modules.values()}
     if not found <= allowed:
         methods = ", ".join(sorted(found))
-        right = {
-            "lokr": "Load LoKr",
-            "loha": "Load LoHa",
-            "oft": "Load OFT",
-            "boft": "Load OFT",
-            "lora": "Load LoRA / LoCon",
-        }
-        suggestion = right.get(next(iter(found))) if len(found) == 1 else None
-        suggestion = suggestion or "Load LyCORIS Adapter"
+        right = _LOADER_OF.get(next(iter(found))) if len(found) == 1 else None
+        suggestion = right.title if right is not None else "Load LyCORIS Adapter"
         raise AdapterError(
             f"this file holds {methods}, not what '{node_label}' loads; use '{suggestion}' "
             f"(or 'Load LyCORIS Adapter', which takes every method)",
@@ -112,22 +112,25 @@ class LoadAdapter(_LoaderBase):
     )
 
 
-class LoadLoKr(_LoaderBase):
-    NODE_ID, DISPLAY, METHODS = "LyCOLoadLoKr", "Load LoKr", frozenset({"lokr"})
-
-
-class LoadLoHa(_LoaderBase):
-    NODE_ID, DISPLAY, METHODS = "LyCOLoadLoHa", "Load LoHa", frozenset({"loha"})
-
-
-class LoadOFT(_LoaderBase):
-    NODE_ID, DISPLAY, METHODS = "LyCOLoadOFT", "Load OFT", frozenset({"oft", "boft"})
-    DESCRIPTION = "OFT and BOFT; the strength interpolates the rotation toward identity (never applied twice)."
-
-
-class LoadLoRA(_LoaderBase):
-    NODE_ID, DISPLAY, METHODS = "LyCOLoadLoRA", "Load LoRA / LoCon", frozenset({"lora"})
-    DESCRIPTION = "LoRA and LoCon (incl. Tucker and DoRA) from any layout."
+def _method_loaders() -> list[type[_LoaderBase]]:
+    """One node per dedicated loader the methods declare (``LyCOLoad<key>``), taking the methods that name it."""
+    methods: dict[Loader, set[str]] = {}
+    for algo, loader in _LOADER_OF.items():
+        methods.setdefault(loader, set()).add(algo)
+    return [
+        type(
+            f"Load{loader.key}",
+            (_LoaderBase,),
+            {
+                "NODE_ID": f"LyCOLoad{loader.key}",
+                "DISPLAY": loader.title,
+                "METHODS": frozenset(algos),
+                "DESCRIPTION": loader.description,
+                "__module__": __name__,
+            },
+        )
+        for loader, algos in methods.items()
+    ]
 
 
 class LoadAdapterModelOnly(io.ComfyNode):
@@ -159,4 +162,4 @@ class LoadAdapterModelOnly(io.ComfyNode):
         return io.NodeOutput(new_model, text, ui=ui.PreviewText(text))
 
 
-LOADERS = [LoadAdapter, LoadAdapterModelOnly, LoadLoKr, LoadLoHa, LoadOFT, LoadLoRA]
+LOADERS = [LoadAdapter, LoadAdapterModelOnly, *_method_loaders()]

@@ -65,11 +65,23 @@ class ScaleContext:
 @dataclass(frozen=True)
 class PeftFolder:
     """What a PEFT folder decides once for all its modules: its one ``method`` (our algo name of its ``peft_type``),
-    LoKr's ``decompose_both``, and ``tucker`` (``use_effective_conv2d``: convolutions get Tucker cores)."""
+    LoKr's ``decompose_both`` and ``decompose_factor``, and ``tucker`` (``use_effective_conv2d``: convolutions get
+    Tucker cores)."""
 
     method: str = "lora"
     decompose_both: bool = False
     tucker: bool = False
+    decompose_factor: int = -1
+
+
+@dataclass(frozen=True)
+class Loader:
+    """A host's loader dedicated to the files of one method (or of the methods that share it): ``key`` names it
+    (ComfyUI: node id ``LyCOLoad<key>``), ``title`` is what the user sees, ``description`` what it loads."""
+
+    key: str
+    title: str
+    description: str = ""
 
 
 class AdapterModule:
@@ -81,11 +93,34 @@ class AdapterModule:
     # asks this class among the others (registry.py lists the order)
     suffixes: ClassVar[tuple[str, ...]] = ()
     detect_order: ClassVar[int] = 0
+    # those of ``suffixes`` stored as one number or flag of any dtype (IA3's ``on_input``), not as float tensors
+    flags: ClassVar[tuple[str, ...]] = ()
     # whether ΔW carries the layout's alpha/r scale (written back as an alpha tensor in LyCORIS form)
     scaled: ClassVar[bool] = False
     # PEFT's name of the same math (adapter_config.json's peft_type), or None with the reason PEFT has no form of it
     peft_type: ClassVar[str | None] = None
     peft_refusal: ClassVar[str] = ""
+    # the adapter_config.json field of PEFT's alpha for this method and PEFT's default when a config omits it (the
+    # scale is then alpha/r, with rank/alpha patterns and rsLoRA); None: PEFT's form has no alpha/r scale
+    peft_alpha: ClassVar[tuple[str, float] | None] = None
+    # whether PEFT's config of this method has ``fan_in_fan_out`` (layers stored transposed, transformers' Conv1D);
+    # without it the method's PEFT form takes plain Linear/Conv layers only
+    peft_fan_in_fan_out: ClassVar[bool] = False
+    # a whole trained layer (a copy, or a difference of every value): a PEFT folder of any method carries it, so it
+    # neither decides the folder's method nor contradicts its peft_type
+    whole_layer: ClassVar[bool] = False
+    # a trained copy that replaces the layer (PEFT's modules_to_save), not a difference: written under the layer's
+    # own parameter names and listed in the config's modules_to_save
+    replaces_layer: ClassVar[bool] = False
+    # the method's name in kohya/LyCORIS ``ss_network_args`` (``algo=``) where LyCORIS spells it otherwise than
+    # ``algo`` ("": the same)
+    lycoris_algo: ClassVar[str] = ""
+    # whether diffusers' own loader reads this method (its PEFT form, ``to_peft``, in a single-file diffusers LoRA)
+    diffusers_loads: ClassVar[bool] = False
+    # ΔW is a vector (a norm layer's weight): it has no rank, so a conversion to LoRA keeps the module as it is
+    vector_delta: ClassVar[bool] = False
+    # the loader a host dedicates to this method's files; None: only the loaders that take every method
+    loader: ClassVar[Loader | None] = None
     # the dimensionalities each parameter may have (checked on construction; parameters not named: any)
     ndims: ClassVar[dict[str, tuple[int, ...]]] = {}
     _SHARED_NDIMS: ClassVar[dict[str, tuple[int, ...]]] = {"dora_scale": (1, 2, 3, 4, 5), "magnitude": (1, 2, 3, 4, 5)}
@@ -247,6 +282,34 @@ class AdapterModule:
     def peft_rank(self, folder: PeftFolder) -> int | None:
         """The ``r`` a PEFT config must give this module so that PEFT builds its tensors."""
         return self.rank()
+
+    @classmethod
+    def peft_folder(cls, modules: dict[str, AdapterModule], tucker: bool) -> tuple[PeftFolder, dict[str, str]]:
+        """The settings a PEFT folder of this method takes once for all its ``modules`` (name: module, dense
+        differences among them), and {name: why} for the modules no such setting builds. Default: none beyond the
+        method and ``tucker``."""
+        return PeftFolder(cls.algo, tucker=tucker), {}
+
+    @classmethod
+    def peft_config_fields(
+        cls, modules: dict[str, AdapterModule], tensors: dict[str, torch.Tensor], folder: PeftFolder
+    ) -> tuple[dict[str, Any], list[str]]:
+        """(this method's own ``adapter_config.json`` fields, notes on anything folded) for a PEFT folder of
+        ``modules`` (layer path: module) whose ``to_peft`` wrote ``tensors``; ValueError when no one config holds
+        them all. The folder (peft_type, targets, ``r``/alpha and patterns, fan_in_fan_out, modules_to_save) is
+        written by the layout. Default: no fields of its own."""
+        return {}, []
+
+    def kohya_lora(self) -> bool:
+        """Whether kohya sd-scripts' own ``networks.lora`` (not LyCORIS) builds this module: a file of such modules
+        only is labelled ``ss_network_module = networks.lora``, any other ``lycoris.kohya``."""
+        return False
+
+    def low_rank_factors(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(up, down)`` with ``ΔW = scale_value()·reshape(flat(up) @ flat(down), W.shape)`` (before DoRA and any
+        bias delta), or None where ΔW is no such product of two factors. Conversions to LoRA re-factor these
+        instead of rebuilding ΔW."""
+        return None
 
     def check_result(self, result: torch.Tensor, base: torch.Tensor | None = None) -> None:
         """Raise AdapterError if W' (or b') holds NaN or Inf where the base ``base`` (when given) did not: the

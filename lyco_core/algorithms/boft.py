@@ -20,7 +20,7 @@ import torch
 from .base import AdapterModule, check_ndim
 from ..bounded_cache import BoundedCache
 from .inplace import compute_dtype, scratch, span_length, spans, view_of
-from .oft import constrained_skew
+from .oft import OFT_LOADER, constrained_skew
 from .registry import register
 from .rotation import cayley, toward_identity
 
@@ -42,6 +42,7 @@ def stage_gathers(rows: int, bs: int, stages: int, device) -> list[torch.Tensor]
 class BOFT(AdapterModule):
     detect_order = 80
     algo = "boft"
+    loader = OFT_LOADER
     peft_refusal = (
         "LyCORIS BOFT rotates output rows; PEFT BOFT rotates input columns — save it in the lycoris layout, or "
         "convert it to LoRA"

@@ -15,6 +15,8 @@ import math
 import torch
 
 from .base import AdapterModule, check_ndim, require
+from .oft import OFT_LOADER
+from .peft_fields import one_of
 from .registry import register
 from .rotation import cayley, toward_identity
 
@@ -40,6 +42,23 @@ class PeftBOFT(AdapterModule):
         return "boft_R" in params
 
     peft_type = "BOFT"
+    peft_fan_in_fan_out = True
+    loader = OFT_LOADER
+
+    @classmethod
+    def peft_config_fields(cls, modules, tensors, folder):
+        """One factor count, and one block size (else one block count), for every layer."""
+        shapes = [m.params["boft_R"].shape for m in modules.values()]
+        fields = {
+            "boft_n_butterfly_factor": one_of({int(s[0]) for s in shapes}, "butterfly factor count"),
+            "boft_dropout": 0.0,
+            "init_weights": True,
+            "bias": "none",
+        }
+        sizes, counts = {int(s[2]) for s in shapes}, {int(s[1]) for s in shapes}
+        if len(sizes) == 1:
+            return {**fields, "boft_block_size": sizes.pop(), "boft_block_num": 0}, []
+        return {**fields, "boft_block_size": 0, "boft_block_num": one_of(counts, "BOFT block size or block count")}, []
 
     def to_lycoris(self, has_bias):
         raise ValueError("PEFT BOFT rotates input columns; LyCORIS BOFT rotates output rows")

@@ -30,6 +30,7 @@ class IA3(AdapterModule):
     detect_order = 30
     algo = "ia3"
     suffixes = ("weight", "on_input", "ia3_l")
+    flags = ("on_input",)
     ndims = {"weight": (1, 2, 3, 4, 5), "ia3_l": (1, 2, 3, 4, 5)}
 
     @classmethod
@@ -45,6 +46,13 @@ class IA3(AdapterModule):
         self.gain_key = key
 
     peft_type = "IA3"
+    peft_fan_in_fan_out = True
+
+    @classmethod
+    def peft_config_fields(cls, modules, tensors, folder):
+        """``feedforward_modules``: the layers whose gain is on the input channels."""
+        feedforward = sorted(path for path, module in modules.items() if module.on_input())
+        return {"feedforward_modules": feedforward, "init_ia3_weights": True}, []
 
     def to_peft(self, has_bias, folder):
         """``ia3_l = 1 + w`` shaped as PEFT stores it; refused where PEFT would also scale a bias (or may)."""

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import torch
 
-from .base import AdditiveModule, check_dim, check_fits, flat2, require, reshape_to, tucker_fold, tucker_rebuild
+from .base import AdditiveModule, Loader, check_dim, check_fits, flat2, require, reshape_to, tucker_fold, tucker_rebuild
 from .inplace import scratch, span_length, steps, view_of
+from .peft_fields import lycoris_config_fields
 from .registry import register
 
 _FACTORS = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
@@ -56,6 +57,12 @@ class LoHa(AdditiveModule):
 
     scaled = True
     peft_type = "LOHA"
+    peft_alpha = ("alpha", 8.0)
+    loader = Loader("LoHa", "Load LoHa")
+
+    @classmethod
+    def peft_config_fields(cls, modules, tensors, folder):
+        return lycoris_config_fields(folder), []
 
     def weight_shape(self):
         p = self.params

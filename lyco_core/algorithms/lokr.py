@@ -15,8 +15,20 @@ from __future__ import annotations
 
 import torch
 
-from .base import AdditiveModule, alpha_tensor, check_dim, check_fits, flat2, require, reshape_to, tucker_rebuild
+from .base import (
+    AdditiveModule,
+    Loader,
+    PeftFolder,
+    alpha_tensor,
+    check_dim,
+    check_fits,
+    flat2,
+    require,
+    reshape_to,
+    tucker_rebuild,
+)
 from .factorization import factorization
+from .peft_fields import lycoris_config_fields
 from .registry import register
 
 
@@ -70,6 +82,24 @@ def peft_builds(params, factor: int, decompose_both: bool) -> bool:
     )
 
 
+def peft_layout(modules) -> tuple[int, bool, dict[str, str]]:
+    """(decompose_factor, decompose_both, {module: why not}) reproducing every module's factor shapes in PEFT."""
+    decompose_both = any("lokr_w1" not in m.params for m in modules.values())
+    candidates = [-1] + sorted({peft_factor_shapes(m.params)[i] for m in modules.values() for i in (0, 2)})
+    for factor in candidates:
+        if all(peft_builds(m.params, factor, decompose_both) for m in modules.values()):
+            return factor, decompose_both, {}
+    return (
+        -1,
+        decompose_both,
+        {
+            n: "PEFT's LoKr factorization would build other factor shapes"
+            for n, m in modules.items()
+            if not peft_builds(m.params, -1, decompose_both)
+        },
+    )
+
+
 @register
 class LoKr(AdditiveModule):
     detect_order = 40
@@ -120,6 +150,25 @@ class LoKr(AdditiveModule):
 
     scaled = True
     peft_type = "LOKR"
+    peft_alpha = ("alpha", 8.0)
+    loader = Loader("LoKr", "Load LoKr")
+
+    @classmethod
+    def peft_folder(cls, modules, tucker):
+        """One ``decompose_factor`` and ``decompose_both`` that make PEFT build every LoKr module's factor shapes
+        (the dense differences among ``modules`` take any)."""
+        factor, decompose_both, problems = peft_layout({n: m for n, m in modules.items() if isinstance(m, cls)})
+        return PeftFolder(cls.algo, decompose_both, tucker, factor), problems
+
+    @classmethod
+    def peft_config_fields(cls, modules, tensors, folder):
+        fields = {
+            **lycoris_config_fields(folder),
+            "decompose_both": folder.decompose_both,
+            "decompose_factor": folder.decompose_factor,
+            "rank_dropout_scale": False,
+        }
+        return fields, []
 
     def to_lycoris(self, has_bias):
         """With both halves full LyCORIS' scale is 1: another scale is folded into ``lokr_w1``."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import AdditiveModule, check_dim, check_fits, flat2, require, reshape_to, tucker_fold, tucker_rebuild
+from .base import AdditiveModule, Loader, check_dim, check_fits, flat2, require, reshape_to, tucker_fold, tucker_rebuild
 from .inplace import fast_bf16_gemm, half_gemm_factors
 from .registry import register
 
@@ -53,6 +53,33 @@ class LoRA(AdditiveModule):
 
     scaled = True
     peft_type = "LORA"
+    peft_alpha = ("lora_alpha", 8.0)
+    peft_fan_in_fan_out = True
+    diffusers_loads = True
+    loader = Loader("LoRA", "Load LoRA / LoCon", "LoRA and LoCon (incl. Tucker and DoRA) from any layout.")
+
+    @classmethod
+    def peft_config_fields(cls, modules, tensors, folder):
+        """DoRA (``lora_magnitude_vector``) and ``lora_B.bias`` as the written tensors have them; DoRA is one switch
+        for the whole folder."""
+        dora = any(k.endswith(".lora_magnitude_vector") for k in tensors)
+        if dora and not all(m.dora for m in modules.values()):
+            raise ValueError("use_dora is one switch for the whole folder; DoRA is on some modules only")
+        fields = {
+            "use_dora": dora,
+            "use_rslora": False,
+            "lora_bias": any(k.endswith(".lora_B.bias") for k in tensors),
+            "bias": "none",
+            "init_lora_weights": True,
+            "lora_dropout": 0.0,
+        }
+        return fields, []
+
+    def kohya_lora(self):
+        return not self.tucker and not self.dora
+
+    def low_rank_factors(self):
+        return None if self.tucker else (self.params["lora_up.weight"], self.params["lora_down.weight"])
 
     def to_peft(self, has_bias, folder):
         """``lora_A/lora_B`` (+ ``lora_B.bias``); DoRA as ``lora_magnitude_vector`` (PEFT normalises output rows, so

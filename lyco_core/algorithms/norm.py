@@ -12,6 +12,8 @@ from .registry import register
 class Norm(AdditiveModule):
     detect_order = 60
     algo = "norm"
+    whole_layer = True
+    vector_delta = True
     peft_refusal = (
         "PEFT has no norm-difference method (a trained norm layer is a modules_to_save copy, which needs the base "
         "weights: save it from the trainer)"

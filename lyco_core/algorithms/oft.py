@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import AdapterModule, check_ndim
+from .base import AdapterModule, Loader, check_ndim
 from ..bounded_cache import BoundedCache
 from .inplace import compute_dtype
 from .registry import register
@@ -32,10 +32,18 @@ def constrained_skew(blocks: torch.Tensor, constraint: float) -> torch.Tensor:
     return q
 
 
+# the one loader of every OFT and BOFT form (LyCORIS and PEFT)
+OFT_LOADER = Loader(
+    "OFT", "Load OFT", "OFT and BOFT; the strength interpolates the rotation toward identity (never applied twice)."
+)
+
+
 @register
 class DiagOFT(AdapterModule):
     detect_order = 70
     algo = "oft"
+    lycoris_algo = "diag-oft"
+    loader = OFT_LOADER
     peft_refusal = (
         "LyCORIS OFT rotates output rows (with its constraint and rescale); PEFT OFT rotates input columns — save it "
         "in the lycoris layout, or convert it to LoRA"

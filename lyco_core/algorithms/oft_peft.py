@@ -1,6 +1,7 @@
 """PEFT OFT, every saved format (decided by keys, tensor rank and ``peft_version``).
 
-* ≥0.16, ``oft_R.weight (n or 1, bs(bs−1)/2)``: ``U[triu(1)] = row``, ``Q = U − Uᵀ``; coft: per block, if
+* ≥0.16, ``oft_R.weight (n or 1, bs(bs−1)/2)``: ``U[triu(1)] = row`` (OneTrainer's scaled OFT, flagged by a true
+  ``oft_R.scaled_oft``, stores ``2√(bs−1)·row``: the row is divided by that first), ``Q = U − Uᵀ``; coft: per block, if
   ``‖Q‖_F > ε = eps/√n_rows`` then ``Q ← ε·Q/‖Q‖_F``. Exact: ``R = (I−Q)(I+Q)⁻¹``. Neumann (config default):
   <0.18 ``R = I + 2Σ_{i=1}^{T−1} Qⁱ``; ≥0.18 ``R = I + 2Σ_{i=1}^{K} Qⁱ + Q^{K+1}``, ``K = max(2, T−2)`` (T=1 → I,
   T=2 → I+2Q). Input side: ``W' = flat(W)·blockdiag(R)ᵀ``.
@@ -13,12 +14,14 @@ Strength (PEFT has none; ours): ``R → m·R + (1−m)·I`` and ``s → 1 + m·(
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
 
 from .base import AdapterModule
+from .oft import OFT_LOADER, DiagOFT
+from .peft_fields import one_of
 from .registry import register
 from .rotation import cayley, rotate_columns, rotate_rows, toward_identity
 
@@ -102,13 +105,43 @@ def project_blocks(q: torch.Tensor, bound: float) -> torch.Tensor:
 class PeftOFT(AdapterModule):
     detect_order = 100
     algo = "oft"
-    suffixes = ("oft_R.weight", "oft_r", "oft_s")
+    suffixes = ("oft_R.weight", "oft_R.scaled_oft", "oft_r", "oft_s")
+    flags = ("oft_R.scaled_oft",)
 
     @classmethod
     def claims(cls, params):
         return "oft_R.weight" in params or "oft_r" in params
 
     peft_type = "OFT"
+    peft_fan_in_fan_out = True
+    lycoris_algo = DiagOFT.lycoris_algo
+    loader = OFT_LOADER
+
+    @classmethod
+    def peft_config_fields(cls, modules, tensors, folder):
+        """One block size, else one block count, for all layers (PEFT builds every layer's blocks from
+        ``r``/``oft_block_size``), and the rotation options the modules were read with."""
+        sizes = {m.block_size for m in modules.values()}
+        counts = {int(m.params["oft_R.weight"].shape[0]) for m in modules.values()}
+        options, version = one_of({(m.options, m.ctx.peft_version) for m in modules.values()}, "set of OFT options")
+        if len(sizes) == 1 or options.block_share:
+            rank, size = 0, one_of(sizes, "OFT block size")
+        else:
+            rank, size = one_of(counts, "OFT block size or block count"), 0
+        config = {
+            "r": rank,
+            "oft_block_size": size,
+            **asdict(options),
+            "module_dropout": 0.0,
+            "init_weights": True,
+            "bias": "none",
+        }
+        notes = []
+        if version is not None:
+            config["peft_version"] = ".".join(map(str, version))
+        if options.use_cayley_neumann and version is not None and version < (0, 18):
+            notes.append(f"Cayley–Neumann series of PEFT {config['peft_version']} kept; PEFT ≥0.18 sums it differently")
+        return config, notes
 
     def to_lycoris(self, has_bias):
         raise ValueError("PEFT OFT rotates input columns (its own Cayley form); LyCORIS OFT rotates output rows")
@@ -116,7 +149,7 @@ class PeftOFT(AdapterModule):
     def to_peft(self, has_bias, folder):
         if self.format != "packed":
             raise ValueError(_OLD_FORMATS[self.format])
-        return {"oft_R.weight": self.params["oft_R.weight"]}, None, None
+        return {"oft_R.weight": self.packed(self.params["oft_R.weight"])}, None, None  # PEFT has no scaled form
 
     def __init__(self, name, params, ctx):
         super().__init__(name, params, ctx)
@@ -130,7 +163,12 @@ class PeftOFT(AdapterModule):
                     key="oft_R.weight",
                     expected="a packed strict upper triangle per block",
                 )
+            flag = params.get("oft_R.scaled_oft")
+            if flag is not None and flag.numel() != 1:
+                raise self.fail(f"shape {list(flag.shape)}", key="oft_R.scaled_oft", expected="one flag (a 0-dim bool)")
+            self.scaled = flag is not None and bool(flag.reshape(()).item())
         else:
+            self.scaled = False
             self.format = "input" if "oft_s" in params else "output"
             blocks = params["oft_r"]
             if blocks.ndim != 3 or blocks.shape[1] != blocks.shape[2]:
@@ -139,6 +177,10 @@ class PeftOFT(AdapterModule):
 
     def rank(self):
         return self.block_size
+
+    def packed(self, stored: torch.Tensor) -> torch.Tensor:
+        """The packed rows as PEFT reads them: OneTrainer's scaled OFT divided by ``2√(bs−1)``, else as stored."""
+        return stored / (2 * math.sqrt(self.block_size - 1)) if self.scaled else stored
 
     @property
     def options(self) -> PeftOFTOptions:
@@ -150,6 +192,7 @@ class PeftOFT(AdapterModule):
         info.update(
             block_size=self.block_size,
             peft_format=self.format,
+            scaled=self.format == "packed" and self.scaled,
             coft=options.coft,
             block_share=options.block_share,
             cayley_neumann=options.neumann_terms if self.format == "packed" else None,
@@ -181,7 +224,7 @@ class PeftOFT(AdapterModule):
         options = self.options
         stored = self.tensor(self._stored(), weight)
         if self.format == "packed":
-            q = skew_from_packed(stored, self.block_size)
+            q = skew_from_packed(self.packed(stored), self.block_size)
             if options.coft:
                 q = project_blocks(q, coft_bound(options.eps, stored.shape[0]))
             terms = options.neumann_terms

@@ -14,8 +14,8 @@ The order is each class's ``detect_order``, following LyCORIS' own detection, th
 
 The parameter sets are disjoint except ``oft_blocks`` (3-D diag-OFT vs 4-D BOFT), which the two classes split by
 tensor rank. A new algorithm is one file with a ``@register`` class declaring ``detect_order``, ``suffixes`` and
-``claims`` (and, for other layouts, ``to_lycoris``/``to_peft``/``peft_type``; see AdapterModule).
-Reference: docs/methods.md, Detection.
+``claims``, and the records and hooks of AdapterModule that layouts, converters and hosts read.
+Reference: docs/methods.md, Detection and Adding a method.
 """
 
 from __future__ import annotations
@@ -44,6 +44,11 @@ def known_suffixes() -> set[str]:
     for cls in ALGORITHMS:
         names.update(cls.suffixes)
     return names
+
+
+def flag_suffixes() -> set[str]:
+    """The canonical names stored as one number of any dtype: ``alpha`` and every algorithm's ``flags``."""
+    return {"alpha", *(flag for cls in ALGORITHMS for flag in cls.flags)}
 
 
 def detect(params: dict[str, torch.Tensor], layout: str | None = None) -> type[AdapterModule] | None:

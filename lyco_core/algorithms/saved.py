@@ -17,6 +17,8 @@ from .registry import register
 class SavedCopy(AdapterModule):
     detect_order = 130
     algo = "saved"
+    whole_layer = True
+    replaces_layer = True
     suffixes = ("weight", "bias")
     layouts = ("peft",)
 

@@ -71,7 +71,7 @@ def rank_reduce(
     weights = base_for(adapter, base)
 
     def on_factors(module) -> bool:
-        return module.algo == "lora" and not module.tucker and (keep_dora or not module.dora)
+        return module.low_rank_factors() is not None and (keep_dora or not module.dora)
 
     missing = [
         n
@@ -87,14 +87,14 @@ def rank_reduce(
     for name, module in adapter.modules.items():
         label = module.algo + ("+dora" if module.dora else "")
         known = weights is not None and name in weights
-        if module.algo == "norm":
+        if module.vector_delta:
             tensors.update({f"{name}.{k}": v for k, v in module.params.items()})
             report.add(name, label, "kept")
         else:
             note = ""
             if on_factors(module):
                 shape = weights.shape(name) if known else None
-                up, down = (module.params[k].to(device, torch.float32) for k in ("lora_up.weight", "lora_down.weight"))
+                up, down = (factor.to(device, torch.float32) for factor in module.low_rank_factors())
                 low = refactor(
                     up, down, module.scale_value(), policy, shape or torch.Size((up.shape[0], *down.shape[1:]))
                 )
