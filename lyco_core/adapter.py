@@ -12,12 +12,13 @@ import json
 import logging
 import os
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .algorithms import detect, known_suffixes
+from .algorithms import detect, flag_suffixes, known_suffixes
 from .algorithms.base import AdapterModule
 from .errors import AdapterError
 from .foreign import recognise
@@ -25,12 +26,13 @@ from .io import PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES, load_shapes, load_tensors
 from .keymap import MatchReport, Side, WeightIndex, WeightSlice, place
 from .layouts import ModulePath, detect_layout, split_key
 from .metadata import highlights
+from .statedict import shape_of
 
 log = logging.getLogger("lyco_core")
 
 CONFIG_NAME = "adapter_config.json"
 PEFT_WEIGHT_NAMES = ("adapter_model.safetensors", "adapter_model.bin")
-_INTEGER_OK = {"alpha", "on_input"}
+_ONE_NUMBER = flag_suffixes()  # stored as one number of any dtype (alpha, flags)
 
 
 def _resolve_paths(path: Path) -> tuple[Path, Path | None]:
@@ -71,9 +73,9 @@ def _check_tensor(file: str, key: str, param: str, tensor: torch.Tensor) -> None
     if tensor.numel() == 0:
         raise AdapterError(f"tensor of shape {list(tensor.shape)} holds no values", file=file, key=key,
                            expected="a non-empty tensor")  # fmt: skip
-    if param in _INTEGER_OK and tensor.numel() != 1:
+    if param in _ONE_NUMBER and tensor.numel() != 1:
         raise AdapterError(f"{param} holds {tensor.numel()} values", file=file, key=key, expected="one number")
-    if not tensor.is_floating_point() and param not in _INTEGER_OK:
+    if not tensor.is_floating_point() and param not in _ONE_NUMBER:
         raise AdapterError(f"tensor has dtype {tensor.dtype}", file=file, key=key, expected="a floating-point tensor")
     if tensor.is_floating_point() and tensor.element_size() == 1:  # float8: no arithmetic kernels on CPU
         raise AdapterError(f"tensor has dtype {tensor.dtype}", file=file, key=key, expected="fp16, bf16, fp32 or fp64")
@@ -123,10 +125,12 @@ class Adapter:
     def match(self, weight_keys, key_map: dict[str, str] | None = None, host_map: dict | None = None) -> MatchReport:
         """Which module patches which weight key, or which part of one (``report.target(name)``), by
         ``keymap.place`` — the matcher the nodes use too; ``host_map`` is a host's own key map (see
-        ``keymap.Side``). ``key_map`` {module name: key} overrides automatic matching."""
+        ``keymap.Side``; given a state dict rather than its keys, the rows it names are checked against the
+        weights' shapes). ``key_map`` {module name: key} overrides automatic matching."""
         report = MatchReport(unknown_keys=list(self.unknown_keys))
         keys = set(weight_keys)
-        sides = None if key_map is not None else [Side("model", WeightIndex(keys), host_map or {})]
+        shapes = {k: shape_of(weight_keys, k) for k in keys} if host_map and isinstance(weight_keys, Mapping) else {}
+        sides = None if key_map is not None else [Side("model", WeightIndex(keys), host_map or {}, shapes)]
         for name in self.modules:
             if key_map is not None:
                 key = key_map.get(name)
@@ -167,7 +171,7 @@ class Adapter:
             raise AdapterError(
                 "this Adapter was read header-only; load it again with header_only=False to patch", file=self.path
             )
-        report = self.match(weights.keys(), key_map, host_map)
+        report = self.match(weights, key_map, host_map)
         if not report.matched:
             reasons = "; ".join(f"{n}: {r}" for n, r in list(report.unmatched.items())[:3])
             raise AdapterError(
@@ -188,15 +192,16 @@ class Adapter:
                 bias = updated.get(bias_key, weights[bias_key]) if bias_key else None
                 module.fits(target.shape(weight.shape), bias is not None)
                 module.check_result(module.apply_(target.of(weight), float(strength)), target.of(weights[key]))
-                new_bias = module.bias_update(target.of(bias), float(strength)) if bias is not None else None
+                bias_rows = target.of(bias, weight.shape) if bias is not None else None  # the weight's rows
+                new_bias = module.bias_update(bias_rows, float(strength)) if bias_rows is not None else None
                 if new_bias is not None:
-                    module.check_result(new_bias, target.of(weights[bias_key]))
+                    module.check_result(new_bias, target.of(weights[bias_key], weight.shape))
             except AdapterError as exc:
                 raise exc.located(file=self.path, module=name) from None
             updated[key] = weight
             if new_bias is not None:
                 full_bias = bias.detach().clone() if bias_key not in updated else bias
-                target.of(full_bias).copy_(new_bias)
+                target.of(full_bias, weight.shape).copy_(new_bias)
                 updated[bias_key] = full_bias
             if progress is not None:
                 progress(done, len(report.matched))

@@ -10,10 +10,11 @@ Rules (``locate``; ``place`` puts a host's own key map first), for a module whos
 4. Several candidates: prefer an exact path; else keep those containing a layout hint (``te1``, ``clip_l``,
    ``diffusion_model``, …) in the key or its aliases; else the one candidate found by its own path rather than an
    alias; else the module is reported ambiguous, never guessed.
-5. An alias may name part of a weight (q, k or v: a third of the rows of a fused ``in_proj_weight``) or its
-   transpose (OpenCLIP's ``text_projection``): the module's target is then that ``WeightSlice``, reported as
-   ``key[part i of n]`` / ``key (transposed)``; patching applies the module's law to that view (and the bias's
-   rows) alone, as if it were the whole weight.
+5. An alias may name part of a weight (q, k or v: a third of the rows of a fused ``in_proj_weight``; or, where
+   grouped K/V heads make k and v smaller than q, the first ``in_features`` rows for q and halves of the rest for
+   k and v) or its transpose (OpenCLIP's ``text_projection``): the module's target is then that ``WeightSlice``,
+   reported as ``key[part i of n]`` / ``key (transposed)``; patching applies the module's law to that view (and
+   the bias's rows) alone, as if it were the whole weight.
 Reference: docs/formats.md, Matching modules to model weights.
 """
 
@@ -27,6 +28,7 @@ import torch
 from .aliases import model_aliases
 from .errors import AdapterError
 from .layouts.base import ModulePath
+from .naming import COMPONENTS, DENOISER_ROOTS, FAMILY_PREFIXES, TEXT_ENCODER_ROOT
 
 
 def _without_text_model(path: str) -> str:
@@ -35,11 +37,15 @@ def _without_text_model(path: str) -> str:
 
 @dataclass(frozen=True)
 class WeightSlice:
-    """Where a module applies: the weight ``key``, or the ``part``-th of ``parts`` equal blocks of its rows (dim 0)
-    and the same rows of its bias, or the rows ``span = (first, count)`` a host's key map names; with
-    ``transposed``, the module's weight is ``key``'s transpose (OpenCLIP keeps its text projection as ``P`` used as
-    ``x·P``, HF as the Linear weight ``Pᵀ``; PEFT's ``fan_in_fan_out`` layers store ``Wᵀ``) and rows are counted in
-    it. Equal parts take their row count from the tensor, so a model's keys alone (a header) say where they go."""
+    """Where a module applies: the weight ``key``, or the ``part``-th of ``parts`` blocks of its rows (dim 0) and
+    the same rows of its bias, or the rows ``span = (first, count)`` a host's key map names; with ``transposed``,
+    the module's weight is ``key``'s transpose (OpenCLIP keeps its text projection as ``P`` used as ``x·P``, HF as
+    the Linear weight ``Pᵀ``; PEFT's ``fan_in_fan_out`` layers store ``Wᵀ``) and rows are counted in it.
+
+    The blocks are equal; or, with ``square_first``, block 0 is the first ``in_features`` rows (``shape[1]`` of the
+    weight: a dim→dim projection, q) and blocks 1… split the rows after it equally (k and v, which grouped K/V heads
+    make smaller than q: Lumina2 fuses 24 q and 8 kv heads). Either way the row counts come from the weight's shape,
+    so a model's keys alone (a header) say where the module goes."""
 
     key: str
     part: int = 0
@@ -47,27 +53,38 @@ class WeightSlice:
     transposed: bool = False
     span: tuple[int, int] | None = None
     blocks: int = 1  # how many consecutive parts, from ``part`` on (Flux's single-block MLP rows: 4 of 7)
+    square_first: bool = False
 
     def __str__(self) -> str:
         if self.span is not None:
             text = f"{self.key}[rows {self.span[0]}:{self.span[0] + self.span[1]}]"
+        elif self.square_first:
+            after = f"part {self.part} of {self.parts - 1} after " if self.part else ""
+            text = f"{self.key}[{after}the first in_features rows]"
         else:
             numbers = f" {self.part + 1}" if self.blocks == 1 else f"s {self.part + 1}–{self.part + self.blocks}"
             text = self.key if self.parts == 1 else f"{self.key}[part{numbers} of {self.parts}]"
         return text + " (transposed)" if self.transposed else text
 
     @property
+    def sliced(self) -> bool:
+        """Whether the module applies to some rows of the weight rather than all of them."""
+        return self.parts > 1 or self.span is not None
+
+    @property
     def whole(self) -> bool:
         """Whether this is the weight itself, as stored."""
-        return self.parts == 1 and not self.transposed and self.span is None
+        return not self.sliced and not self.transposed
 
     @property
     def bias_key(self) -> str | None:
         """``<key without 'weight'>bias`` (``in_proj_weight`` → ``in_proj_bias``), or None."""
         return self.key[: -len("weight")] + "bias" if self.key.endswith("weight") else None
 
-    def rows(self, total: int) -> tuple[int, int]:
-        """(start, length) of the slice's rows among ``total``."""
+    def rows(self, shape: torch.Size) -> tuple[int, int]:
+        """(start, length) of the slice's rows in a weight of ``shape`` as the module sees it (``seen``); the bias
+        has the same rows."""
+        total = shape[0]
         if self.span is not None:
             if self.span[0] + self.span[1] > total:
                 raise AdapterError(
@@ -76,26 +93,42 @@ class WeightSlice:
                     expected="the weight the host's key map describes",
                 )
             return self.span
-        if total % self.parts:
+        if self.square_first and len(shape) < 2:
             raise AdapterError(
-                f"has {total} rows, which do not split into {self.parts} equal parts",
+                "has no in_features, so the rows of its first (square) block are unknown",
+                key=self.key,
+                expected="the shape of the fused weight, (rows, in_features)",
+            )
+        lead = 1 if self.square_first else 0  # the square block, before the equal ones
+        first = shape[1] if self.square_first else 0
+        equal = self.parts - lead
+        if first > total or (total - first) % equal:
+            blocks = f"the first {first} and {equal} equal parts" if self.square_first else f"{equal} equal parts"
+            raise AdapterError(
+                f"has {total} rows, which do not split into {blocks}",
                 key=self.key,
                 expected=f"a fused weight of {self.parts} stacked blocks",
             )
-        length = total // self.parts
-        return self.part * length, self.blocks * length
+        length = (total - first) // equal
+        edges = [0] * lead + [first + i * length for i in range(equal + 1)]
+        return edges[self.part], edges[self.part + self.blocks] - edges[self.part]
+
+    def seen(self, shape: torch.Size) -> torch.Size:
+        """A stored weight's ``shape`` as the module sees it (reversed where ``transposed``)."""
+        return torch.Size(reversed(shape)) if self.transposed else torch.Size(shape)
 
     def shape(self, shape: torch.Size) -> torch.Size:
-        """The module's weight shape within a stored weight (or bias) of ``shape``."""
-        if self.transposed:
-            shape = torch.Size(reversed(shape))
-        sliced = self.parts > 1 or self.span is not None
-        return torch.Size((self.rows(shape[0])[1], *shape[1:])) if sliced else shape
+        """The module's weight shape within a stored weight of ``shape``."""
+        shape = self.seen(shape)
+        return torch.Size((self.rows(shape)[1], *shape[1:])) if self.sliced else shape
 
-    def of(self, tensor: torch.Tensor) -> torch.Tensor:
-        """The module's weight (or bias) inside the stored ``tensor``: a view, so writing it writes the tensor."""
+    def of(self, tensor: torch.Tensor, weight_shape: torch.Size | None = None) -> torch.Tensor:
+        """The module's weight inside the stored weight ``tensor``, or its rows of the bias ``tensor`` given the
+        stored weight's shape (which a ``square_first`` slice needs): a view, so writing it writes the tensor."""
         view = tensor.t() if self.transposed else tensor
-        return view.narrow(0, *self.rows(view.shape[0])) if self.parts > 1 or self.span is not None else view
+        if not self.sliced:
+            return view
+        return view.narrow(0, *self.rows(view.shape if weight_shape is None else self.seen(weight_shape)))
 
 
 @dataclass
@@ -150,7 +183,13 @@ class WeightIndex:
         for alias in model_aliases(self.keys):
             target = alias.key
             if alias.part is not None or alias.transposed:
-                part = WeightSlice(alias.key, *(alias.part or (0, 1)), alias.transposed, blocks=alias.blocks)
+                part = WeightSlice(
+                    alias.key,
+                    *(alias.part or (0, 1)),
+                    alias.transposed,
+                    blocks=alias.blocks,
+                    square_first=alias.square_first,
+                )
                 target = str(part)
                 self.slices[target] = part
             _add_suffixes(self.other, alias.path, target)
@@ -208,48 +247,35 @@ def locate(target: ModulePath, index: WeightIndex) -> tuple[WeightSlice | None, 
     return index.slices.get(picked) or WeightSlice(picked), ""
 
 
-_UNET_PREFIXES = ("lora_unet_", "lycoris_", "lora_transformer_")
-_TE_PREFIXES = {"te1": ("lora_te1_", "lora_te_"), "te2": ("lora_te2_",), "te": ("lora_te_", "lora_te1_")}
 _TE_ROOTS = ("encoder_", "embeddings_", "final_layer_norm")
-
-
-def _family(target: ModulePath) -> str | None:
-    hints = " ".join(target.hints)
-    if "te2" in hints or "text_encoder_2" in hints:
-        return "te2"
-    if "te1" in hints or "clip_l" in hints:
-        return "te1"
-    if "text_encoder" in hints or "cond_stage" in hints:
-        return "te"
-    if "diffusion_model" in hints or "unet" in hints or "transformer" in hints:
-        return "unet"
-    return None
+_TE_PREFIXES = tuple(dict.fromkeys(p for family, ps in FAMILY_PREFIXES.items() if family != "unet" for p in ps))
 
 
 def kohya_aliases(module_name: str, target: ModulePath) -> list[str]:
     """The names a host's kohya-style key map may know this module by, most specific first.
 
-    Covers LyCORIS 2.x trailing ``_``, kohya OFT's ``oft_unet_``, transformers-5 text-encoder paths without
-    ``text_model``, and dotted PEFT/diffusers/ComfyUI paths written the kohya way (``lora_unet_``, ``lycoris_``,
-    ``lora_te{,1,2}_``, ``diffusion_model.``, ``transformer.``, ``text_encoders.``).
+    Covers LyCORIS 2.x trailing ``_``, a prefix other than the one its component is written with (kohya OFT's
+    ``oft_unet_``), transformers-5 text-encoder paths without ``text_model``, and dotted PEFT/diffusers/ComfyUI
+    paths written the way the host's key map spells the module's family (naming.py ``FAMILY_PREFIXES``,
+    ``DENOISER_ROOTS``, ``TEXT_ENCODER_ROOT``); a module of no stated family tries them all.
     """
     names = [module_name, module_name.rstrip("_")]
     mangled = target.path.replace(".", "_")
-    family = _family(target)
+    family = COMPONENTS[target.component].family if target.component else None
     if target.mangled:
-        if module_name.startswith("oft_unet_"):
-            names.append("lora_unet_" + mangled)
+        if target.component:
+            names.append(COMPONENTS[target.component].kohya + mangled)
     else:
         if family in (None, "unet"):
-            names += [p + mangled for p in _UNET_PREFIXES]
-            names += ["diffusion_model." + target.path, "transformer." + target.path]
-        if family in (None, "te", "te1", "te2"):
-            names += [p + mangled for p in _TE_PREFIXES[family or "te"]]
+            names += [p + mangled for p in FAMILY_PREFIXES["unet"]]
+            names += [root + target.path for root in DENOISER_ROOTS]
+        if family != "unet":
+            names += [p + mangled for p in FAMILY_PREFIXES[family or "te"]]
             if family is None:
-                names += ["lora_te2_" + mangled]
-            names.append("text_encoders." + target.path)
+                names += [p + mangled for p in FAMILY_PREFIXES["te2"]]
+            names.append(TEXT_ENCODER_ROOT + target.path)
     for name in list(names):
-        for prefix in ("lora_te_", "lora_te1_", "lora_te2_"):
+        for prefix in _TE_PREFIXES:
             rest = name[len(prefix) :]
             if name.startswith(prefix) and rest.startswith(_TE_ROOTS):
                 names.append(prefix + "text_model_" + rest)
@@ -266,6 +292,21 @@ class Side:
     label: str
     index: WeightIndex
     host_map: dict = field(default_factory=dict)
+    shapes: dict = field(default_factory=dict)  # {weight key: its shape}, where known: checks the host map's rows
+
+    def host_target(self, alias: str, target: ModulePath) -> WeightSlice:
+        """The host map's entry for ``alias``; where it names rows of a weight whose shape is known and the rules
+        (``locate``) put the module on other rows of the same weight, the rules' rows, which come from the
+        weight's shape (ComfyUI's Z-Image table cuts a fused q/k/v into equal thirds, which grouped K/V heads make
+        wrong)."""
+        found = _host_target(self.host_map[alias])
+        shape = self.shapes.get(found.key)
+        if found.span is None or shape is None:
+            return found
+        mine, _ = locate(target, self.index)
+        if mine is not None and mine.key == found.key and not mine.transposed and mine.rows(shape) != found.span:
+            return mine
+        return found
 
 
 def _host_target(entry) -> WeightSlice:
@@ -281,14 +322,15 @@ def place(module_name: str, target: ModulePath, sides: list[Side]) -> tuple[Side
     """Where module ``module_name`` (pointing at ``target``) applies: ``(side, slice, "")``, else
     ``(None, None, reason)``. One order for the core and the nodes:
 
-    1. the host's key map, under each name ``kohya_aliases`` gives (most specific first), side by side;
+    1. the host's key map, under each name ``kohya_aliases`` gives (most specific first), side by side (rows
+       checked against the weight's shape, ``Side.host_target``);
     2. the rules of this file (``locate``) on each side's weight keys and aliases; exactly one side may fit.
     """
     if any(side.host_map for side in sides):  # the core alone (CLI) has no host map: no aliases to form
         for alias in kohya_aliases(module_name, target):
             for side in sides:
                 if alias in side.host_map:
-                    return side, _host_target(side.host_map[alias]), ""
+                    return side, side.host_target(alias, target), ""
     found, reasons = [], []
     for side in sides:
         located, reason = locate(target, side.index)

@@ -25,6 +25,7 @@ from ..lyco_core import Adapter, AdapterError, load_adapter
 from ..lyco_core.algorithms.inplace import compute_dtype
 from ..lyco_core.bounded_cache import BoundedCache
 from ..lyco_core.keymap import Side, WeightIndex, WeightSlice, place
+from ..lyco_core.naming import COMPONENTS
 from ..lyco_core.train.resume import STATE_SUFFIX
 
 log = logging.getLogger("ComfyUI-LyCO")
@@ -227,17 +228,22 @@ def key_name(target) -> str:
     return target[0] if isinstance(target, tuple) else target
 
 
+def _shapes(state: dict) -> dict:
+    return {key: tensor.shape for key, tensor in state.items()}
+
+
 def _sides(model, clip) -> tuple[list[Side], dict[str, dict]]:
     """The UNet and the text encoder as the one matcher sees them (weight keys and ComfyUI's key map each), and
     their state dicts by side label."""
     sides, states = [], {}
     if model is not None:
         states["unet"] = model.model_state_dict()
-        sides.append(Side("unet", WeightIndex(states["unet"]), comfy.lora.model_lora_keys_unet(model.model, {})))
+        keys = comfy.lora.model_lora_keys_unet(model.model, {})
+        sides.append(Side("unet", WeightIndex(states["unet"]), keys, _shapes(states["unet"])))
     if clip is not None:
         states["clip"] = clip.cond_stage_model.state_dict()
         keys = comfy.lora.model_lora_keys_clip(clip.cond_stage_model, {})
-        sides.append(Side("clip", WeightIndex(states["clip"]), keys))
+        sides.append(Side("clip", WeightIndex(states["clip"]), keys, _shapes(states["clip"])))
     return sides, states
 
 
@@ -248,7 +254,13 @@ def _comfy_target(found: WeightSlice, weight: torch.Tensor):
         return None
     if found.whole:
         return found.key
-    return found.key, (0, *found.rows(weight.shape[0]))
+    return found.key, (0, *found.rows(weight.shape))
+
+
+def _text_encoder_module(target) -> bool:
+    """Whether a module points into a text encoder: its spelling names one (naming.py), or its path is a
+    transformers text model's."""
+    return (bool(target.component) and COMPONENTS[target.component].text_encoder) or "text_model" in target.path
 
 
 def build_patches(adapter: Adapter, model, clip) -> tuple[dict, dict, Coverage]:
@@ -259,9 +271,10 @@ def build_patches(adapter: Adapter, model, clip) -> tuple[dict, dict, Coverage]:
     coverage = Coverage(adapter.path, adapter.method_counts(), unknown_keys=len(adapter.unknown_keys))
     patches = {"unet": {}, "clip": {}}
     for name, module in adapter.modules.items():
-        side, found, reason = place(name, adapter.module_path(name), sides)
+        target = adapter.module_path(name)
+        side, found, reason = place(name, target, sides)
         if side is None:
-            if "clip" not in states and any(h in name for h in ("lora_te", "text_encoder", "text_model")):
+            if "clip" not in states and _text_encoder_module(target):
                 coverage.skipped.append(name)
             else:
                 coverage.unmatched[name] = reason
@@ -279,7 +292,7 @@ def build_patches(adapter: Adapter, model, clip) -> tuple[dict, dict, Coverage]:
             raise exc.located(file=adapter.path, module=name) from None
         patches[side.label][target] = LycoPatch.of(module)
         if has_bias and module.changes_bias():
-            bias_target = bias_key if found.whole else (bias_key, (0, *found.rows(state[bias_key].shape[0])))
+            bias_target = bias_key if found.whole else (bias_key, (0, *found.rows(state[found.key].shape)))
             patches[side.label][bias_target] = LycoPatch.of(module, "bias")
         getattr(coverage, side.label)[name] = key_name(target)
     return patches["unet"], patches["clip"], coverage

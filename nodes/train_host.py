@@ -24,10 +24,13 @@ import comfy.sampler_helpers
 import comfy.samplers
 import comfy.utils
 
+from ..lyco_core.naming import COMPONENTS, kohya_prefix
 from ..lyco_core.train import build_adapter
 
 log = logging.getLogger("ComfyUI-LyCO")
 UNET = "diffusion_model."
+UNET_NAME = kohya_prefix("unet")  # the kohya names ComfyUI's key maps give the denoiser's and text encoders' layers
+TEXT_ENCODER_NAMES = tuple(c.kohya for c in COMPONENTS.values() if c.text_encoder)
 
 
 def training_clone(model_or_clip):
@@ -111,23 +114,23 @@ def file_names(model, clip):
     if model is not None:
         own = {}
         for name, key in comfy.lora.model_lora_keys_unet(model.model, {}).items():
-            if isinstance(key, str) and name.startswith("lora_unet_") and key.endswith(".weight"):
+            if isinstance(key, str) and name.startswith(UNET_NAME) and key.endswith(".weight"):
                 path = key[: -len(".weight")]
-                literal = "lora_unet_" + path[len(UNET) :].replace(".", "_")
+                literal = UNET_NAME + path[len(UNET) :].replace(".", "_")
                 if name != literal or path not in own:
                     own[path] = name
         names.update(own)
     if clip is not None:
         for name, key in comfy.lora.model_lora_keys_clip(clip.cond_stage_model, {}).items():
-            if isinstance(key, str) and name.startswith("lora_te") and key.endswith(".weight"):
+            if isinstance(key, str) and name.startswith(TEXT_ENCODER_NAMES) and key.endswith(".weight"):
                 names.setdefault(key[: -len(".weight")], name)
 
     def name_of(path: str) -> str:
         if path in names:
             return names[path]
         if path.startswith(UNET):
-            return "lora_unet_" + path[len(UNET) :].replace(".", "_")
-        return "lora_te_" + path.split(".transformer.", 1)[-1].replace(".", "_")
+            return UNET_NAME + path[len(UNET) :].replace(".", "_")
+        return kohya_prefix("te") + path.split(".transformer.", 1)[-1].replace(".", "_")
 
     return name_of
 

@@ -5,7 +5,8 @@ model's own keys, so an adapter named for one spelling matches a checkpoint writ
 * ``openclip.py``: OpenCLIP text encoders in LDM checkpoints (SD2, SDXL's second) → Hugging Face CLIP names.
 * ``flux.py``: Flux.1/Chroma transformers as BFL/ComfyUI store them (fused q/k/v) → diffusers names.
 * ``mmdit.py``: SD3/SD3.5 MMDiT as Stability/ComfyUI store it (fused q/k/v) → diffusers names.
-* ``lumina.py``: Lumina2/Z-Image attention outputs → diffusers names (their fused q/k/v are not aliased).
+* ``lumina.py``: Lumina2/Z-Image blocks → Z-Image's and Lumina2's diffusers names (fused q/k/v: q the first
+  ``in_features`` rows, k and v halves of the rest, so grouped K/V heads split right).
 * ``hunyuan_video.py``: HunyuanVideo as ComfyUI stores it → the original release's names (musubi-tuner).
 
 An ``Alias`` is matched like the key's own path (keymap.py). One may name only part of a weight (q, k or v in a fused

@@ -10,13 +10,15 @@ from dataclasses import dataclass
 class Alias:
     """``path`` (dotted, without ``.weight``) is another name of the weight ``key`` or, with ``part`` (i, n), of the
     i-th of n equal blocks of its rows (``blocks`` of them from the i-th on: a layer fused into a bigger weight);
-    with ``transposed``, of its transpose (keymap.WeightSlice)."""
+    with ``square_first``, block 0 is the weight's first ``in_features`` rows and the others split the rest equally
+    (q, then k and v over grouped K/V heads); with ``transposed``, of its transpose (keymap.WeightSlice)."""
 
     path: str
     key: str
     part: tuple[int, int] | None = None
     transposed: bool = False
     blocks: int = 1
+    square_first: bool = False
 
 
 def roots(keys: Collection[str], marker: str, partner: str) -> list[str]:

@@ -71,7 +71,10 @@ class BaseWeights:
 
     def bias(self, name: str) -> torch.Tensor | None:
         key = self._bias_key(name)
-        return None if key is None else self._target(name).of(self.state[key])
+        if key is None:
+            return None
+        target = self._target(name)
+        return target.of(self.state[key], shape_of(self.state, target.key))  # the weight's rows of the bias
 
 
 BaseLike = Mapping[str, torch.Tensor] | Callable[..., BaseWeights]

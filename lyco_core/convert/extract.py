@@ -19,6 +19,7 @@ import torch
 
 from ..adapter import Adapter, adapter_from_tensors
 from ..errors import AdapterError
+from ..naming import kohya_prefix, spelled
 from ..statedict import metadata_of, shape_of
 from ..algorithms.factorization import factorization
 from .kron import nearest_kronecker
@@ -27,28 +28,11 @@ from .report import Progress, Report, Steps
 from .svd import RankPolicy, factorize
 from .to_lora import lora_tensors
 
-_ROOTS = (
-    ("model.diffusion_model.", "lora_unet_"),
-    ("diffusion_model.", "lora_unet_"),
-    ("cond_stage_model.transformer.", "lora_te_"),
-    ("conditioner.embedders.0.transformer.", "lora_te1_"),
-    ("conditioner.embedders.1.model.", "lora_te2_"),
-    ("clip_l.transformer.", "lora_te1_"),
-    ("clip_g.transformer.", "lora_te2_"),
-    ("unet.", "lora_unet_"),
-    ("text_encoder.", "lora_te1_"),
-    ("text_encoder_2.", "lora_te2_"),
-    ("transformer.", "lora_transformer_"),
-)
-
 
 def kohya_name(key: str) -> str:
     """The LyCORIS/kohya module name for a weight key of a checkpoint (see the module docstring)."""
-    path = key[: -len(".weight")]
-    for root, prefix in _ROOTS:
-        if path.startswith(root):
-            return prefix + path[len(root) :].replace(".", "_")
-    return "lycoris_" + path.replace(".", "_")
+    spelling, path = spelled("checkpoint", key[: -len(".weight")])
+    return kohya_prefix(spelling.component if spelling else "model") + path.replace(".", "_")
 
 
 def lokr_tensors(name: str, delta: torch.Tensor, policy: RankPolicy, factor: int) -> tuple[dict, float, str]:

@@ -29,7 +29,8 @@ from .deltas import (
     needs_weight,
     refuse_without_base,
 )
-from .names import lycoris_prefix, module_id
+from ..naming import kohya_prefix
+from .names import module_id
 from .provenance import carried
 from .report import Progress, Report, Steps
 from ..algorithms.base import flat2
@@ -52,7 +53,7 @@ def _output_names(adapters: Sequence[Adapter], groups) -> dict[tuple[str, str], 
     if len({a.layout for a in adapters}) == 1:
         return {identity: members[0][1] for identity, members in groups.items()}
     te_split = any(identity[0] == "te2" for identity in groups)
-    return {identity: lycoris_prefix(identity[0], te_split) + identity[1] for identity in groups}
+    return {identity: kohya_prefix(identity[0], te_split) + identity[1] for identity in groups}
 
 
 def _shape(adapters, members: list[Member], bases: list[BaseWeights | None]) -> tuple[torch.Size, bool]:
@@ -72,12 +73,14 @@ def _shape(adapters, members: list[Member], bases: list[BaseWeights | None]) -> 
 
 
 def _factor_sum(adapters, weights, members, shape: torch.Size, policy: RankPolicy, device) -> LowRank | None:
-    """The truncation of a layer patched by plain LoRAs only, from the stacked factors; None otherwise."""
+    """The truncation of a layer patched by plain LoRAs only (two factors, no DoRA, no bias delta), from the stacked
+    factors; None otherwise."""
     modules = [(weights[i], adapters[i].modules[n]) for i, n in members]
-    if any(m.algo != "lora" or m.tucker or m.dora or "lora_up.bias" in m.params for _, m in modules):
+    if any(m.low_rank_factors() is None or m.dora or m.changes_bias() for _, m in modules):
         return None
-    ups = [w * m.scale_value() * flat2(m.params["lora_up.weight"].to(device, torch.float32)) for w, m in modules]
-    downs = [flat2(m.params["lora_down.weight"].to(device, torch.float32)) for _, m in modules]
+    factors = [(w * m.scale_value(), *m.low_rank_factors()) for w, m in modules]
+    ups = [scale * flat2(up.to(device, torch.float32)) for scale, up, _ in factors]
+    downs = [flat2(down.to(device, torch.float32)) for _, _, down in factors]
     return refactor(torch.cat(ups, 1), torch.cat(downs, 0), 1.0, policy, shape)
 
 

@@ -18,47 +18,10 @@ from dataclasses import dataclass
 
 from ..errors import AdapterError
 from ..keymap import WeightIndex
+from ..naming import COMPONENTS as NAMED
+from ..naming import PEFT_PREFIX, kohya_prefix, spelled
 
-# LyCORIS/kohya prefix → component, and the prefix written for each component.
-_LYCORIS_IN = {
-    "lora_unet_": "unet",
-    "oft_unet_": "unet",
-    "lora_transformer_": "transformer",
-    "lora_prior_unet_": "prior",
-    "lora_te1_": "te1",
-    "lora_te2_": "te2",
-    "lora_te3_": "te3",
-    "lora_te_": "te",
-    "lycoris_": "model",
-}
-_LYCORIS_OUT = {
-    "unet": "lora_unet_",
-    "transformer": "lora_transformer_",
-    "prior": "lora_prior_unet_",
-    "te": "lora_te_",
-    "te1": "lora_te1_",
-    "te2": "lora_te2_",
-    "te3": "lora_te3_",
-    "model": "lycoris_",
-}
-_DIFFUSERS = {
-    "unet": "unet.",
-    "transformer": "transformer.",
-    "te": "text_encoder.",
-    "te1": "text_encoder.",
-    "te2": "text_encoder_2.",
-    "te3": "text_encoder_3.",
-}
-_DIFFUSERS_IN = {
-    "unet.": "unet",
-    "transformer.": "transformer",
-    "text_encoder.": "te",
-    "text_encoder_2.": "te2",
-    "text_encoder_3.": "te3",
-}
-_COMFY_IN = {"diffusion_model.": "unet", "model.diffusion_model.": "unet", "text_encoders.": "te"}
-PEFT_PREFIX = "base_model.model."
-COMPONENTS = tuple(_LYCORIS_OUT)
+COMPONENTS = tuple(NAMED)  # the component names a user may state (CLI --component, the convert node)
 
 
 @dataclass(frozen=True)
@@ -74,27 +37,15 @@ class ModuleId:
 
     def identity(self) -> tuple[str, str]:
         """What merging groups by: the same layer whatever the layout (``text_model`` levels and te/te1 alike)."""
-        component = {"te": "te1", "transformer": "unet"}.get(self.component, self.component)
+        component = NAMED[self.component].same_as or self.component
         return component, self.mangled_path().replace("text_model_", "")
 
 
 def module_id(adapter, name: str) -> ModuleId:
     """The component and path a module of ``adapter`` points at."""
-    if adapter.layout == "lycoris":
-        for prefix, component in _LYCORIS_IN.items():
-            if name.startswith(prefix):
-                return ModuleId(component, name[len(prefix) :].rstrip("_"), True)
-        return ModuleId("model", name.rstrip("_"), True)
-    table = {"diffusers": _DIFFUSERS_IN, "comfy": _COMFY_IN}.get(adapter.layout, {PEFT_PREFIX: "model"})
-    for prefix, component in table.items():
-        if name.startswith(prefix):
-            return ModuleId(component, name[len(prefix) :], False)
-    return ModuleId("model", name, False)
-
-
-def lycoris_prefix(component: str, te_split: bool = False) -> str:
-    """The LyCORIS/kohya prefix; a lone text encoder is ``lora_te_`` unless the adapter also has a second one."""
-    return _LYCORIS_OUT["te1" if component == "te" and te_split else component]
+    mangled = adapter.layout == "lycoris"
+    spelling, path = spelled(adapter.layout, name)
+    return ModuleId(spelling.component if spelling else "model", path.rstrip("_") if mangled else path, mangled)
 
 
 def _dotted(adapter, names: list[str], model_keys) -> tuple[dict[str, str], dict[str, str]]:
@@ -144,7 +95,7 @@ def target_names(
         ids = {n: ModuleId(component, i.path, i.mangled) if i.component == "model" else i for n, i in ids.items()}
     if layout == "lycoris":
         te_split = any(i.component == "te2" for i in ids.values())
-        return {n: (lycoris_prefix(i.component, te_split), i.mangled_path()) for n, i in ids.items()}
+        return {n: (kohya_prefix(i.component, te_split), i.mangled_path()) for n, i in ids.items()}
     dotted = {n: i.path for n, i in ids.items() if not i.mangled}
     mangled = [n for n, i in ids.items() if i.mangled]
     if mangled and paths is not None:
@@ -183,12 +134,13 @@ def target_names(
             )
         return {n: (PEFT_PREFIX, dotted[n]) for n in ids}
     if layout == "diffusers":
-        generic = [n for n, i in ids.items() if i.component not in _DIFFUSERS]
+        generic = [n for n, i in ids.items() if NAMED[i.component].diffusers is None]
         if generic:
+            piped = [c.name for c in NAMED.values() if c.diffusers]
             raise AdapterError(
                 f"{len(generic)} modules (e.g. {generic[0]}) belong to no named pipeline component",
                 file=adapter.path,
-                expected=f"a stated component ({', '.join(_DIFFUSERS)})",
+                expected=f"a stated component ({', '.join(piped)})",
             )
-        return {n: (_DIFFUSERS[i.component], dotted[n]) for n, i in ids.items()}
+        return {n: (NAMED[i.component].diffusers, dotted[n]) for n, i in ids.items()}
     raise AdapterError(f"unknown layout '{layout}'", expected="lycoris, peft or diffusers")

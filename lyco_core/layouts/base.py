@@ -16,11 +16,13 @@ from ..errors import AdapterError
 @dataclass(frozen=True)
 class ModulePath:
     """Where a module name points: ``path`` inside its model, ``mangled`` if dots were written as ``_``,
-    ``hints`` substrings that pick the right sub-model when the path alone is ambiguous."""
+    ``hints`` substrings that pick the right sub-model when the path alone is ambiguous, ``component`` the model
+    part its spelling names ("" when it names none); both from the naming table (naming.py)."""
 
     path: str
     mangled: bool
     hints: tuple[str, ...] = ()
+    component: str = ""
 
 
 class Layout:

@@ -6,14 +6,9 @@ Reference: docs/formats.md, ComfyUI layout.
 
 from __future__ import annotations
 
+from ..naming import spelled
 from .base import Layout, ModulePath
 from .keys import layer_path
-
-_HINTED_PREFIXES = {
-    "diffusion_model.": ("diffusion_model",),
-    "model.diffusion_model.": ("diffusion_model",),
-    "text_encoders.": ("text_encoders", "clip", "cond_stage"),
-}
 
 
 class ComfyLayout(Layout):
@@ -24,7 +19,7 @@ class ComfyLayout(Layout):
         return any("." in name for name in module_names)
 
     def module_path(self, module_name):
-        for prefix, hints in _HINTED_PREFIXES.items():
-            if module_name.startswith(prefix):
-                return ModulePath(layer_path(module_name[len(prefix) :]), False, hints)
-        return ModulePath(layer_path(module_name), False)
+        spelling, rest = spelled("comfy", module_name)
+        if spelling is None:
+            return ModulePath(layer_path(rest), False)
+        return ModulePath(layer_path(rest), False, spelling.hints, spelling.component)

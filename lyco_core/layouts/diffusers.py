@@ -10,17 +10,11 @@ from __future__ import annotations
 import json
 
 from ..algorithms.base import PeftFolder, ScaleContext
+from ..naming import prefixes, spelled
 from .base import Layout, ModulePath, Written, only_plain_layers, refuse
 from .keys import layer_path
 from .peft import rank_alpha_fields, scale_context
 
-COMPONENTS = {
-    "unet.": ("unet", "diffusion_model"),
-    "transformer.": ("transformer", "diffusion_model"),
-    "text_encoder.": ("text_encoder.", "te1", "clip_l"),
-    "text_encoder_2.": ("text_encoder_2", "te2", "clip_g"),
-    "text_encoder_3.": ("text_encoder_3", "t5"),
-}
 METADATA_KEY = "lora_adapter_metadata"
 
 
@@ -47,25 +41,21 @@ class DiffusersLayout(Layout):
     def owns(module_names, config, metadata):
         if config is not None or not module_names:
             return False
-        return METADATA_KEY in metadata or all(name.startswith(tuple(COMPONENTS)) for name in module_names)
+        return METADATA_KEY in metadata or all(name.startswith(prefixes("diffusers")) for name in module_names)
 
     def __init__(self, file, config, metadata):
         super().__init__(file, config, metadata)
         self.configs = component_configs(metadata)
 
-    def _split(self, module_name):
-        for prefix, hints in COMPONENTS.items():
-            if module_name.startswith(prefix):
-                return prefix[:-1], module_name[len(prefix) :], hints
-        return "", module_name, ()
-
     def module_path(self, module_name):
-        _, path, hints = self._split(module_name)
-        return ModulePath(layer_path(path), False, hints)
+        spelling, rest = spelled("diffusers", module_name)
+        if spelling is None:
+            return ModulePath(layer_path(rest), False)
+        return ModulePath(layer_path(rest), False, spelling.hints, spelling.component)
 
     def context(self, module_name, params):
-        component, path, _ = self._split(module_name)
-        config = self.configs.get(component)
+        spelling, path = spelled("diffusers", module_name)
+        config = self.configs.get(spelling.prefix[:-1] if spelling else "")
         if config is None or "alpha" in params:
             return ScaleContext(file=self.file, peft=True, module_path=path)
         return scale_context(self.file, config, path)
@@ -80,7 +70,7 @@ def write(adapter, targets: dict[str, tuple[str, str]], has_bias: dict[str, bool
     configs: dict[str, dict] = {}
     for name, module in adapter.modules.items():
         try:
-            if module.algo != "lora":
+            if not module.diffusers_loads:
                 raise ValueError(f"diffusers loads LoRA only, this module is {module.algo}")
             only_plain_layers(module)
             params, rank, alpha = module.to_peft(None if has_bias is None else has_bias.get(name), PeftFolder())

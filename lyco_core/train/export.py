@@ -18,19 +18,18 @@ import torch
 
 from ..adapter import Adapter, adapter_from_tensors
 from ..algorithms.base import AdapterModule, ScaleContext
-from ..algorithms.lora_embedding import EmbeddingLoRA
 from ..algorithms.saved import SavedCopy
+from ..naming import PEFT_PREFIX, kohya_prefix
 from ..save import save_adapter
 from .methods import DenseTrainable
 from .wrap import AttachedAdapter
 
-PEFT_PREFIX = "base_model.model."
 PEFT_VERSION = "0.18.0"  # the oldest PEFT whose OFT Cayley–Neumann series equals ours
 
 
-def lycoris_name(path: str, prefix: str = "lycoris") -> str:
-    """``<prefix>_<path with '.' written as '_'>`` (kohya/LyCORIS mangling)."""
-    return f"{prefix}_{path.replace('.', '_')}"
+def lycoris_name(path: str) -> str:
+    """``lycoris_<path with '.' written as '_'>``: LyCORIS' generic module name (kohya mangling, naming.py)."""
+    return kohya_prefix("model") + path.replace(".", "_")
 
 
 def lycoris_tensors(adapter: AttachedAdapter, name_of: Callable[[str], str] = lycoris_name) -> dict[str, torch.Tensor]:
@@ -78,17 +77,8 @@ def peft_modules(adapter: AttachedAdapter, names: dict[str, str], result: Adapte
         ctx = ScaleContext(file="<trained>", peft=True, module_path=path)
         if isinstance(trainable, DenseTrainable) and trainable.saved:
             replaced[name] = SavedCopy(name, _trained_copy(trainable, layer), ctx)
-        elif trainable.method == "lora" and trainable.is_embedding:
-            params = result.modules[name].params
-            replaced[name] = EmbeddingLoRA(
-                name,
-                {
-                    "lora_embedding_A": params["lora_up.weight"].t(),
-                    "lora_embedding_B": params["lora_down.weight"].t(),
-                    "alpha": params["alpha"],
-                },
-                result.modules[name].ctx,
-            )
+        elif (peft := trainable.peft_module(result.modules[name])) is not None:
+            replaced[name] = peft
     return replaced
 
 

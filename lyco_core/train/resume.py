@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Callable
 
 from ..adapter import Adapter
-from .export import PEFT_PREFIX, lycoris_name
+from ..naming import PEFT_PREFIX
+from .export import lycoris_name
 from .loop import TrainState, load_state
 from .wrap import AttachedAdapter
 

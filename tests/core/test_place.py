@@ -58,3 +58,44 @@ def test_core_patch_with_a_host_map_changes_only_the_named_rows():
     got = adapter.patch(weights, 0.5, host_map=host_map)[FUSED]
     assert torch.equal(got[:8], weights[FUSED][:8]) and torch.equal(got[16:], weights[FUSED][16:])
     assert torch.equal(got[8:16], patched)
+
+
+def test_host_map_rows_that_contradict_the_weights_shape_give_way_to_the_rules():
+    """ComfyUI's Z-Image table cuts ``attention.qkv`` into equal thirds; with grouped K/V heads (4 q, 2 kv heads of
+    4: 16 + 8 + 8 rows) its ``to_k``/``to_v`` rows are wrong. Given the weights' shapes, ``place`` keeps the host's
+    entry only where the rules (from the weight's shape) agree: k is the half after the first ``in_features``
+    rows."""
+    fused = "diffusion_model.layers.0.attention.qkv.weight"
+    keys = [fused, "diffusion_model.cap_embedder.1.weight"]
+    shapes = {fused: torch.Size((32, 16)), keys[1]: torch.Size((16, 8))}
+    thirds = {f"diffusion_model.layers.0.attention.to_{x}": (fused, (0, 16 * i, 16)) for i, x in enumerate("qkv")}
+    sides = [Side("unet", WeightIndex(keys), thirds, shapes)]
+    rows = {}
+    for x in "qkv":
+        target = ModulePath(f"layers.0.attention.to_{x}", False, ("diffusion_model",), "unet")
+        side, found, reason = place(f"diffusion_model.layers.0.attention.to_{x}", target, sides)
+        assert reason == "" and found.key == fused
+        rows[x] = found.rows(shapes[fused])
+    assert rows == {"q": (0, 16), "k": (16, 8), "v": (24, 8)}
+    flux = [Side("unet", WeightIndex([FUSED]), {"lora_unet_double_blocks_0_img_attn_q": (FUSED, (0, 0, 8))},
+                 {FUSED: torch.Size((24, 8))})]  # fmt: skip
+    _, found, _ = place("lora_unet_double_blocks_0_img_attn_q", ModulePath("double_blocks_0_img_attn_q", True), flux)
+    assert found.span == (0, 8)  # no rule of ours places it: the host's entry stands
+
+
+def test_core_api_checks_a_host_maps_rows_against_the_state_dict():
+    """``Adapter.match``/``patch`` given tensors (not just keys) and a host map that cuts a grouped-head q/k/v weight
+    into equal thirds: k lands on its 8 rows after q's 16, and patching changes only those."""
+    fused = "diffusion_model.layers.0.attention.qkv.weight"
+    gen = torch.Generator().manual_seed(7)
+    weights = {fused: torch.randn(32, 16, generator=gen), "diffusion_model.cap_embedder.1.weight": torch.randn(16, 8)}
+    thirds = {f"diffusion_model.layers.0.attention.to_{x}": (fused, (0, 16 * i, 16)) for i, x in enumerate("qkv")}
+    name = "diffusion_model.layers.0.attention.to_k"
+    adapter = lyco_core.adapter_from_tensors(
+        {f"{name}.lora_A.weight": torch.randn(2, 16, generator=gen), f"{name}.lora_B.weight": torch.randn(8, 2)}
+    )
+    report = adapter.match(weights, host_map=thirds)
+    assert report.target(name).rows(weights[fused].shape) == (16, 8)
+    got = adapter.patch(weights, 1.0, host_map=thirds)[fused]
+    assert torch.equal(got[:16], weights[fused][:16]) and torch.equal(got[24:], weights[fused][24:])
+    assert not torch.equal(got[16:24], weights[fused][16:24])

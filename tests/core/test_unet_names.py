@@ -20,7 +20,7 @@ from lyco_core.aliases.unet import diffusers_to_ldm
 from lyco_core.cli import main
 from lyco_core.keymap import WeightIndex, WeightSlice, locate
 from lyco_core.layouts.base import ModulePath
-from lyco_core.layouts.lycoris import PREFIX_HINTS
+from lyco_core.naming import spelled
 
 from tests.host.tolerances import delta_agreement
 
@@ -159,7 +159,7 @@ def test_every_diffusers_weight_resolves_to_the_ldm_key_holding_it(unet, mangled
     ldm = {root + key[len(LDM_ROOT) :] if key.startswith(LDM_ROOT) else key: value for key, value in unet.ldm.items()}
     holder = {id(tensor): key for key, tensor in ldm.items()}
     index = WeightIndex(ldm)
-    hints = PREFIX_HINTS["lora_unet_"] if mangled else ("unet", "diffusion_model")
+    hints = spelled("lycoris", "lora_unet_")[0].hints if mangled else ("unet", "diffusion_model")
     for key in (k for k in state if k.endswith(".weight")):
         path = key[: -len(".weight")]
         target = ModulePath(path.replace(".", "_") if mangled else path, mangled, hints)
@@ -173,7 +173,7 @@ def test_reverse_ldm_names_resolve_on_a_diffusers_keyed_unet(unet):
     for key in (k for k in ldm if k.startswith(LDM_ROOT) and k.endswith(".weight")):
         path = key[len(LDM_ROOT) : -len(".weight")]
         for target in (
-            ModulePath(path.replace(".", "_"), True, PREFIX_HINTS["lora_unet_"]),
+            ModulePath(path.replace(".", "_"), True, spelled("lycoris", "lora_unet_")[0].hints),
             ModulePath(path, False, ("diffusion_model",)),
         ):
             assert locate(target, index) == (WeightSlice("unet." + holder[id(ldm[key])]), ""), key
@@ -358,7 +358,7 @@ def test_sdxl_openclip_text_encoder():
     whole = [k for k in hf if k.endswith(".weight") and k not in fused and id(hf[k]) in holder]
     assert len(fused) == 6 and len(whole) == 2 * 5 + 3  # out_proj, fc1, fc2, 2 norms per layer; ln_final, embeddings
     for key in whole + fused:
-        target = ModulePath(key[: -len(".weight")].replace(".", "_"), True, PREFIX_HINTS["lora_te2_"])
+        target = ModulePath(key[: -len(".weight")].replace(".", "_"), True, spelled("lycoris", "lora_te2_")[0].hints)
         found, reason = locate(target, index)
         if key in fused:
             layer, name = key.split(".")[3], key.split(".")[5]
@@ -368,7 +368,7 @@ def test_sdxl_openclip_text_encoder():
             assert torch.equal(found.of(model[found.bias_key]), hf[key.replace(".weight", ".bias")])
         else:
             assert (found, reason) == (WeightSlice(holder[id(hf[key])]), ""), key
-    projection, _ = locate(ModulePath("text_projection", True, PREFIX_HINTS["lora_te2_"]), index)
+    projection, _ = locate(ModulePath("text_projection", True, spelled("lycoris", "lora_te2_")[0].hints), index)
     assert projection == WeightSlice(te2_root + "text_projection", transposed=True)
     assert torch.equal(projection.of(model[projection.key]), hf["text_projection.weight"])
 
