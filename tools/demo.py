@@ -139,21 +139,7 @@ def serve(root: Path, base: Path, port: int, extra: list[str]) -> int:
     if _port_busy(port):
         raise SystemExit(f"[lyco-demo] port {port} is already in use; try PORT={port + 1} bash scripts/demo.sh")
     url = f"http://127.0.0.1:{port}"
-    cmd = [
-        sys.executable,
-        "main.py",
-        "--cpu",
-        "--listen",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--base-directory",
-        str(base),
-        "--database-url",
-        f"sqlite:///{base}/user/comfyui.db",
-        "--disable-auto-launch",
-        *extra,
-    ]
+    cmd = demo_assets.host_workflow().server_command(sys.executable, base, port, *extra)
     _log("starting: " + " ".join(cmd[1:]))
     t0 = time.perf_counter()
     # Ctrl+C / SIGTERM stop the server we started (also when SIGINT was inherited as ignored, e.g. under `&`).

@@ -404,6 +404,28 @@ def build_zimage(seed: int = 8) -> TinyArch | None:
     )
 
 
+# Z-Image for its diffusers twin (tests/host/diffusers_twins.py): ZIMAGE_CONFIG with the feed-forward width that
+# diffusers' ZImageTransformer2DModel uses (int(dim/3·8) = 85: multiple_of 1 instead of 16) and the x/cap pad tokens
+# that ComfyUI's model detection gives real Z-Image checkpoints (pad_tokens_multiple 32). Not in BUILDERS (the
+# renamer table keeps ZIMAGE_CONFIG).
+ZIMAGE_TWIN_CONFIG = {**ZIMAGE_CONFIG, "multiple_of": 1, "pad_tokens_multiple": 32}
+
+
+def build_zimage_twin(seed: int = 11) -> TinyArch | None:
+    utils = importlib.import_module("comfy.utils")
+    if not hasattr(utils, "z_image_to_diffusers"):
+        return None
+    return _arch(
+        "Z-Image",
+        "ZImage",
+        ZIMAGE_TWIN_CONFIG,
+        seed,
+        ("layers.", "noise_refiner.", "context_refiner."),
+        table=lambda cfg: utils.z_image_to_diffusers(cfg, output_prefix=PREFIX),
+        diffusers_within=("layers.", "noise_refiner.", "context_refiner."),
+    )
+
+
 # SDXL's text encoders (CLIP-L + OpenCLIP bigG) through the host's own SDXL.clip_target() and comfy.sd.CLIP, with
 # the host's per-encoder config override (model_options "clip_l_model_config"/"clip_g_model_config", read by
 # sd1_clip.SDClipModel): 3 layers (SDXL takes the penultimate, which must not be the first), hidden 32, 2 heads, a
@@ -455,6 +477,94 @@ def build_flux_clip(seed: int = 10) -> TinyArch | None:
     options = {"clip_l_model_config": dict(TINY_CLIP), "t5xxl_model_config": dict(TINY_T5)}
     config = _with_host_fields(FLUX_CONFIG, "comfy.ldm.flux.model", "FluxParams", {"txt_ids_dims": []})
     return _clip_arch("Flux CLIP-L+T5", "Flux", config, options, seed, "flux")
+
+
+# Z-Image's text encoder (Qwen3-4B, a Llama-style decoder: q/k/v/o, gate/up/down, q/k RMS norms) through the host's
+# own ZImage.clip_target() with the per-encoder override "qwen3_4b_model_config": hidden 32, 3 layers (Z-Image takes
+# the penultimate hidden state, which must not be the first), 2 query heads and 1 key/value head (grouped like the
+# real 32/8); head_dim stays the class's 128 (a class attribute, not a config field). The model never encodes text
+# (vocabulary 512). Not in BUILDERS: no renamer writes for it.
+TINY_QWEN3 = {
+    "vocab_size": 512,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 3,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 1,
+}
+
+
+def build_zimage_qwen3(seed: int = 12) -> TinyArch | None:
+    """Targets: every decoder-layer Linear, path "qwen3_4b.model.layers.N.<module>" (the encoder, then the module
+    in its transformers model)."""
+    sm = importlib.import_module("comfy.supported_models")
+    if getattr(sm, "ZImage", None) is None:
+        return None
+    comfy_sd = importlib.import_module("comfy.sd")
+    target = sm.ZImage(dict(ZIMAGE_CONFIG)).clip_target()
+    clip = comfy_sd.CLIP(target, model_options={"dtype": torch.float32, "qwen3_4b_model_config": dict(TINY_QWEN3)})
+    params = _fill(clip.cond_stage_model, seed)
+    arch = TinyArch("Z-Image Qwen3", "ZImage.clip_target", {}, clip.patcher, params=params, clip=clip, unet="zimage")
+    for key, tensor in clip.cond_stage_model.state_dict().items():
+        encoder, _, rest = key.partition(".transformer.")
+        if rest.startswith("model.layers.") and key.endswith(".weight") and tensor.dim() == 2:
+            arch.native.append(Target(f"{encoder}.{rest[: -len('.weight')]}", key))
+    arch.native.sort(key=lambda t: t.path)
+    arch.diffusers = list(arch.native)
+    return arch
+
+
+# Lumina2 (the original 2B layout: NextDiT without Z-Image modulation, adaLN_modulation = SiLU + Linear) with GROUPED
+# K/V heads like the real 24 q / 8 kv heads: dim 32 = 4 q heads of 8, 2 kv heads, so the fused attention.qkv holds
+# 32 q rows, then 16 k and 16 v rows — not equal thirds (ComfyUI's z_image_to_diffusers table, which its key map uses
+# for every Lumina2 model, cuts it into thirds of dim rows). One layer and one refiner layer each; axes 2+2+4 = the
+# head dim. Not in BUILDERS (no renamer table row; tests/host/test_lumina2_gqa.py uses it).
+LUMINA2_GQA_CONFIG = {
+    "image_model": "lumina2",
+    "patch_size": 2,
+    "in_channels": 4,
+    "dim": 32,
+    "cap_feat_dim": 16,
+    "n_layers": 1,
+    "n_refiner_layers": 1,
+    "qk_norm": True,
+    "n_heads": 4,
+    "n_kv_heads": 2,
+    "axes_dims": [2, 2, 4],
+    "axes_lens": [16, 16, 16],
+    "rope_theta": 10000.0,
+    "ffn_dim_multiplier": 4.0,
+    "multiple_of": 16,
+}
+LUMINA2_BLOCKS = ("layers.", "noise_refiner.", "context_refiner.")
+
+
+def build_lumina2_gqa(seed: int = 13) -> TinyArch | None:
+    """``native``: every block Linear on the host's paths. ``diffusers``: the Z-Image diffusers names of the block
+    weights (``attention.to_q/to_k/to_v`` on the rows the head counts give: q = n_heads·head_dim rows, k and v
+    n_kv_heads·head_dim each; ``attention.to_out.0``, ``feed_forward.w1/w2/w3``, whole), from the config here, never
+    from the host's table or the weight's shape."""
+    built = _build("Lumina2", LUMINA2_GQA_CONFIG, seed)
+    if built is None:
+        return None
+    patcher, model_config, params = built
+    cfg = model_config.unet_config
+    arch = TinyArch("Lumina2 GQA", "Lumina2", dict(cfg), patcher, params=params)
+    arch.native = _linear_targets(patcher, LUMINA2_BLOCKS)
+    head_dim = cfg["dim"] // cfg["n_heads"]
+    q_rows, kv_rows = cfg["n_heads"] * head_dim, cfg["n_kv_heads"] * head_dim
+    rows = {"q": (0, 0, q_rows), "k": (0, q_rows, kv_rows), "v": (0, q_rows + kv_rows, kv_rows)}
+    state = patcher.model.state_dict()
+    for block in sorted({t.path.split(".attention.")[0] for t in arch.native if ".attention." in t.path}):
+        key = f"{PREFIX}{block}.attention.qkv.weight"
+        assert state[key].shape[0] == q_rows + 2 * kv_rows, (key, tuple(state[key].shape))
+        arch.diffusers += [Target(f"{block}.attention.to_{x}", key, rows[x]) for x in "qkv"]
+        arch.diffusers.append(Target(f"{block}.attention.to_out.0", f"{PREFIX}{block}.attention.out.weight"))
+        arch.diffusers += [
+            Target(f"{block}.feed_forward.{w}", f"{PREFIX}{block}.feed_forward.{w}.weight") for w in ("w1", "w2", "w3")
+        ]
+    arch.diffusers.sort(key=lambda t: t.path)
+    return arch
 
 
 BUILDERS = {

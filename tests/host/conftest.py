@@ -276,21 +276,7 @@ def comfy_server(comfy_root, comfy_base) -> ComfyServer:
     port = _free_port()
     base = comfy_base.path
     log_path = base / "comfyui-server.log"
-    cmd = [
-        sys.executable,
-        "main.py",
-        "--cpu",
-        "--listen",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--base-directory",
-        str(base),
-        "--database-url",
-        f"sqlite:///{base}/user/comfyui.db",
-        "--disable-auto-launch",
-        "--log-stdout",
-    ]
+    cmd = workflow.server_command(sys.executable, base, port, "--log-stdout")
     if os.environ.get("LYCO_FRONTEND_ROOT"):
         cmd += ["--front-end-root", os.environ["LYCO_FRONTEND_ROOT"]]
     url = f"http://127.0.0.1:{port}"

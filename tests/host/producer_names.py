@@ -95,8 +95,11 @@ LYCORIS_KOHYA = Producer(
     source="KohakuBlueleaf/LyCORIS lycoris/kohya.py",
 )
 # The same with algo=diag-oft / boft (LyCORIS lycoris/kohya.py names, tensors of lycoris/modules/diag_oft.py and
-# boft.py: oft_blocks, alpha = the constraint, rescale when rescaled).
-LYCORIS_KOHYA_OFT = replace(LYCORIS_KOHYA, methods=("oft", "boft"))
+# boft.py: oft_blocks, alpha = the constraint, rescale when rescaled). kohya.py's UNET_TARGET_REPLACE_MODULE lists the
+# block classes it wraps: sd-scripts' Flux and Chroma (library/flux_models.py, chroma_models.py: DoubleStreamBlock,
+# SingleStreamBlock), SD3 (SingleDiTBlock), SDXL (Transformer2DModel, ResnetBlock2D), and musubi-tuner's below.
+OFT_METHODS = ("oft", "boft")
+LYCORIS_KOHYA_OFT = replace(LYCORIS_KOHYA, methods=OFT_METHODS)
 # SimpleTuner's LyCORIS training (bghira/SimpleTuner, through KohakuBlueleaf/LyCORIS lycoris/wrapper.py
 # LycorisNetwork, LORA_PREFIX = "lycoris", on the diffusers model's module names with "_": lycoris_transformer_
 # blocks_0_attn_to_q); SimpleTuner's default lycoris config is LoKr with linear_dim 10000, i.e. full w1 and w2.
@@ -112,7 +115,7 @@ SIMPLETUNER = Producer(
 )
 # SimpleTuner's LyCORIS config with algo diag-oft / boft (same lycoris_ names; on Flux to_q/to_k/to_v land on rows
 # of the fused img_attn.qkv / single-block linear1).
-SIMPLETUNER_OFT = replace(SIMPLETUNER, methods=("oft", "boft"), lokr_full=False)
+SIMPLETUNER_OFT = replace(SIMPLETUNER, methods=OFT_METHODS, lokr_full=False)
 # diffusers save_lora_weights (huggingface/diffusers src/diffusers/loaders/lora_pipeline.py: PEFT state dict of the
 # transformer / unet, keys "transformer.<module>.lora_A.weight"); ai-toolkit (ostris/ai-toolkit, Flux LoRAs saved
 # in the same diffusers/PEFT layout) writes the same names for Flux.
@@ -174,15 +177,26 @@ MUSUBI = Producer(
 # "legacy diffusers" names of modules/util/convert/lora/convert_lora_util.py (LoraConversionKeySet
 # legacy_diffusers_prefix: the diffusers path with "_"): lora_unet_down_blocks_1_attentions_0_… for SDXL
 # (convert_sdxl_lora.py), lora_transformer_transformer_blocks_0_attn_to_q for Flux (convert_flux_lora.py) and SD3
-# (convert_sd3_lora.py).
+# (convert_sd3_lora.py). Later versions keep those names as the LEGACY_LORA format (modules/util/convert_lora_util.py
+# convert_to_mixture, called by the SDXL/Flux/SD3 savers' _convert_legacy; TrainConfig migrates the old SAFETENSORS
+# choice to it).
+# LoKr too (modules/module/LoRAModule.py LoKrModule: parameters lokr_w1 (or lokr_w1_a/_b) and lokr_w2 (or
+# lokr_w2_a/_b), an alpha buffer; ΔW = kron(w1, w2)·alpha/dim, alpha set to dim when w1 and w2 are both full;
+# convert_lora_util.py kohya_flatten keeps lokr_*/hada_* as one-segment suffixes: <module>.lokr_w1). Its defaults
+# (modules/util/config/TrainConfig.py: lokr_dim 16, lokr_decompose_factor -1, lokr_full_matrix False) give a full w2
+# wherever 16 ≥ half of w2's larger side, as on these tiny models. OneTrainer's OFT (OFTModule: oft_R.weight, PEFT's
+# packed skew form with a 5-term Cayley–Neumann series, plus an oft_R.scaled_oft marker for Scaled OFT) is not
+# listed: no reference library here computes its merged weight.
 ONETRAINER_UNET = Producer(
     "OneTrainer",
     "diffusers",
     "lora_unet_",
     True,
     KOHYA_SUFFIX,
-    ("lora", "loha"),
-    source="Nerogar/OneTrainer modules/util/convert/lora/convert_sdxl_lora.py, convert_lora_util.py",
+    ("lora", "loha", "lokr"),
+    lokr_full=True,
+    source="Nerogar/OneTrainer modules/util/convert/lora/convert_sdxl_lora.py, convert_lora_util.py; "
+    "modules/module/LoRAModule.py (LoKrModule)",
 )
 ONETRAINER_TRANSFORMER = replace(
     ONETRAINER_UNET,
@@ -262,6 +276,27 @@ MUSUBI_HUNYUAN = replace(
     MUSUBI, source="kohya-ss/musubi-tuner hunyuan_model/models.py, networks/lora.py", rename=hunyuan_video_original
 )
 MUSUBI_LYCORIS_HUNYUAN = replace(MUSUBI_LYCORIS, rename=hunyuan_video_original)
+# musubi-tuner + LyCORIS with algo=diag-oft / boft: musubi-tuner's trainer (src/musubi_tuner/training/
+# trainer_base.py) calls the network module's create_network when it has no create_arch_network, as lycoris/kohya.py;
+# its UNET_TARGET_REPLACE_MODULE wraps musubi-tuner's WanAttentionBlock (wan/modules/model.py),
+# QwenImageTransformerBlock (qwen_image/qwen_image_model.py), MMDoubleStreamBlock/MMSingleStreamBlock
+# (hunyuan_model/models.py) and ZImageTransformerBlock (zimage/zimage_model.py), under lora_unet_.
+MUSUBI_LYCORIS_OFT = replace(MUSUBI_LYCORIS, methods=OFT_METHODS)
+MUSUBI_LYCORIS_HUNYUAN_OFT = replace(MUSUBI_LYCORIS_HUNYUAN, methods=OFT_METHODS)
+
+# musubi-tuner on Z-Image: its model (src/musubi_tuner/zimage/zimage_model.py ZImageAttention) keeps q, k, v apart
+# under diffusers' names (attention.to_q/to_k/to_v, to_out.0, feed_forward.w1 …), and networks/lora_zimage.py names
+# them lora_unet_<module with _> (lora_unet_layers_0_attention_to_q): rows of ComfyUI's fused attention.qkv. Plain
+# LoRA, LyCORIS (lycoris/kohya.py wraps ZImageTransformerBlock) and its OFT/BOFT.
+MUSUBI_ZIMAGE = replace(
+    MUSUBI, naming="diffusers", source="kohya-ss/musubi-tuner zimage/zimage_model.py, networks/lora_zimage.py"
+)
+MUSUBI_LYCORIS_ZIMAGE = replace(
+    MUSUBI_LYCORIS,
+    naming="diffusers",
+    source="kohya-ss/musubi-tuner zimage/zimage_model.py + KohakuBlueleaf/LyCORIS lycoris/kohya.py",
+)
+MUSUBI_LYCORIS_ZIMAGE_OFT = replace(MUSUBI_LYCORIS_ZIMAGE, methods=OFT_METHODS)
 
 
 def kohya_text_encoder(path: str) -> str:
@@ -323,7 +358,11 @@ LYCORIS_KOHYA_FLUX_TE = replace(LYCORIS_KOHYA_TE, rename=kohya_flux_text_encoder
 # OneTrainer's SDXL text encoders: LoraConversionKeySet("clip_l", "lora_te1") / ("clip_g", "lora_te2") with the
 # transformers module path unchanged (convert_sdxl_lora.py __map_text_encoder_1/2), i.e. kohya's names.
 ONETRAINER_TE = replace(
-    KOHYA_TE, name="OneTrainer", methods=("lora", "loha"), source="Nerogar/OneTrainer convert_sdxl_lora.py"
+    KOHYA_TE,
+    name="OneTrainer",
+    methods=ONETRAINER_UNET.methods,
+    lokr_full=True,
+    source="Nerogar/OneTrainer convert_sdxl_lora.py; modules/module/LoRAModule.py (LoKrModule)",
 )
 
 # which producers write files for which architecture (key: arch_models builder name)
@@ -338,13 +377,55 @@ PRODUCERS = {
         COMFY_TRAINER,
         ONETRAINER_TRANSFORMER,
     ),
-    "sdxl": (KOHYA, LYCORIS_KOHYA, LYCORIS_KOHYA_OFT, SIMPLETUNER, DIFFUSERS_UNET, COMFY_TRAINER, ONETRAINER_UNET),
-    "sd3": (KOHYA, LYCORIS_KOHYA, LYCORIS_KOHYA_OFT, SIMPLETUNER, DIFFUSERS, COMFY_TRAINER, ONETRAINER_TRANSFORMER),
-    "chroma": (KOHYA, AI_TOOLKIT_DM, DIFFUSERS, SIMPLETUNER, COMFY_TRAINER),
-    "qwen_image": (MUSUBI, MUSUBI_LYCORIS, AI_TOOLKIT_DM, DIFFUSERS, SIMPLETUNER, COMFY_TRAINER),
-    "wan": (MUSUBI, MUSUBI_LYCORIS, AI_TOOLKIT_DM, COMFY_TRAINER),
-    "hunyuan_video": (MUSUBI_HUNYUAN, MUSUBI_LYCORIS_HUNYUAN, DIFFUSION_PIPE, COMFY_TRAINER),
-    "zimage": (AI_TOOLKIT_DIFFUSERS_DM, DIFFUSERS, SIMPLETUNER, COMFY_TRAINER),
+    "sdxl": (
+        KOHYA,
+        LYCORIS_KOHYA,
+        LYCORIS_KOHYA_OFT,
+        SIMPLETUNER,
+        SIMPLETUNER_OFT,
+        DIFFUSERS_UNET,
+        COMFY_TRAINER,
+        ONETRAINER_UNET,
+    ),
+    "sd3": (
+        KOHYA,
+        LYCORIS_KOHYA,
+        LYCORIS_KOHYA_OFT,
+        SIMPLETUNER,
+        SIMPLETUNER_OFT,
+        DIFFUSERS,
+        COMFY_TRAINER,
+        ONETRAINER_TRANSFORMER,
+    ),
+    "chroma": (KOHYA, LYCORIS_KOHYA_OFT, AI_TOOLKIT_DM, DIFFUSERS, SIMPLETUNER, SIMPLETUNER_OFT, COMFY_TRAINER),
+    "qwen_image": (
+        MUSUBI,
+        MUSUBI_LYCORIS,
+        MUSUBI_LYCORIS_OFT,
+        AI_TOOLKIT_DM,
+        DIFFUSERS,
+        SIMPLETUNER,
+        SIMPLETUNER_OFT,
+        COMFY_TRAINER,
+    ),
+    "wan": (MUSUBI, MUSUBI_LYCORIS, MUSUBI_LYCORIS_OFT, AI_TOOLKIT_DM, COMFY_TRAINER),
+    "hunyuan_video": (
+        MUSUBI_HUNYUAN,
+        MUSUBI_LYCORIS_HUNYUAN,
+        MUSUBI_LYCORIS_HUNYUAN_OFT,
+        DIFFUSION_PIPE,
+        COMFY_TRAINER,
+    ),
+    "zimage": (
+        MUSUBI_ZIMAGE,
+        MUSUBI_LYCORIS_ZIMAGE,
+        MUSUBI_LYCORIS_ZIMAGE_OFT,
+        AI_TOOLKIT_DIFFUSERS_DM,
+        DIFFUSERS,
+        SIMPLETUNER,
+        SIMPLETUNER_OFT,
+        COMFY_TRAINER,
+    ),
     "sdxl_clip": (KOHYA_TE, LYCORIS_KOHYA_TE, DIFFUSERS_TE, ONETRAINER_TE),
     "flux_clip": (KOHYA_FLUX_TE, LYCORIS_KOHYA_FLUX_TE),
 }

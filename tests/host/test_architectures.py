@@ -1,4 +1,4 @@
-"""Beyond SD1.5: our loader on tiny Flux.1, SDXL and SD3.5 models built through the host's own classes.
+"""Beyond SD1.5: our loader on tiny models of other architectures built through the host's own classes.
 
 For every architecture (``arch_models``) and every producer that trains it (``producer_names``), an adapter file is
 written in the producer's real naming for every targeted module (LoRA, LoKr, LoHa as that producer writes them;
@@ -11,15 +11,19 @@ random factors, seeded) into the loras folder. Then
   float64: ``up·down·alpha/r``, ``kron(w1, w2)``, ``(w1_a·w1_b) ⊙ (w2_a·w2_b)·alpha/r``); the relative error
   ``max|got − ref| / max|ref − W|`` must be within ``delta_agreement(ref, W, RANK, steps=STEPS)``; unpatching must
   restore every original bit-exactly;
+* the core API (what the CLI runs: the model's own keys, no host key map) matches the same file and must place every
+  module on the weight and rows the host's conversion table names;
 * ComfyUI's native ``LoraLoaderModelOnly`` loads the same file and the number of modules it places is recorded.
 
-diag-OFT and BOFT files (LyCORIS via kohya, SimpleTuner's LyCORIS) take their expected weight from the reference
-library instead: a lycoris-lora ``DiagOFTModule`` / ``ButterflyOFTModule`` on an ``nn.Linear`` holding the module's
-base weight (or row slice) with the file's tensors, its ``get_merged_weight(multiplier=1)``; those rows run at
-strength 1 so that no strength law is compared.
+diag-OFT and BOFT files (LyCORIS via kohya and via musubi-tuner, SimpleTuner's LyCORIS; on every architecture those
+trainers train here) take their expected weight from the reference library instead: a lycoris-lora
+``DiagOFTModule`` / ``ButterflyOFTModule`` on an ``nn.Linear`` holding the module's base weight (or row slice) with
+the file's tensors, its ``get_merged_weight(multiplier=1)``; those rows run at strength 1 so that no strength law is
+compared.
 
-Diffusers-named files on Flux/SD3 land on row slices of fused weights (``img_attn.qkv``, single-block ``linear1`` =
-q, k, v and the MLP input; MMDiT ``attn.qkv``); several slices of one weight are checked together.
+Diffusers-named files on Flux/SD3/Z-Image land on row slices of fused weights (``img_attn.qkv``, single-block
+``linear1`` = q, k, v and the MLP input; MMDiT ``attn.qkv``; Lumina2's ``attention.qkv``, q its first ``in_features``
+rows); several slices of one weight are checked together.
 
 The coverage table (architecture × producer × method: modules in file, ours placed, native placed) goes to
 ``test-artifacts/architectures.md`` (one section per host version).
@@ -40,6 +44,7 @@ import arch_models
 import producer_names as pn
 from comfy_bootstrap import REPO_ROOT
 from conftest import one_thread
+from patching import SUMMARY, full_load, listed, placed
 from tolerances import delta_agreement
 
 STRENGTH = 0.8
@@ -198,33 +203,6 @@ def _write(arch, producer, method, path) -> tuple[list, dict, int]:
 
 
 # --------------------------------------------------------------------------------------------------- host
-def _listed(path):
-    import folder_paths
-
-    folder_paths.filename_list_cache.pop("loras", None)
-    name = f"{FOLDER}/{path.name}"
-    assert name in folder_paths.get_filename_list("loras"), name
-    return name
-
-
-def _placed(patcher) -> int:
-    """Patch entries a clone carries: one per module placed (a sliced module is one entry on the fused weight)."""
-    return sum(len(v) for v in patcher.patches.values())
-
-
-def _full_load(patcher, keys, originals) -> tuple[dict, bool]:
-    utils = importlib.import_module("comfy.utils")
-    mm = importlib.import_module("comfy.model_management")
-    mm.load_models_gpu([patcher], force_full_load=True)
-    try:
-        got = {k: utils.get_attr(patcher.model, k).detach().clone() for k in keys}
-    finally:
-        patcher.unpatch_model()
-    restored = all(torch.equal(utils.get_attr(patcher.model, k).detach(), originals[k]) for k in keys)
-    return got, restored
-
-
-SUMMARY = re.compile(r"UNet (\d+) · CLIP (\d+) patched · (\d+) unmatched · (\d+) unknown keys")
 
 
 @pytest.mark.parametrize(("arch_name", "producer", "method"), list(_cases()))
@@ -244,7 +222,7 @@ def _check(comfy, arch, producer, method, path, row):
         targets, expected, depth = _write(arch, producer, method, path)
         strength = _strength(method)
         row["modules"] = len(targets)
-        name = _listed(path)
+        name = listed(path, path.parent.parent)
         originals = arch.originals()
 
         node = comfy.lyco_nodes["LyCOLoadAdapter"]
@@ -257,32 +235,30 @@ def _check(comfy, arch, producer, method, path, row):
             native = comfy.nodes.LoraLoader().load_lora(unet, arch.clip, name, strength, strength)[1].patcher
             out = node.execute(unet, arch.clip, name, strength, strength).result
             model = out[1].patcher
-        row["native"] = _placed(native)
+        row["native"] = placed(native)
         summary = out[2]
         m = SUMMARY.search(summary)
         assert m, summary
         unet_n, clip_n, unmatched, unknown = map(int, m.groups())
-        placed, elsewhere = (unet_n, clip_n) if arch.clip is None else (clip_n, unet_n)
+        ours, elsewhere = (unet_n, clip_n) if arch.clip is None else (clip_n, unet_n)
         assert elsewhere == 0, summary
-        row["ours"] = placed
+        row["ours"] = ours
         row["unmatched"] = re.findall(r"(?m)^  unmatched (\S+):", summary)
-        assert (placed, unmatched, unknown) == (len(targets), 0, 0), summary
-        assert _placed(model) == len(targets)
+        assert (ours, unmatched, unknown) == (len(targets), 0, 0), summary
+        assert placed(model) == len(targets)
 
         # the core API (and so the CLI) on the same model's own state dict, no host key map: the same matcher
         state = arch.patcher.model_state_dict() if arch.clip is None else arch.clip.cond_stage_model.state_dict()
         core = importlib.import_module(comfy.pack_module_name + ".lyco_core").load_adapter(path)
         report = core.match(state)
         row["core"] = len(report.matched)
-        unplaced = sorted(report.unmatched)
-        if arch.name == "Z-Image" and producer.naming == "diffusers":
-            # Z-Image/Lumina2 fuse q/k/v with grouped K/V heads (Lumina2: 24 q, 8 kv heads), so which rows are q
-            # depends on the head counts, not on the keys; without the host's key map these are refused, not guessed
-            assert unplaced and all(n.endswith(("to_q", "to_k", "to_v")) for n in unplaced), report.unmatched
-        else:
-            assert not unplaced, report.unmatched
+        assert not report.unmatched, report.unmatched
+        for t in targets:  # on the same weight and rows as the host's conversion table says
+            found = report.target(producer.module(t.path))
+            rows = found.rows(state[found.key].shape) if found.sliced else None
+            assert (found.key, rows) == (t.key, t.offset and tuple(t.offset[1:])), (t, str(found))
 
-        got, restored = _full_load(model, list(expected), originals)
+        got, restored = full_load(model, list(expected), originals)
         errors = {}
         for key, ref in expected.items():
             base = originals[key].double()
@@ -342,9 +318,9 @@ def test_bias_delta_on_a_fused_slice_changes_only_its_rows(comfy, loras_dir):
     save_file({f"{target.path}.diff": diff, f"{target.path}.diff_b": diff_b}, str(path))
     try:
         node = comfy.lyco_nodes["LyCOLoadAdapter"]
-        model, _, summary = node.execute(arch.patcher, None, _listed(path), STRENGTH, 0.0).result
+        model, _, summary = node.execute(arch.patcher, None, listed(path, loras_dir.parent), STRENGTH, 0.0).result
         assert "UNet 1 · CLIP 0 patched · 0 unmatched" in summary, summary
-        got, restored = _full_load(model, [target.key, bias_key], originals)
+        got, restored = full_load(model, [target.key, bias_key], originals)
     finally:
         path.unlink(missing_ok=True)
     assert restored

@@ -1,4 +1,4 @@
-"""Issue #3 on a real architecture: our loader applies every LyCORIS-family method exactly, inside a real ComfyUI.
+"""Our loader on a real architecture: applies every LyCORIS-family method exactly, inside a real ComfyUI.
 
 The tiny SD1.5 checkpoint is loaded in-process (CheckpointLoaderSimple). For a handful of its real layers (UNet
 attention q/k/out, ff proj, a 3x3 resnet conv, a 1x1 proj_in conv, a GroupNorm and a LayerNorm; CLIP-L layer 0

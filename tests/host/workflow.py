@@ -1,8 +1,8 @@
 """Start and drive a ComfyUI server over HTTP (stdlib only).
 
-``server_env(repo_root)`` is the environment for a child process that imports ComfyUI (the server, a fixture
-generator); ``server_up(base_url)`` says whether a server answers yet (the test harness and ``tools/demo.py`` use
-both).
+``server_command(...)`` is the server's command line and ``server_env(repo_root)`` the environment for a child
+process that imports ComfyUI (the server, a fixture generator); ``server_up(base_url)`` says whether a server answers
+yet (the test harness and ``tools/demo.py`` use all three).
 
 ``run_prompt(base_url, prompt)`` posts an API-format graph to ``/prompt``, polls
 ``/history/{prompt_id}`` until the run is completed and returns its ``outputs`` (raising
@@ -41,6 +41,26 @@ def server_env(repo_root: Path) -> dict:
         env.pop("PYTHONPATH", None)
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
+
+
+def server_command(python: str, base: Path, port: int, *extra: str) -> list[str]:
+    """``main.py`` (run in the ComfyUI root) on the CPU, on 127.0.0.1:``port``, with ``base`` as its base directory
+    (models, custom_nodes, input/output and its own database), no browser launched; ``extra`` appended."""
+    return [
+        python,
+        "main.py",
+        "--cpu",
+        "--listen",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--base-directory",
+        str(base),
+        "--database-url",
+        f"sqlite:///{base}/user/comfyui.db",
+        "--disable-auto-launch",
+        *extra,
+    ]
 
 
 def server_up(base_url: str) -> bool:

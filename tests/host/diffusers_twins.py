@@ -1,0 +1,346 @@
+"""diffusers twins of ``arch_models``' tiny ComfyUI models: the same network as diffusers builds it, same weights.
+
+A twin is the diffusers model class a trainer loads (``UNet2DConditionModel`` for SDXL, ``FluxTransformer2DModel``,
+``SD3Transformer2DModel``, ``QwenImageTransformer2DModel``, ``ZImageTransformer2DModel``) with a config of the same
+widths, depths and heads as the tiny ComfyUI model. Its weights are copied from the ComfyUI model through the
+host's own conversion table (``comfy.utils.unet_to_diffusers``, ``flux_to_diffusers``, ``mmdit_to_diffusers``,
+``z_image_to_diffusers``; Qwen-Image's ComfyUI names are diffusers' own): ``{diffusers key: comfy key | (comfy key,
+(dim, start, length)) | (comfy key, offset, function)}`` — a row slice of a fused weight (q/k/v of ``img_attn.qkv``)
+or a function of it (``swap_scale_shift`` on the final modulation). ``fill`` copies every diffusers tensor and
+reports any the table does not cover, so a twin whose config drifts from the ComfyUI model fails loudly.
+
+A producer then adapts the twin (peft, lycoris-lora); ``to_comfy`` maps the producer's merged diffusers weights
+back through the same table onto the ComfyUI keys (several slices of one fused weight land on their rows).
+
+Text encoders likewise (``build_text_twins``, ``build_qwen3_twin``): the transformers model a trainer adapts
+(``CLIPTextModel``, ``CLIPTextModelWithProjection``, ``Qwen3ForCausalLM``) with the tiny ComfyUI encoder's config and
+weights (ComfyUI keeps the transformers names under ``<encoder>.transformer.``).
+
+Requires ComfyUI importable (the host's tables), diffusers and transformers; no repository package.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+import torch
+
+import arch_models
+from arch_models import PREFIX, TinyArch
+
+
+@dataclass
+class Twin:
+    arch: TinyArch  # the tiny ComfyUI model
+    model: torch.nn.Module  # the diffusers model, holding the ComfyUI model's weights
+    table: dict  # {diffusers state key: (comfy key, offset | None, function | None)}
+    pipeline: str  # diffusers pipeline class whose save_lora_weights writes the file
+    component: str  # "unet" | "transformer": the save_lora_weights argument / key prefix
+    targets: tuple  # diffusers module paths adapted (Linear; each a whole weight or a row slice of a ComfyUI one)
+    lycoris_modules: tuple  # module classes a SimpleTuner-style LyCORIS preset targets (``target_module``)
+
+
+def _normalise(table: dict) -> dict:
+    """{diffusers key: (comfy key with "diffusion_model.", offset | None, function | None)} from a host table."""
+    out = {}
+    for dkey, to in table.items():
+        key, offset, fn = (*((to,) if isinstance(to, str) else to), None, None)[:3]
+        out[dkey] = (key if key.startswith(PREFIX) else PREFIX + key, offset, fn)
+    return out
+
+
+@torch.no_grad()
+def fill(model: torch.nn.Module, table: dict, comfy_state: dict) -> list[str]:
+    """Copy every tensor of ``model`` from ``comfy_state`` through ``table``; returns the diffusers keys it could not
+    fill (not in the table, or the ComfyUI tensor missing / of another shape)."""
+    missing = []
+    for dkey, tensor in model.state_dict().items():
+        to = table.get(dkey)
+        if to is None or to[0] not in comfy_state:
+            missing.append(dkey)
+            continue
+        key, offset, fn = to
+        value = comfy_state[key]
+        value = value.narrow(*offset) if offset else value
+        value = fn(value) if fn else value
+        if tuple(value.shape) != tuple(tensor.shape):
+            missing.append(f"{dkey} {tuple(tensor.shape)} ≠ {key} {tuple(value.shape)}")
+            continue
+        tensor.copy_(value.to(tensor.dtype))
+    return missing
+
+
+def to_comfy(weights: dict, table: dict, originals: dict) -> dict:
+    """{comfy key: float64 W'} from ``{diffusers module path: W'}``: each weight placed at its rows of the ComfyUI
+    weight (a fused q/k/v gets all its slices), the rest of that weight left at ``originals``."""
+    out = {}
+    for path, weight in weights.items():
+        key, offset, fn = table[path + ".weight"]
+        assert fn is None, f"{path}: mapped through a function, no row slice expresses it"
+        ref = out.setdefault(key, originals[key].detach().double().clone())
+        (ref.narrow(*offset) if offset else ref).copy_(weight.detach().double())
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- twins
+def _sdxl(arch: TinyArch):
+    from diffusers import UNet2DConditionModel
+
+    cfg = arch.unet_config
+    levels = len(cfg["channel_mult"])
+    widths = tuple(cfg["model_channels"] * m for m in cfg["channel_mult"])
+    attention = [d > 0 for d in cfg["transformer_depth"]]
+    model = UNet2DConditionModel(
+        sample_size=cfg["image_size"],
+        in_channels=cfg["in_channels"],
+        out_channels=cfg["out_channels"],
+        down_block_types=tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attention),
+        up_block_types=tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)),
+        block_out_channels=widths,
+        layers_per_block=cfg["num_res_blocks"][0],
+        transformer_layers_per_block=[max(1, d) for d in cfg["transformer_depth"]],
+        cross_attention_dim=cfg["context_dim"],
+        # diffusers' UNet "attention_head_dim" is the number of heads per level (SDXL: 5, 10, 20)
+        attention_head_dim=tuple(max(1, w // cfg["num_head_channels"]) for w in widths),
+        use_linear_projection=cfg["use_linear_in_transformer"],
+        # the tiny ComfyUI SDXL has no ADM label embedding (its unet_config sets no num_classes), so no
+        # add_embedding here either
+        norm_num_groups=32,
+    )
+    assert levels == len(model.down_blocks)
+    table = importlib.import_module("comfy.utils").unet_to_diffusers(cfg)
+    return model, table, "StableDiffusionXLPipeline", "unet", ("Attention", "FeedForward")
+
+
+def _flux(arch: TinyArch):
+    from diffusers import FluxTransformer2DModel
+
+    cfg = arch.unet_config
+    patch = cfg["patch_size"]
+    heads = cfg["num_heads"]
+    model = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=cfg["in_channels"] * patch * patch,  # diffusers patchifies outside the model
+        num_layers=cfg["depth"],
+        num_single_layers=cfg["depth_single_blocks"],
+        attention_head_dim=cfg["hidden_size"] // heads,
+        num_attention_heads=heads,
+        joint_attention_dim=cfg["context_in_dim"],
+        pooled_projection_dim=cfg["vec_in_dim"],
+        guidance_embeds=cfg["guidance_embed"],
+        axes_dims_rope=tuple(cfg["axes_dim"]),
+    )
+    table = importlib.import_module("comfy.utils").flux_to_diffusers(cfg, output_prefix=PREFIX)
+    modules = tuple(sorted({type(b.attn).__name__ for b in model.transformer_blocks})) + (
+        "FeedForward",
+        "FluxSingleTransformerBlock",
+    )
+    return model, table, "FluxPipeline", "transformer", modules
+
+
+def _sd3(arch: TinyArch):
+    from diffusers import SD3Transformer2DModel
+
+    cfg = arch.unet_config
+    depth = cfg["depth"]
+    hidden = 64 * depth  # MMDiT: hidden = 64·depth, heads = depth
+    model = SD3Transformer2DModel(
+        sample_size=cfg["pos_embed_max_size"] * cfg["patch_size"],
+        patch_size=cfg["patch_size"],
+        in_channels=cfg["in_channels"],
+        num_layers=depth,
+        attention_head_dim=64,
+        num_attention_heads=depth,
+        joint_attention_dim=cfg["context_embedder_config"]["params"]["in_features"],
+        caption_projection_dim=hidden,
+        pooled_projection_dim=cfg["adm_in_channels"],
+        out_channels=cfg["out_channels"],
+        pos_embed_max_size=cfg["pos_embed_max_size"],
+        dual_attention_layers=tuple(cfg["x_block_self_attn_layers"]),
+        qk_norm="rms_norm" if cfg["qk_norm"] == "rms" else cfg["qk_norm"],
+    )
+    table = importlib.import_module("comfy.utils").mmdit_to_diffusers(cfg, output_prefix=PREFIX)
+    return model, table, "StableDiffusion3Pipeline", "transformer", ("Attention", "FeedForward")
+
+
+def _qwen_image(arch: TinyArch):
+    from diffusers import QwenImageTransformer2DModel
+
+    cfg = arch.unet_config
+    model = QwenImageTransformer2DModel(
+        patch_size=2,
+        in_channels=cfg["in_channels"],  # both take patchified latents (img_in is a Linear)
+        out_channels=cfg["out_channels"],
+        num_layers=cfg["num_layers"],
+        attention_head_dim=cfg["attention_head_dim"],
+        num_attention_heads=cfg["num_attention_heads"],
+        joint_attention_dim=cfg["joint_attention_dim"],
+        axes_dims_rope=tuple(cfg["axes_dims_rope"]),
+    )
+    # ComfyUI's Qwen-Image keeps diffusers' module names: the table is the identity on the model's keys
+    table = {k: PREFIX + k for k in model.state_dict()}
+    return model, table, "QwenImagePipeline", "transformer", ("Attention", "FeedForward")
+
+
+def _zimage(arch: TinyArch):
+    from diffusers import ZImageTransformer2DModel
+
+    cfg = arch.unet_config
+    model = ZImageTransformer2DModel(
+        all_patch_size=(cfg["patch_size"],),
+        all_f_patch_size=(1,),
+        in_channels=cfg["in_channels"],
+        dim=cfg["dim"],
+        n_layers=cfg["n_layers"],
+        n_refiner_layers=cfg["n_refiner_layers"],
+        n_heads=cfg["n_heads"],
+        n_kv_heads=cfg["n_kv_heads"],
+        qk_norm=cfg["qk_norm"],
+        cap_feat_dim=cfg["cap_feat_dim"],
+        rope_theta=cfg["rope_theta"],
+        t_scale=cfg["time_scale"],
+        axes_dims=list(cfg["axes_dims"]),
+        axes_lens=list(cfg["axes_lens"]),
+    )
+    table = importlib.import_module("comfy.utils").z_image_to_diffusers(cfg, output_prefix=PREFIX)
+    return model, table, "ZImagePipeline", "transformer", ("Attention", "FeedForward")
+
+
+# the ComfyUI model each twin copies (arch_models; Z-Image with the twin's feed-forward width)
+ARCHES = {"sdxl": "sdxl", "flux": "flux", "sd3": "sd3", "qwen_image": "qwen_image", "zimage": "build_zimage_twin"}
+
+
+def build_arch(name: str) -> TinyArch | None:
+    builder = ARCHES[name]
+    return getattr(arch_models, builder)() if builder.startswith("build_") else arch_models.BUILDERS[builder]()
+
+
+# diffusers tensors that no tiny ComfyUI model can fill, with the reason (checked: exactly these are left unfilled)
+UNFILLABLE = {
+    "zimage": (
+        "t_embedder.",
+        "diffusers' ZImageTransformer2DModel builds its timestep MLP 256→1024→min(dim, 256) with the width 1024 "
+        "hard-coded, ComfyUI's NextDiT 256→min(dim, 1024)→256: they agree from dim 1024 (real Z-Image: 3840) but "
+        "not at dim 32; these tensors (outside every adapted module) keep diffusers' own init",
+    )
+}
+TWINS = {"sdxl": _sdxl, "flux": _flux, "sd3": _sd3, "qwen_image": _qwen_image, "zimage": _zimage}
+# the diffusers class each twin needs (a host-independent skip reason where diffusers lacks it)
+CLASSES = {
+    "sdxl": "UNet2DConditionModel",
+    "flux": "FluxTransformer2DModel",
+    "sd3": "SD3Transformer2DModel",
+    "qwen_image": "QwenImageTransformer2DModel",
+    "zimage": "ZImageTransformer2DModel",
+}
+
+
+def build_twin(name: str, arch: TinyArch) -> Twin:
+    """The diffusers twin of ``arch`` with its weights; raises if any diffusers tensor is left unfilled or any
+    adapted module is missing from the twin."""
+    model, table, pipeline, component, lycoris_modules = TWINS[name](arch)
+    model = model.float().eval()
+    table = _normalise(table)
+    missing = fill(model, table, arch.patcher.model.state_dict())
+    if name in UNFILLABLE:
+        prefix = UNFILLABLE[name][0]
+        unfillable = [k for k in missing if k.startswith(prefix)]
+        assert unfillable, f"{name}: {prefix}* filled after all: drop it from UNFILLABLE"
+        missing = [k for k in missing if k not in unfillable]
+    assert not missing, f"{name}: diffusers tensors the host's table does not fill: {missing}"
+    names = dict(model.named_modules())
+    targets = tuple(t.path for t in arch.diffusers)
+    absent = [p for p in targets if not isinstance(names.get(p), torch.nn.Linear)]
+    assert not absent, f"{name}: adapted modules missing from the diffusers model: {absent}"
+    return Twin(arch, model, table, pipeline, component, targets, lycoris_modules)
+
+
+# --------------------------------------------------------------------------------------------------- text encoders
+@dataclass
+class TextTwin:
+    encoder: str  # ComfyUI's encoder name in the CLIP model ("clip_l", "clip_g")
+    component: str  # the save_lora_weights component ("text_encoder", "text_encoder_2")
+    model: torch.nn.Module  # the transformers model a diffusers trainer adapts, holding the ComfyUI weights
+    table: dict  # {transformers state key: (comfy key, None, None)}
+    targets: tuple  # transformers module paths adapted (every encoder-layer Linear)
+
+
+# diffusers' text-encoder components per ComfyUI encoder (StableDiffusionXLPipeline: text_encoder = CLIP-L,
+# text_encoder_2 = OpenCLIP bigG with projection; FluxPipeline: text_encoder = CLIP-L, T5 is never trained)
+TEXT_COMPONENTS = {
+    "sdxl_clip": {
+        "clip_l": ("text_encoder", "CLIPTextModel"),
+        "clip_g": ("text_encoder_2", "CLIPTextModelWithProjection"),
+    },
+    "flux_clip": {"clip_l": ("text_encoder", "CLIPTextModel")},
+}
+
+
+def build_text_twins(name: str, arch: TinyArch) -> list[TextTwin]:
+    """transformers CLIP text models with the tiny ComfyUI encoders' configs and weights (ComfyUI keeps the
+    transformers names under ``<encoder>.transformer.``); raises if any transformers tensor is left unfilled."""
+    transformers = importlib.import_module("transformers")
+    state = arch.clip.cond_stage_model.state_dict()
+    twins = []
+    for encoder, (component, cls_name) in TEXT_COMPONENTS[name].items():
+        prefix = f"{encoder}.transformer."
+        layers = {k for k in state if k.startswith(prefix + "text_model.encoder.layers.")}
+        token = state[prefix + "text_model.embeddings.token_embedding.weight"]
+        fc1 = state[prefix + "text_model.encoder.layers.0.mlp.fc1.weight"]
+        config = transformers.CLIPTextConfig(
+            vocab_size=token.shape[0],
+            hidden_size=token.shape[1],
+            intermediate_size=fc1.shape[0],
+            num_hidden_layers=len({k[len(prefix + "text_model.encoder.layers.") :].split(".")[0] for k in layers}),
+            num_attention_heads=arch_models.TINY_CLIP["num_attention_heads"],
+            max_position_embeddings=state[prefix + "text_model.embeddings.position_embedding.weight"].shape[0],
+            projection_dim=arch_models.TINY_CLIP["projection_dim"],
+        )
+        model = getattr(transformers, cls_name)(config).float().eval()
+        # ComfyUI keeps the checkpoint names (text_model.encoder.…); transformers 5's CLIPTextModel is the text
+        # transformer itself (encoder.…, no text_model.), CLIPTextModelWithProjection holds it as text_model
+        inner = "" if hasattr(model, "text_model") else "text_model."
+        table = {k: (prefix + inner + k, None, None) for k in model.state_dict()}
+        missing = fill(model, table, state)
+        assert not missing, f"{name} {encoder}: transformers tensors the ComfyUI encoder does not fill: {missing}"
+        targets = tuple(
+            t.path[len(encoder) + 1 :].removeprefix(inner) for t in arch.native if t.path.startswith(encoder + ".")
+        )
+        modules = dict(model.named_modules())
+        absent = [p for p in targets if not isinstance(modules.get(p), torch.nn.Linear)]
+        assert not absent, f"{name} {encoder}: adapted modules missing from the transformers model: {absent}"
+        twins.append(TextTwin(encoder, component, model, table, targets))
+    return twins
+
+
+def build_qwen3_twin(arch: TinyArch) -> TextTwin:
+    """transformers ``Qwen3ForCausalLM`` with the tiny ComfyUI Qwen3-4B encoder's config (read off its tensors) and
+    weights (ComfyUI keeps the transformers names under ``qwen3_4b.transformer.``; the tied ``lm_head`` is the
+    embedding); raises if any transformers tensor is left unfilled."""
+    transformers = importlib.import_module("transformers")
+    state = arch.clip.cond_stage_model.state_dict()
+    prefix = "qwen3_4b.transformer."
+    layer = prefix + "model.layers.0."
+    embed = state[prefix + "model.embed_tokens.weight"]
+    head_dim = state[layer + "self_attn.q_norm.weight"].shape[0]
+    config = transformers.Qwen3Config(
+        vocab_size=embed.shape[0],
+        hidden_size=embed.shape[1],
+        intermediate_size=state[layer + "mlp.gate_proj.weight"].shape[0],
+        num_hidden_layers=len({k.split(".")[4] for k in state if k.startswith(prefix + "model.layers.")}),
+        num_attention_heads=state[layer + "self_attn.q_proj.weight"].shape[0] // head_dim,
+        num_key_value_heads=state[layer + "self_attn.k_proj.weight"].shape[0] // head_dim,
+        head_dim=head_dim,
+        tie_word_embeddings=True,
+    )
+    model = transformers.Qwen3ForCausalLM(config).float().eval()
+    table = {k: (prefix + k, None, None) for k in model.state_dict()}
+    table["lm_head.weight"] = (prefix + "model.embed_tokens.weight", None, None)
+    missing = fill(model, table, state)
+    assert not missing, f"Qwen3: transformers tensors the ComfyUI encoder does not fill: {missing}"
+    targets = tuple(t.path[len("qwen3_4b.") :] for t in arch.native)
+    modules = dict(model.named_modules())
+    absent = [p for p in targets if not isinstance(modules.get(p), torch.nn.Linear)]
+    assert not absent, f"Qwen3: adapted modules missing from the transformers model: {absent}"
+    return TextTwin("qwen3_4b", "text_encoder", model, table, targets)

@@ -1,0 +1,43 @@
+"""What the architecture tests read off a host after our loader ran (shared by test_architectures.py and
+test_real_producers.py): a file's name in ComfyUI's loras list, how many patch entries a model clone carries, the
+weights after a full load, and the coverage line of the node's summary."""
+
+from __future__ import annotations
+
+import importlib
+import re
+from pathlib import Path
+
+import torch
+
+# the coverage line of our loaders' summary: modules patched per side, unmatched modules, unknown keys
+SUMMARY = re.compile(r"UNet (\d+) · CLIP (\d+) patched · (\d+) unmatched · (\d+) unknown keys")
+
+
+def listed(path: Path, loras_root: Path) -> str:
+    """``path``'s name in ComfyUI's ``loras`` list (``<folder>/<file>`` below ``loras_root``), refreshed first."""
+    import folder_paths
+
+    folder_paths.filename_list_cache.pop("loras", None)
+    name = path.relative_to(loras_root).as_posix()
+    assert name in folder_paths.get_filename_list("loras"), name
+    return name
+
+
+def placed(patcher) -> int:
+    """Patch entries a clone carries: one per module placed (a sliced module is one entry on the fused weight)."""
+    return sum(len(v) for v in patcher.patches.values())
+
+
+def full_load(patcher, keys, originals: dict) -> tuple[dict, bool]:
+    """({key: weight} after ComfyUI's full load of ``patcher``, whether unpatching restored every original
+    bit-exactly)."""
+    utils = importlib.import_module("comfy.utils")
+    mm = importlib.import_module("comfy.model_management")
+    mm.load_models_gpu([patcher], force_full_load=True)
+    try:
+        got = {k: utils.get_attr(patcher.model, k).detach().clone() for k in keys}
+    finally:
+        patcher.unpatch_model()
+    restored = all(torch.equal(utils.get_attr(patcher.model, k).detach(), originals[k]) for k in keys)
+    return got, restored
