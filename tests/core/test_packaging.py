@@ -49,3 +49,13 @@ def test_pip_install_gives_lyco_command_and_core(tmp_path):
         [str(site / "bin" / "lyco"), "--help"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
     )
     assert command.returncode == 0 and "inspect" in command.stdout, command.stdout + command.stderr
+
+
+def test_registry_icon_is_a_file_of_the_repository():
+    """``[tool.comfy] Icon`` (the ComfyUI registry's picture of the pack) names a file this repository holds."""
+    import tomllib
+
+    icon = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["comfy"]["Icon"]
+    assert icon.startswith("https://raw.githubusercontent.com/"), icon
+    path = icon.split("/main/", 1)[1]
+    assert (REPO / path).is_file() and (REPO / path).stat().st_size > 0, path
