@@ -226,8 +226,9 @@ _NET_ATTRS = (
 
 
 @contextlib.contextmanager
-def _lycoris_preset(names: list[str]):
-    """Target exactly ``names`` under prefix ``lora``; restore LyCORIS' class-level preset state afterwards."""
+def lycoris_preset(preset: dict):
+    """LyCORIS' ``LycorisNetwork.apply_preset(preset)`` for the networks created inside; its class-level preset
+    state (and its logger's level) restored afterwards."""
     from lycoris import LycorisNetwork
     from lycoris.logging import logger
 
@@ -235,23 +236,28 @@ def _lycoris_preset(names: list[str]):
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
-        LycorisNetwork.apply_preset(
-            {
-                "enable_conv": True,
-                "target_module": [],
-                "target_name": list(names),
-                "module_algo_map": {},
-                "name_algo_map": {},
-                "lora_prefix": "lora",
-                "use_fnmatch": False,
-                "exclude_name": [],
-            }
-        )
+        LycorisNetwork.apply_preset(preset)
         yield
     finally:
         logger.setLevel(level)
         for a, v in saved.items():
             setattr(LycorisNetwork, a, v)
+
+
+def _lycoris_preset(names: list[str]):
+    """Target exactly ``names`` under prefix ``lora``."""
+    return lycoris_preset(
+        {
+            "enable_conv": True,
+            "target_module": [],
+            "target_name": list(names),
+            "module_algo_map": {},
+            "name_algo_map": {},
+            "lora_prefix": "lora",
+            "use_fnmatch": False,
+            "exclude_name": [],
+        }
+    )
 
 
 def _lycoris_root(layer: Layer) -> str:

@@ -1,17 +1,33 @@
-"""What the architecture tests read off a host after our loader ran (shared by test_architectures.py and
-test_real_producers.py): a file's name in ComfyUI's loras list, how many patch entries a model clone carries, the
-weights after a full load, and the coverage line of the node's summary."""
+"""What the architecture tests read off a host after our loader ran (shared by test_architectures.py,
+test_real_producers.py and test_lumina2_gqa.py): a folder in ComfyUI's loras, a file's name in its list, how many
+patch entries a model clone carries, the weights after a full load, and the coverage line of the node's summary."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
 # the coverage line of our loaders' summary: modules patched per side, unmatched modules, unknown keys
 SUMMARY = re.compile(r"UNet (\d+) · CLIP (\d+) patched · (\d+) unmatched · (\d+) unknown keys")
+
+
+@contextlib.contextmanager
+def loras_folder(comfy, name: str, *caches: dict) -> Iterator[Path]:
+    """A folder ``name`` in the host's ``models/loras``; afterwards ``caches`` (built models) are emptied and every
+    model unloaded while ComfyUI is whole (a ModelPatcher collected at interpreter exit fails in ``__del__``)."""
+    path = comfy.base.path / "models" / "loras" / name
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        yield path
+    finally:
+        for cache in caches:
+            cache.clear()
+        importlib.import_module("comfy.model_management").unload_all_models()
 
 
 def listed(path: Path, loras_root: Path) -> str:

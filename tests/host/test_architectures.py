@@ -44,7 +44,7 @@ import arch_models
 import producer_names as pn
 from comfy_bootstrap import REPO_ROOT
 from conftest import one_thread
-from patching import SUMMARY, full_load, listed, placed
+from patching import SUMMARY, full_load, listed, loras_folder, placed
 from tolerances import delta_agreement
 
 STRENGTH = 0.8
@@ -88,13 +88,8 @@ def _arch(comfy, name):
 
 @pytest.fixture(scope="module")
 def loras_dir(comfy):
-    path = comfy.base.path / "models" / "loras" / FOLDER
-    path.mkdir(parents=True, exist_ok=True)
-    yield path
-    # drop the models while ComfyUI is whole (a ModelPatcher collected at interpreter exit fails in __del__)
-    mm = importlib.import_module("comfy.model_management")
-    _ARCHES.clear()
-    mm.unload_all_models()
+    with loras_folder(comfy, FOLDER, _ARCHES) as path:
+        yield path
 
 
 # --------------------------------------------------------------------------------------------------- factors

@@ -45,7 +45,7 @@ import arch_models
 import producer_names as pn
 from comfy_bootstrap import REPO_ROOT
 from conftest import one_thread
-from patching import SUMMARY, full_load, listed, placed
+from patching import SUMMARY, full_load, listed, loras_folder, placed
 from tolerances import delta_agreement
 
 STRENGTH = 0.8
@@ -101,10 +101,8 @@ def _build():
 
 @pytest.fixture(scope="module")
 def loras_dir(comfy):
-    path = comfy.base.path / "models" / "loras" / FOLDER
-    path.mkdir(parents=True, exist_ok=True)
-    yield path
-    importlib.import_module("comfy.model_management").unload_all_models()
+    with loras_folder(comfy, FOLDER) as path:
+        yield path
 
 
 def _write(arch, producer, targets, path) -> dict:

@@ -72,7 +72,7 @@ import torch
 import arch_models
 from comfy_bootstrap import REPO_ROOT
 from conftest import one_thread
-from patching import SUMMARY, full_load, listed, placed
+from patching import SUMMARY, full_load, listed, loras_folder, placed
 from tolerances import delta_agreement
 
 STRENGTH = 1.0
@@ -165,14 +165,8 @@ def _twin(comfy, name):
 
 @pytest.fixture(scope="module")
 def loras_dir(comfy):
-    path = comfy.base.path / "models" / "loras" / FOLDER
-    path.mkdir(parents=True, exist_ok=True)
-    yield path
-    mm = importlib.import_module("comfy.model_management")
-    _TWINS.clear()
-    _TEXT.clear()
-    _ARCHES.clear()
-    mm.unload_all_models()
+    with loras_folder(comfy, FOLDER, _TWINS, _TEXT, _ARCHES) as path:
+        yield path
 
 
 # --------------------------------------------------------------------------------------------------- producers
@@ -261,34 +255,17 @@ def _make_peft_folder(twin, method, folder, gen) -> tuple[object, dict, int, int
     return folder / "adapter_model.safetensors", merged, len(merged), RANK
 
 
-_NET_ATTRS = (
-    "ENABLE_CONV",
-    "TARGET_REPLACE_MODULE",
-    "TARGET_REPLACE_NAME",
-    "LORA_PREFIX",
-    "MODULE_ALGO_MAP",
-    "NAME_ALGO_MAP",
-    "USE_FNMATCH",
-    "TARGET_EXCLUDE_NAME",
-)
-
-
 def _make_lycoris(twin, method, path, gen) -> tuple[object, dict, int, int]:
     """SimpleTuner's LyCORIS path on the diffusers model; oracle = the library's training-forward weight."""
-    from adapter_fixtures import effective_weight
-    from lycoris import LycorisNetwork, create_lycoris
+    from adapter_fixtures import effective_weight, lycoris_preset
+    from lycoris import create_lycoris
     from lycoris_random import randomise_lycoris
 
     model = copy.deepcopy(twin.model)
     spec = dict(LYCORIS_SPECS[method])
     preset = {"target_module": list(twin.lycoris_modules)}
-    saved = {a: getattr(LycorisNetwork, a) for a in _NET_ATTRS}
-    try:
-        LycorisNetwork.apply_preset(preset)
+    with lycoris_preset(preset):
         network = create_lycoris(model, 1.0, spec.pop("linear_dim"), spec.pop("linear_alpha"), **spec)
-    finally:
-        for a, v in saved.items():
-            setattr(LycorisNetwork, a, v)
     network.apply_to()
     network.eval()
     randomise_lycoris(network, gen, lambda lora: LYCORIS_STD[method], scalar=1.0)
