@@ -520,21 +520,12 @@ def build_zimage_qwen3(seed: int = 12) -> TinyArch | None:
 # for every Lumina2 model, cuts it into thirds of dim rows). One layer and one refiner layer each; axes 2+2+4 = the
 # head dim. Not in BUILDERS (no renamer table row; tests/host/test_lumina2_gqa.py uses it).
 LUMINA2_GQA_CONFIG = {
-    "image_model": "lumina2",
-    "patch_size": 2,
-    "in_channels": 4,
-    "dim": 32,
-    "cap_feat_dim": 16,
-    "n_layers": 1,
-    "n_refiner_layers": 1,
-    "qk_norm": True,
+    **{k: v for k, v in ZIMAGE_CONFIG.items() if k not in ("z_image_modulation", "time_scale")},
     "n_heads": 4,
     "n_kv_heads": 2,
     "axes_dims": [2, 2, 4],
-    "axes_lens": [16, 16, 16],
     "rope_theta": 10000.0,
     "ffn_dim_multiplier": 4.0,
-    "multiple_of": 16,
 }
 LUMINA2_BLOCKS = ("layers.", "noise_refiner.", "context_refiner.")
 
