@@ -7,15 +7,12 @@
 import { app } from "../../scripts/app.js";
 import { addPanel, chain, el, findWidget, fit, getJSON, isAdapterNode } from "./lyco_common.js";
 
-const METHOD_LABELS = {
-  lora: "LoRA", loha: "LoHa", lokr: "LoKr", oft: "OFT", boft: "BOFT", glora: "GLoRA", ia3: "(IA)³",
-  full: "Full", norm: "Norm",
-};
 const PANEL_HEIGHT = 118;
 
-function methodLabel(key) {
+// a method's name as people write it: the server's method_labels (each method's own record), else its key
+function methodLabel(key, labels) {
   const [algo, extra] = key.split("+");
-  const label = METHOD_LABELS[algo] ?? algo;
+  const label = labels?.[algo] ?? algo;
   return extra ? `${label}+${extra === "dora" ? "DoRA" : extra}` : label;
 }
 
@@ -63,7 +60,7 @@ function triggerRow(words) {
 
 function render(panel, info) {
   const badges = Object.entries(info.methods).map(([key, count]) =>
-    el("span", { className: `lyco-badge lyco-badge-${key.split("+")[0]}`, textContent: `${methodLabel(key)} ×${count}` }),
+    el("span", { className: `lyco-badge lyco-badge-${key.split("+")[0]}`, textContent: `${methodLabel(key, info.method_labels)} ×${count}` }),
   );
   if (info.dora) badges.push(el("span", { className: "lyco-badge lyco-badge-dora", textContent: `DoRA ×${info.dora}` }));
   if (info.tucker) badges.push(el("span", { className: "lyco-badge", textContent: `Tucker ×${info.tucker}` }));

@@ -3,7 +3,8 @@
 ``info_for(name)`` → ``(HTTP status, JSON body)``:
 
 * 200 — ``name``, ``file`` (base name), ``size`` (bytes), ``sha256`` (first 12 hex digits of the file's SHA-256),
-  ``layout``, ``modules``, ``methods`` ({method[+dora]: count}), ``rank_range``, ``alpha_range``, ``dora``,
+  ``layout``, ``modules``, ``methods`` ({method[+dora]: count}), ``method_labels`` ({method: its name as people
+  write it}, from each method's record), ``rank_range``, ``alpha_range``, ``dora``,
   ``tucker`` (module counts), ``base_model``, ``trigger_words`` (``modelspec.trigger_phrase``, the most frequent
   ``ss_tag_frequency`` tags, then sidecar files), ``title``, ``network`` (kohya/PEFT settings), ``unknown_keys``
   (count), ``sidecars`` (files read) and ``sidecar_errors``;
@@ -23,6 +24,7 @@ import logging
 import os
 
 from ..lyco_core import AdapterError, load_adapter
+from ..lyco_core.algorithms import method_labels
 from ..lyco_core.bounded_cache import BoundedCache
 from . import sidecars
 from .host import adapter_names, adapter_path
@@ -40,6 +42,10 @@ def short_hash(path: str, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()[:12]
 
 
+def _algos(summary: dict) -> set[str]:
+    return {key.split("+")[0] for key in summary["methods"]}
+
+
 def _describe(name: str, path: str) -> dict:
     adapter = load_adapter(path, header_only=True)
     summary = adapter.summary()
@@ -55,6 +61,7 @@ def _describe(name: str, path: str) -> dict:
         "layout": summary["layout"],
         "modules": summary["modules"],
         "methods": summary["methods"],
+        "method_labels": {algo: label for algo, label in method_labels().items() if algo in _algos(summary)},
         "rank_range": summary["rank_range"],
         "alpha_range": summary["alpha_range"],
         "dora": summary["dora"],

@@ -88,6 +88,7 @@ class AdapterModule:
     """One adapted layer. Subclasses set ``algo`` and implement ``apply`` (or ``delta`` when additive)."""
 
     algo: ClassVar[str] = ""
+    label: ClassVar[str] = ""  # the method's name as people write it ("LoKr", "(IA)³"); "": ``algo``
     additive: ClassVar[bool] = False
     # the canonical parameter names this method reads (the registry's detection vocabulary), and where detection
     # asks this class among the others (registry.py lists the order)

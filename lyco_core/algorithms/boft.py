@@ -42,6 +42,7 @@ def stage_gathers(rows: int, bs: int, stages: int, device) -> list[torch.Tensor]
 class BOFT(AdapterModule):
     detect_order = 80
     algo = "boft"
+    label = "BOFT"
     loader = OFT_LOADER
     peft_refusal = (
         "LyCORIS BOFT rotates output rows; PEFT BOFT rotates input columns — save it in the lycoris layout, or "

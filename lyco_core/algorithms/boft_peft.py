@@ -15,6 +15,7 @@ import math
 import torch
 
 from .base import AdapterModule, check_ndim, require
+from .boft import BOFT
 from .oft import OFT_LOADER
 from .peft_fields import one_of
 from .registry import register
@@ -35,6 +36,7 @@ def butterfly_gather(columns: int, block: int, factor: int, device) -> torch.Ten
 class PeftBOFT(AdapterModule):
     detect_order = 110
     algo = "boft"
+    label = BOFT.label
     suffixes = ("boft_R", "boft_s", "boft_P")
 
     @classmethod

@@ -22,6 +22,7 @@ def identity_pair(delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 class Full(AdditiveModule):
     detect_order = 50
     algo = "full"
+    label = "Full"
     whole_layer = True
     suffixes = ("diff", "diff_b")
     ndims = {"diff": (1, 2, 3, 4, 5), "diff_b": (1,)}

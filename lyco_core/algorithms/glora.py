@@ -22,6 +22,7 @@ _KEYS = ("a1.weight", "a2.weight", "b1.weight", "b2.weight")
 class GLoRA(AdapterModule):
     detect_order = 90
     algo = "glora"
+    label = "GLoRA"
     suffixes = _KEYS
     ndims = dict.fromkeys(_KEYS, (2, 3, 4, 5))
 

@@ -29,6 +29,7 @@ def _is_feedforward(ctx, path: str) -> bool:
 class IA3(AdapterModule):
     detect_order = 30
     algo = "ia3"
+    label = "(IA)³"
     suffixes = ("weight", "on_input", "ia3_l")
     flags = ("on_input",)
     ndims = {"weight": (1, 2, 3, 4, 5), "ia3_l": (1, 2, 3, 4, 5)}

@@ -25,6 +25,7 @@ _FACTORS = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
 class LoHa(AdditiveModule):
     detect_order = 20
     algo = "loha"
+    label = "LoHa"
     suffixes = _FACTORS + ("hada_t1", "hada_t2")
     ndims = {**dict.fromkeys(_FACTORS, (2, 3, 4, 5)), "hada_t1": (3, 4, 5), "hada_t2": (3, 4, 5)}
 

@@ -104,6 +104,7 @@ def peft_layout(modules) -> tuple[int, bool, dict[str, str]]:
 class LoKr(AdditiveModule):
     detect_order = 40
     algo = "lokr"
+    label = "LoKr"
     suffixes = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2")
     ndims = {**dict.fromkeys(suffixes[:6], (2, 3, 4, 5)), "lokr_t2": (3, 4, 5)}
 

@@ -26,6 +26,7 @@ from .registry import register
 class LoRA(AdditiveModule):
     detect_order = 10
     algo = "lora"
+    label = "LoRA"
     suffixes = ("lora_up.weight", "lora_down.weight", "lora_mid.weight", "lora_up.bias")
     ndims = {
         "lora_up.weight": (2, 3, 4, 5),

@@ -12,6 +12,7 @@ from .registry import register
 class Norm(AdditiveModule):
     detect_order = 60
     algo = "norm"
+    label = "Norm"
     whole_layer = True
     vector_delta = True
     peft_refusal = (

@@ -42,6 +42,7 @@ OFT_LOADER = Loader(
 class DiagOFT(AdapterModule):
     detect_order = 70
     algo = "oft"
+    label = "OFT"
     lycoris_algo = "diag-oft"
     loader = OFT_LOADER
     peft_refusal = (

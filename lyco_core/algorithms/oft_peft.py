@@ -114,6 +114,7 @@ class PeftOFT(AdapterModule):
 
     peft_type = "OFT"
     peft_fan_in_fan_out = True
+    label = DiagOFT.label
     lycoris_algo = DiagOFT.lycoris_algo
     loader = OFT_LOADER
 

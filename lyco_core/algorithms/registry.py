@@ -46,6 +46,11 @@ def known_suffixes() -> set[str]:
     return names
 
 
+def method_labels() -> dict[str, str]:
+    """{algo: the method's name as people write it} for every algorithm."""
+    return {cls.algo: cls.label or cls.algo for cls in ALGORITHMS}
+
+
 def flag_suffixes() -> set[str]:
     """The canonical names stored as one number of any dtype: ``alpha`` and every algorithm's ``flags``."""
     return {"alpha", *(flag for cls in ALGORITHMS for flag in cls.flags)}

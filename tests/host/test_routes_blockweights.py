@@ -172,6 +172,7 @@ def test_info_answers_known_names(comfy_server, demo, method):
     path = comfy_server.base.path / "models" / "loras" / demo[method]
     assert body["name"] == demo[method] and body["file"] == demo[method]
     assert body["layout"] == "lycoris" and body["modules"] == DEMO_MODULES and body["methods"] == methods
+    assert body["method_labels"] == {method: {"lokr": "LoKr", "loha": "LoHa", "oft": "OFT", "lora": "LoRA"}[method]}
     assert body["rank_range"] == ranks and body["alpha_range"] == pytest.approx(alphas, rel=1e-3)
     assert body["dora"] == 0 and body["tucker"] == 0 and body["unknown_keys"] == 0
     assert body["size"] == path.stat().st_size
