@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 import demo_assets  # tools/ is sys.path[0] when run as a script
+from stack_graph import stack_graph
 
 REPO_ROOT = demo_assets.REPO_ROOT
 TEMPLATES = REPO_ROOT / "example_workflows"
@@ -78,39 +79,25 @@ FIT = """(stage) => {
   return { x0, y0, x1, y1, scale };
 }"""
 
-# The README graph: Load Checkpoint → Adapter Stack (LoKr on, LoHa off) → Load Adapter (block weights, the OFT,
-# OUTALL) → prompts → KSampler → VAE Decode → Save Image.
-README_GRAPH = """async ([ckpt, rows, blockAdapter]) => {
+# The README graph (tools/stack_graph.py), built in the page with LiteGraph's own calls.
+README_GRAPH = """async (graphData) => {
   const app = window.comfyAPI.app.app, graph = app.graph;
   graph.clear();
   await new Promise((done) => requestAnimationFrame(() => setTimeout(done, 0)));
-  const add = (type, x, y, values = {}, size = null) => {
-    const node = window.LiteGraph.createNode(type);
-    node.pos = [x, y];
-    if (size) node.setSize(size);
+  const made = {};
+  for (const spec of graphData.nodes) {
+    const node = window.LiteGraph.createNode(spec.type);
+    node.pos = [spec.x, spec.y];
+    if (spec.size) node.setSize(spec.size);
     graph.add(node);
-    for (const [name, value] of Object.entries(values)) {
+    for (const [name, value] of Object.entries(spec.values)) {
       const w = node.widgets.find((w) => w.name === name);
       w.value = value;
       w.callback?.(value, app.canvas, node);
     }
-    return node;
-  };
-  const ckptNode = add('CheckpointLoaderSimple', 0, 0, {ckpt_name: ckpt}, [300, 100]);
-  const stack = add('LyCOAdapterStack', 340, 0, {stack: rows});
-  const blocks = add('LyCOLoadAdapterBlockWeight', 840, 0, {adapter_name: blockAdapter, block_weights: 'OUTALL'});
-  const pos = add('CLIPTextEncode', 1310, 0, {text: 'a photo of a cat'}, [300, 110]);
-  const neg = add('CLIPTextEncode', 1310, 170, {text: 'blurry'}, [300, 110]);
-  const latent = add('EmptyLatentImage', 1310, 340, {width: 64, height: 64});
-  const sampler = add('KSampler', 1650, 70, {steps: 2, seed: 1, control_after_generate: 'fixed'});
-  const decode = add('VAEDecode', 1310, 520, {}, [220, 50]);
-  const save = add('SaveImage', 1650, 470, {filename_prefix: 'lyco_readme'}, [260, 280]);
-  ckptNode.connect(0, stack, 0); ckptNode.connect(1, stack, 1);
-  stack.connect(0, blocks, 0); stack.connect(1, blocks, 1);
-  blocks.connect(1, pos, 0); blocks.connect(1, neg, 0);
-  blocks.connect(0, sampler, 0); pos.connect(0, sampler, 1); neg.connect(0, sampler, 2);
-  latent.connect(0, sampler, 3); sampler.connect(0, decode, 0); ckptNode.connect(2, decode, 1);
-  decode.connect(0, save, 0);
+    made[spec.name] = node;
+  }
+  for (const l of graphData.links) made[l.source].connect(l.output, made[l.target], l.input);
 }"""
 
 
@@ -216,13 +203,7 @@ def thumbnail(page, url: str, path: Path) -> Path:
 
 
 def readme_screenshot(page, url: str, out: Path = README_SHOT) -> Path:
-    rows = json.dumps(
-        [
-            {"name": demo_assets.DEMO_ADAPTERS["lokr"], "on": True, "strength_model": 0.8, "strength_clip": 0.8},
-            {"name": demo_assets.DEMO_ADAPTERS["loha"], "on": False, "strength_model": 1, "strength_clip": 1},
-        ]
-    )
-    page.evaluate(README_GRAPH, [demo_assets.CKPT_NAME, rows, demo_assets.DEMO_ADAPTERS["oft"]])
+    page.evaluate(README_GRAPH, stack_graph(demo_assets.CKPT_NAME, demo_assets.DEMO_ADAPTERS, "lyco_readme"))
     _settle(page)
     _run_from_page(page, url)
     _settle(page, 2000)

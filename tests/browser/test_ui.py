@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+import comfy_bootstrap
 import workflow
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -145,7 +146,7 @@ def wait_panel(page, node_id: int, widget: str, state: str = "ready", timeout: i
     return page.evaluate(f"() => lycoTest.panel({node_id}, '{widget}').innerText")
 
 
-def wait_summary(page, node_id, timeout: int = 20_000) -> str:
+def wait_summary(page, node_id, timeout: int = 60_000) -> str:
     """The node's run summary once it is on screen (a visible panel inside the node); its text."""
     page.wait_for_function(
         f"""() => {{
@@ -431,41 +432,24 @@ def test_example_workflow_queued_from_the_ui_makes_an_image(ui, comfy_server, ar
     shot(ui, artifacts, "04_example_workflow_run")
 
 
-GRAPH = """async ([ckpt, stackRows, blockAdapter]) => {
+# the README's graph (tools/stack_graph.py), built with the test helpers
+GRAPH = """async (graphData) => {
   const t = lycoTest;
   await t.reset([90, 250], 0.74);
-  const add = (type, x, y, values = {}, size = null) => {
-    const id = t.add(type, x, y, size), node = t.node(id);
-    for (const [name, value] of Object.entries(values)) t.pick(id, name, value);
-    return node;
-  };
-  const ckptNode = add('CheckpointLoaderSimple', 0, 0, {ckpt_name: ckpt});
-  const stack = add('LyCOAdapterStack', 340, 0, {stack: stackRows});
-  const blocks = add('LyCOLoadAdapterBlockWeight', 840, 0, {adapter_name: blockAdapter, block_weights: 'OUTALL'});
-  const pos = add('CLIPTextEncode', 1310, 0, {text: 'a photo of a cat'}, [300, 110]);
-  const neg = add('CLIPTextEncode', 1310, 170, {text: 'blurry'}, [300, 110]);
-  const latent = add('EmptyLatentImage', 1310, 340, {width: 64, height: 64});
-  const sampler = add('KSampler', 1650, 70, {steps: 2, seed: 1});
-  const decode = add('VAEDecode', 1310, 520);
-  const save = add('SaveImage', 1650, 470, {filename_prefix: 'lyco_browser'}, [260, 200]);
-  ckptNode.connect(0, stack, 0); ckptNode.connect(1, stack, 1);
-  stack.connect(0, blocks, 0); stack.connect(1, blocks, 1);
-  blocks.connect(1, pos, 0); blocks.connect(1, neg, 0);
-  blocks.connect(0, sampler, 0); pos.connect(0, sampler, 1); neg.connect(0, sampler, 2);
-  latent.connect(0, sampler, 3); sampler.connect(0, decode, 0); ckptNode.connect(2, decode, 1);
-  decode.connect(0, save, 0);
-  return {stack: stack.id, blocks: blocks.id};
+  const made = {};
+  for (const spec of graphData.nodes) {
+    const id = t.add(spec.type, spec.x, spec.y, spec.size);
+    for (const [name, value] of Object.entries(spec.values)) t.pick(id, name, value);
+    made[spec.name] = t.node(id);
+  }
+  for (const l of graphData.links) made[l.source].connect(l.output, made[l.target], l.input);
+  return {stack: made.stack.id, blocks: made.blocks.id};
 }"""
 
 
 def test_graph_of_our_nodes_runs_and_shows_summaries(ui, comfy_server, demo, artifacts):
-    rows = json.dumps(
-        [
-            {"name": demo["lokr"], "on": True, "strength_model": 0.8, "strength_clip": 0.8},
-            {"name": demo["loha"], "on": False, "strength_model": 1, "strength_clip": 1},
-        ]
-    )
-    ids = ui.evaluate(GRAPH, [comfy_server.base.ckpt_name, rows, demo["oft"]])
+    graph = comfy_bootstrap.load_tool("stack_graph").stack_graph(comfy_server.base.ckpt_name, demo, "lyco_browser")
+    ids = ui.evaluate(GRAPH, graph)
     wait_panel(ui, ids["blocks"], "lyco_info")
     before = set(workflow.http_json(comfy_server.url, "/history") or {})
     ui.evaluate("async () => { await lycoTest.app.queuePrompt(0, 1); }")

@@ -30,15 +30,20 @@ FIXTURE_CACHE = REPO_ROOT / ".cache" / "fixtures"
 _STATE: dict = {}
 
 
-def load_comfyui_env():
-    """Import ``tools/comfyui_env.py`` as a module without touching ``sys.path``."""
-    mod = sys.modules.get("lyco_tools_comfyui_env")
+def load_tool(name: str):
+    """Import ``tools/<name>.py`` as a module without touching ``sys.path``."""
+    mod = sys.modules.get(f"lyco_tools_{name}")
     if mod is None:
-        spec = importlib.util.spec_from_file_location("lyco_tools_comfyui_env", REPO_ROOT / "tools" / "comfyui_env.py")
+        spec = importlib.util.spec_from_file_location(f"lyco_tools_{name}", REPO_ROOT / "tools" / f"{name}.py")
         mod = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = mod
         spec.loader.exec_module(mod)
     return mod
+
+
+def load_comfyui_env():
+    """``tools/comfyui_env.py`` (where the ComfyUI hosts are and how to set them up)."""
+    return load_tool("comfyui_env")
 
 
 def ensure_comfyui_root() -> Path:
