@@ -9,7 +9,9 @@ Rules (``locate``; ``place`` puts a host's own key map first), for a module whos
    (diffusers names of an LDM UNet and back, HF CLIP names of an OpenCLIP text encoder), matched by rules 1–2.
 4. Several candidates: prefer an exact path; else keep those containing a layout hint (``te1``, ``clip_l``,
    ``diffusion_model``, …) in the key or its aliases; else the one candidate found by its own path rather than an
-   alias; else the module is reported ambiguous, never guessed.
+   alias; else the one whose matching path needs the least in front of the module's path (layouts name a layer by
+   its whole path below a root: a top-level ``proj_out``, not ``single_transformer_blocks.0.proj_out``); else the
+   module is reported ambiguous, never guessed.
 5. An alias may name part of a weight (q, k or v: a third of the rows of a fused ``in_proj_weight``; or, where
    grouped K/V heads make k and v smaller than q, the first ``in_features`` rows for q and halves of the rest for
    k and v) or its transpose (OpenCLIP's ``text_projection``): the module's target is then that ``WeightSlice``,
@@ -232,7 +234,25 @@ def _pick(target: ModulePath, own: list[str], found: list[str], index: WeightInd
     ]
     if len(hinted) == 1:
         return hinted[0]
-    return own[0] if len(own) == 1 else None
+    if len(own) == 1:
+        return own[0]
+    depth = {key: _prefix_length(target, [key[: -len(".weight")], *index.aliases.get(key, ())]) for key in found}
+    shallowest = [key for key in found if depth[key] == min(depth.values())]
+    return shallowest[0] if len(shallowest) == 1 else None
+
+
+def _prefix_length(target: ModulePath, paths: list[str]) -> int:
+    """How much of the shortest of ``paths`` (a candidate's own path and aliases) lies before the part that spells
+    ``target``: layouts name a layer by its whole path below a root, so the candidate needing the least in front
+    is the layer meant (a top-level ``proj_out`` rather than ``single_transformer_blocks.0.proj_out``)."""
+    lengths = []
+    for path in paths:
+        for variant in {path, _without_text_model(path)}:
+            spelled = variant.replace(".", "_") if target.mangled else variant
+            for wanted in {target.path, target.path.replace("text_model_" if target.mangled else "text_model.", "")}:
+                if spelled == wanted or spelled.endswith(("_" if target.mangled else ".") + wanted):
+                    lengths.append(len(spelled) - len(wanted))
+    return min(lengths, default=1 << 30)
 
 
 def locate(target: ModulePath, index: WeightIndex) -> tuple[WeightSlice | None, str]:

@@ -8,6 +8,8 @@ model's own keys, so an adapter named for one spelling matches a checkpoint writ
 * ``lumina.py``: Lumina2/Z-Image blocks → Z-Image's and Lumina2's diffusers names (fused q/k/v: q the first
   ``in_features`` rows, k and v halves of the rest, so grouped K/V heads split right).
 * ``hunyuan_video.py``: HunyuanVideo as ComfyUI stores it → the original release's names (musubi-tuner).
+* ``wan.py``: Wan 2.x as the original release/ComfyUI store it (``blocks.N.self_attn.q``) → diffusers names
+  (``blocks.N.attn1.to_q``).
 
 An ``Alias`` is matched like the key's own path (keymap.py). One may name only part of a weight (q, k or v in a fused
 ``in_proj_weight``): it then says which block of rows, and a module matched to it patches those rows alone.
@@ -24,6 +26,7 @@ from .lumina import lumina_aliases
 from .mmdit import mmdit_aliases
 from .openclip import openclip_aliases
 from .unet import unet_aliases
+from .wan import wan_aliases
 
 __all__ = ["Alias", "model_aliases"]
 
@@ -37,4 +40,5 @@ def model_aliases(keys: Collection[str]) -> list[Alias]:
         + mmdit_aliases(keys)
         + lumina_aliases(keys)
         + hunyuan_video_aliases(keys)
+        + wan_aliases(keys)
     )

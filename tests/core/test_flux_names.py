@@ -1,6 +1,7 @@
 """Flux.1 adapters in diffusers naming (diffusers ``save_lora_weights`` and ai-toolkit: ``transformer.<path>.lora_A/B
 .weight``; SimpleTuner's LyCORIS: ``lycoris_<path with _>``) on a checkpoint in BFL/ComfyUI naming, through the core
-API and the CLI: each module lands on its own rows of the fused ``qkv``/``linear1`` weights, nothing else changes.
+API and the CLI: each module lands on its own rows of the fused ``qkv``/``linear1`` weights, nothing else changes; the
+top-level ``proj_out`` is the final layer (the path needing least in front), not a single block's ``proj_out``.
 
 The model is a tiny Flux with the real key names (hidden size h = 8, MLP ratio 4: ``linear1`` is ``(7h, h)``); the
 expected weights are built here from the factors in float64, row block by row block.
@@ -23,6 +24,7 @@ SHAPES = {
     "single_blocks.0.linear1.weight": (7 * H, H),
     "single_blocks.0.linear2.weight": (H, 5 * H),
     "img_in.weight": (H, 4),
+    "final_layer.linear.weight": (16, H),
 }
 ROOT = "model.diffusion_model."
 # diffusers module → (BFL key, first row, rows)
@@ -35,6 +37,7 @@ PLACES = {
     "single_transformer_blocks.0.proj_mlp": ("single_blocks.0.linear1.weight", 3 * H, 4 * H),
     "single_transformer_blocks.0.proj_out": ("single_blocks.0.linear2.weight", 0, H),
     "x_embedder": ("img_in.weight", 0, H),
+    "proj_out": ("final_layer.linear.weight", 0, 16),  # the top-level one, not single_transformer_blocks.0.proj_out
 }
 
 

@@ -1,13 +1,13 @@
 """diffusers twins of ``arch_models``' tiny ComfyUI models: the same network as diffusers builds it, same weights.
 
 A twin is the diffusers model class a trainer loads (``UNet2DConditionModel`` for SDXL, ``FluxTransformer2DModel``,
-``SD3Transformer2DModel``, ``QwenImageTransformer2DModel``, ``ZImageTransformer2DModel``) with a config of the same
-widths, depths and heads as the tiny ComfyUI model. Its weights are copied from the ComfyUI model through the
-host's own conversion table (``comfy.utils.unet_to_diffusers``, ``flux_to_diffusers``, ``mmdit_to_diffusers``,
-``z_image_to_diffusers``; Qwen-Image's ComfyUI names are diffusers' own): ``{diffusers key: comfy key | (comfy key,
-(dim, start, length)) | (comfy key, offset, function)}`` — a row slice of a fused weight (q/k/v of ``img_attn.qkv``)
-or a function of it (``swap_scale_shift`` on the final modulation). ``fill`` copies every diffusers tensor and
-reports any the table does not cover, so a twin whose config drifts from the ComfyUI model fails loudly.
+``SD3Transformer2DModel``, ``QwenImageTransformer2DModel``, ``ZImageTransformer2DModel``, ``WanTransformer3DModel``)
+with a config of the same widths, depths and heads as the tiny ComfyUI model. Its weights are copied from the ComfyUI
+model through the host's own conversion table (``comfy.utils.unet_to_diffusers``, ``flux_to_diffusers``,
+``mmdit_to_diffusers``, ``z_image_to_diffusers``; Qwen-Image's ComfyUI names are diffusers' own): ``{diffusers key:
+comfy key | (comfy key, (dim, start, length)) | (comfy key, offset, function)}`` — a row slice of a fused weight (q/k/v
+of ``img_attn.qkv``) or a function of it (``swap_scale_shift`` on the final modulation). ``fill`` copies every diffusers
+tensor and reports any the table does not cover, so a twin whose config drifts from the ComfyUI model fails loudly.
 
 A producer then adapts the twin (peft, lycoris-lora); ``to_comfy`` maps the producer's merged diffusers weights
 back through the same table onto the ComfyUI keys (several slices of one fused weight land on their rows).
@@ -16,18 +16,29 @@ Text encoders likewise (``build_text_twins``, ``build_qwen3_twin``): the transfo
 (``CLIPTextModel``, ``CLIPTextModelWithProjection``, ``Qwen3ForCausalLM``) with the tiny ComfyUI encoder's config and
 weights (ComfyUI keeps the transformers names under ``<encoder>.transformer.``).
 
-Requires ComfyUI importable (the host's tables), diffusers and transformers; no repository package.
+Wan 2.1 (``WanTransformer3DModel``) is the exception: neither host has a diffusers table for it, so its twin is
+filled through the repository's own alias table (``lyco_core.aliases.wan``, handed in as ``model_aliases`` by the
+caller: the pack's copy in a host test), plus the two modulation parameters no alias names (``WAN_PARAMETERS``). That
+table is then proved independently of itself: ``forward_check`` runs the same random video latents, timestep and
+text embeddings through the ComfyUI model and the twin, and ``build_twin`` requires the outputs to agree within
+``tolerances.forward_agreement`` over the forward's reduction depths (a wrong or swapped name changes the output by
+the size of the weights, far beyond rounding).
+
+Requires ComfyUI importable (the host's tables), diffusers and transformers; the repository's alias table for Wan.
 """
 
 from __future__ import annotations
 
 import importlib
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 import arch_models
-from arch_models import PREFIX, TinyArch
+from arch_models import PREFIX, Target, TinyArch
+from tolerances import forward_agreement
 
 
 @dataclass
@@ -39,6 +50,7 @@ class Twin:
     component: str  # "unet" | "transformer": the save_lora_weights argument / key prefix
     targets: tuple  # diffusers module paths adapted (Linear; each a whole weight or a row slice of a ComfyUI one)
     lycoris_modules: tuple  # module classes a SimpleTuner-style LyCORIS preset targets (``target_module``)
+    forward: tuple | None = None  # (max|y_comfy − y_twin| / max|y_comfy|, bound): the table's forward proof, if any
 
 
 def _normalise(table: dict) -> dict:
@@ -207,8 +219,116 @@ def _zimage(arch: TinyArch):
     return model, table, "ZImagePipeline", "transformer", ("Attention", "FeedForward")
 
 
+# Wan's parameters that are no module's weight, so no alias names them (diffusers' single-file converter renames
+# them alike): the per-block and the head's modulation tables
+WAN_PARAMETERS = {
+    re.compile(r"^blocks\.(\d+)\.scale_shift_table$"): r"blocks.\1.modulation",
+    re.compile(r"^scale_shift_table$"): "head.modulation",
+}
+WAN_SAME = ("patch_embedding.",)  # named alike on both sides
+
+
+def _alias_table(model: torch.nn.Module, comfy_keys: set, model_aliases: Callable) -> dict:
+    """{diffusers key: comfy key} from the repository's aliases of ``comfy_keys`` (``alias.path`` = a diffusers
+    module, ``alias.key`` its ComfyUI weight; a bias follows its weight), ``WAN_PARAMETERS`` and ``WAN_SAME``."""
+    named = {a.path: a.key for a in model_aliases(comfy_keys) if a.part is None and not a.transposed}
+    table = {}
+    for dkey in model.state_dict():
+        module, _, leaf = dkey.rpartition(".")
+        if module in named:
+            table[dkey] = named[module].removesuffix("weight") + leaf
+        elif dkey.startswith(WAN_SAME):
+            table[dkey] = PREFIX + dkey
+        else:
+            for pattern, to in WAN_PARAMETERS.items():
+                if pattern.match(dkey):
+                    table[dkey] = PREFIX + pattern.sub(to, dkey)
+    return table
+
+
+def _wan(arch: TinyArch, model_aliases: Callable):
+    from diffusers import WanTransformer3DModel
+
+    cfg = arch.unet_config
+    model = WanTransformer3DModel(
+        patch_size=tuple(cfg["patch_size"]),
+        num_attention_heads=cfg["num_heads"],
+        attention_head_dim=cfg["dim"] // cfg["num_heads"],
+        in_channels=cfg["in_dim"],
+        out_channels=cfg["out_dim"],
+        text_dim=cfg["text_dim"],
+        freq_dim=cfg["freq_dim"],
+        ffn_dim=cfg["ffn_dim"],
+        num_layers=cfg["num_layers"],
+        cross_attn_norm=cfg["cross_attn_norm"],
+        qk_norm="rms_norm_across_heads" if cfg["qk_norm"] else None,  # ComfyUI's RMSNorm over all heads' dim
+        eps=cfg["eps"],
+    )
+    state = arch.patcher.model.state_dict()
+    # arch_models fills norm scales with ones, which would hide a swapped norm name from the forward proof: seeded
+    # scales around 1 instead (in the ComfyUI model itself; the twin copies them)
+    gen = torch.Generator().manual_seed(61)
+    with torch.no_grad():
+        for key, tensor in sorted(state.items()):
+            if ".norm" in key and key.endswith(".weight"):
+                tensor.copy_(1 + 0.2 * torch.randn(tensor.shape, generator=gen))
+    table = _alias_table(model, set(state), model_aliases)
+    # targets: every Linear of the twin (blocks, condition embedder, proj_out), on the ComfyUI weight its alias names
+    arch.diffusers = sorted(
+        (
+            Target(path, table[path + ".weight"])
+            for path, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear) and path + ".weight" in table
+        ),
+        key=lambda t: t.path,
+    )
+    modules = ("WanAttention", "FeedForward", "WanTimeTextImageEmbedding")
+    return model, table, "WanPipeline", "transformer", modules
+
+
+def _wan_depths(cfg: dict, patch_volume: int, tokens: int, text: int) -> tuple[int, ...]:
+    """The reductions one output element of the tiny Wan passes through, in order: patch embedding, time MLP,
+    modulation, text MLP; per block self-attention (q/k/v, RMS norm, q·k over a head, softmax and a·v over the
+    ``tokens``, o), cross-attention (the same over the ``text`` tokens), LayerNorms and the feed-forward; the head."""
+    dim, ffn, head = cfg["dim"], cfg["ffn_dim"], cfg["dim"] // cfg["num_heads"]
+    patch = cfg["in_dim"] * patch_volume  # the Conv3d's fan-in
+    block = (dim, dim, dim, head, tokens, tokens, dim) + (dim, dim, dim, dim, head, text, text, dim) + (dim, dim, ffn)
+    return (patch, cfg["freq_dim"], dim, dim, cfg["text_dim"], dim) + block * cfg["num_layers"] + (dim, dim)
+
+
+@torch.no_grad()
+def forward_check(twin: Twin, seed: int = 0) -> tuple[float, float]:
+    """(max|y_comfy − y_twin| / max|y_comfy|, bound) for one forward of the ComfyUI model and its twin on the same
+    seeded video latents [B, C, F, H, W], timestep and text embeddings [B, L, text_dim] (both take and return the
+    video layout: a Conv3d patch embedding in, the same (f, h, w, p_t, p_h, p_w, c) unpatchify out, and the same 3-axis
+    rotary embedding over (f, h, w) on adjacent channel pairs, so no layout conversion is needed)."""
+    cfg = twin.arch.unet_config
+    gen = torch.Generator().manual_seed(seed)
+    p_t, p_h, p_w = cfg["patch_size"]
+    frames, height, width, text = 2 * p_t, 4 * p_h, 3 * p_w, 5
+    x = torch.randn(1, cfg["in_dim"], frames, height, width, generator=gen)
+    context = torch.randn(1, text, cfg["text_dim"], generator=gen)
+    timestep = torch.tensor([437.0])
+    comfy_out = twin.arch.patcher.model.diffusion_model(x.clone(), timestep.clone(), context.clone())
+    twin_out = twin.model(x.clone(), timestep.clone(), context.clone(), return_dict=False)[0]
+    assert comfy_out.shape == twin_out.shape == (1, cfg["out_dim"], frames, height, width), (
+        comfy_out.shape,
+        twin_out.shape,
+    )
+    err = float((comfy_out.double() - twin_out.double()).abs().max() / comfy_out.double().abs().max())
+    tokens = (frames // p_t) * (height // p_h) * (width // p_w)
+    return err, forward_agreement(_wan_depths(cfg, p_t * p_h * p_w, tokens, text))
+
+
 # the ComfyUI model each twin copies (arch_models; Z-Image with the twin's feed-forward width)
-ARCHES = {"sdxl": "sdxl", "flux": "flux", "sd3": "sd3", "qwen_image": "qwen_image", "zimage": "build_zimage_twin"}
+ARCHES = {
+    "sdxl": "sdxl",
+    "flux": "flux",
+    "sd3": "sd3",
+    "qwen_image": "qwen_image",
+    "zimage": "build_zimage_twin",
+    "wan": "wan",
+}
 
 
 def build_arch(name: str) -> TinyArch | None:
@@ -225,7 +345,8 @@ UNFILLABLE = {
         "not at dim 32; these tensors (outside every adapted module) keep diffusers' own init",
     )
 }
-TWINS = {"sdxl": _sdxl, "flux": _flux, "sd3": _sd3, "qwen_image": _qwen_image, "zimage": _zimage}
+TWINS = {"sdxl": _sdxl, "flux": _flux, "sd3": _sd3, "qwen_image": _qwen_image, "zimage": _zimage, "wan": _wan}
+NO_HOST_TABLE = ("wan",)  # twins filled through the repository's alias table (``model_aliases``), proved by forward
 # the diffusers class each twin needs (a host-independent skip reason where diffusers lacks it)
 CLASSES = {
     "sdxl": "UNet2DConditionModel",
@@ -233,13 +354,21 @@ CLASSES = {
     "sd3": "SD3Transformer2DModel",
     "qwen_image": "QwenImageTransformer2DModel",
     "zimage": "ZImageTransformer2DModel",
+    "wan": "WanTransformer3DModel",
 }
 
 
-def build_twin(name: str, arch: TinyArch) -> Twin:
+def build_twin(name: str, arch: TinyArch, model_aliases: Callable | None = None) -> Twin:
     """The diffusers twin of ``arch`` with its weights; raises if any diffusers tensor is left unfilled or any
-    adapted module is missing from the twin."""
-    model, table, pipeline, component, lycoris_modules = TWINS[name](arch)
+    adapted module is missing from the twin. A twin in ``NO_HOST_TABLE`` is filled through ``model_aliases`` (the
+    repository's ``lyco_core.aliases.model_aliases``) and must then give the ComfyUI model's forward output
+    (``forward_check``)."""
+    builder = TWINS[name]
+    if name in NO_HOST_TABLE:
+        assert model_aliases is not None, f"{name}: no host table; pass the repository's model_aliases"
+        model, table, pipeline, component, lycoris_modules = builder(arch, model_aliases)
+    else:
+        model, table, pipeline, component, lycoris_modules = builder(arch)
     model = model.float().eval()
     table = _normalise(table)
     missing = fill(model, table, arch.patcher.model.state_dict())
@@ -253,7 +382,12 @@ def build_twin(name: str, arch: TinyArch) -> Twin:
     targets = tuple(t.path for t in arch.diffusers)
     absent = [p for p in targets if not isinstance(names.get(p), torch.nn.Linear)]
     assert not absent, f"{name}: adapted modules missing from the diffusers model: {absent}"
-    return Twin(arch, model, table, pipeline, component, targets, lycoris_modules)
+    twin = Twin(arch, model, table, pipeline, component, targets, lycoris_modules)
+    if name in NO_HOST_TABLE:
+        twin.forward = forward_check(twin)
+        err, bound = twin.forward
+        assert err <= bound, f"{name}: the twin's forward differs from the ComfyUI model's: {err:.2e} > {bound:.2e}"
+    return twin
 
 
 # --------------------------------------------------------------------------------------------------- text encoders

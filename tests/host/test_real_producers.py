@@ -1,15 +1,19 @@
 """Adapter files made BY the installable producers themselves (diffusers + peft, lycoris-lora), on diffusers twins of
 the tiny ComfyUI models, loaded onto the ComfyUI models.
 
-For SDXL, Flux.1, SD3.5, Qwen-Image and Z-Image (``arch_models``), ``diffusers_twins`` builds the diffusers model
-class a trainer loads, with the same widths/depths/heads and the ComfyUI model's own weights (through the host's
+For SDXL, Flux.1, SD3.5, Qwen-Image, Z-Image and Wan 2.1 (``arch_models``), ``diffusers_twins`` builds the diffusers
+model class a trainer loads, with the same widths/depths/heads and the ComfyUI model's own weights (through the host's
 conversion table; every diffusers tensor must be filled, Z-Image's timestep MLP excepted, see
-``diffusers_twins.UNFILLABLE``). Then the producer itself makes the file:
+``diffusers_twins.UNFILLABLE``). Neither host has a diffusers table for Wan: its twin (``WanTransformer3DModel``) is
+filled through our own alias table (``lyco_core.aliases.wan``), which is proved independently first: the ComfyUI
+model and the twin must give the same output for the same random video latents, timestep and text embeddings
+(``diffusers_twins.forward_check``, within ``forward_agreement``), and swapping two names must break that agreement
+(``test_wan_twin_forward_proves_the_alias_table``). Then the producer itself makes the file:
 
 * ``peft LoRA (diffusers save)``: ``peft.LoraConfig(r=4, lora_alpha=2, init_lora_weights=False)`` added to the
   twin the way diffusers' training scripts do (``model.add_adapter``), seeded random factors, saved by the pipeline
   class's own ``save_lora_weights`` (``StableDiffusionXLPipeline`` ``unet_lora_layers``, ``FluxPipeline`` /
-  ``StableDiffusion3Pipeline`` / ``QwenImagePipeline`` ``transformer_lora_layers``) from
+  ``StableDiffusion3Pipeline`` / ``QwenImagePipeline`` / ``WanPipeline`` ``transformer_lora_layers``) from
   ``get_peft_model_state_dict``, with ``<component>_lora_adapter_metadata`` = the LoraConfig dict, as
   ``diffusers.training_utils._collate_lora_metadata`` passes it (the file's only record of alpha: scale 2/4).
   Oracle: PEFT's own merge (``merge()`` of every tuner layer) of the same model. Also DoRA (``use_dora``, the
@@ -48,9 +52,6 @@ producer's own scale, no strength law compared):
 * by ComfyUI's native ``LoraLoaderModelOnly`` (``LoraLoader`` with text encoders): the number of modules it places
   is recorded.
 
-Wan 2.1 is left out: the hosts have no diffusers → ComfyUI table for it (``comfy.utils`` has none, ``comfy.lora``
-maps no diffusers Wan names), so its twin would test a table of our own.
-
 Rows go to ``test-artifacts/real_producers.md`` (one section per host version).
 """
 
@@ -58,6 +59,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import importlib
 import json
 import logging
@@ -85,10 +87,11 @@ STEPS = 3
 FOLDER = "lyco_real"
 ARTIFACT = REPO_ROOT / "test-artifacts" / "real_producers.md"
 ROWS: dict[tuple[str, str, str], dict] = {}
+FORWARD: dict[str, tuple[float, float]] = {}  # twins filled through our alias table: (forward error, bound)
 TIMINGS: dict[str, float] = {}
 
 # (arch, producer, method); producer: "peft" (diffusers save_lora_weights), "peft folder", "lycoris"
-ARCHES = ("sdxl", "flux", "sd3", "qwen_image", "zimage")
+ARCHES = ("sdxl", "flux", "sd3", "qwen_image", "zimage", "wan")
 LYCORIS_METHODS = ("lokr", "lokr factorised", "loha", "lora")
 CASES = [
     *((arch, "peft", "lora") for arch in ARCHES),
@@ -154,8 +157,9 @@ def _twin(comfy, name):
             _TWINS[name] = f"this host has no comfy.supported_models class for {name}"
         elif not hasattr(importlib.import_module("diffusers"), diffusers_twins.CLASSES[name]):
             _TWINS[name] = f"diffusers has no {diffusers_twins.CLASSES[name]}"
-        else:
-            _TWINS[name] = diffusers_twins.build_twin(name, arch)
+        else:  # a twin without a host table is filled through the pack's own alias table
+            aliases = importlib.import_module(comfy.pack_module_name + ".lyco_core.aliases").model_aliases
+            _TWINS[name] = diffusers_twins.build_twin(name, arch, aliases)
         TIMINGS[f"build {name} + twin"] = time.perf_counter() - t0
     twin = _TWINS[name]
     if isinstance(twin, str):
@@ -288,6 +292,33 @@ def _make_lycoris(twin, method, path, gen) -> tuple[object, dict, int, int]:
 
 
 # --------------------------------------------------------------------------------------------------- host
+# name pairs whose swap the forward proof must catch: two projections of one attention, two norm scales (seeded
+# around 1), a norm's bias and a projection's bias
+WAN_SWAPS = (
+    ("blocks.0.attn1.to_k.weight", "blocks.0.attn1.to_v.weight"),
+    ("blocks.0.attn1.norm_q.weight", "blocks.0.attn1.norm_k.weight"),
+    ("blocks.0.norm2.bias", "blocks.0.attn2.to_out.0.bias"),
+)
+
+
+def test_wan_twin_forward_proves_the_alias_table(comfy):
+    """The Wan twin, filled through our alias table, gives the ComfyUI model's output (``build_twin`` checked it);
+    each swap of two names in the table breaks that agreement by far more than the bound."""
+    import diffusers_twins
+
+    twin = _twin(comfy, "wan")
+    err, bound = twin.forward
+    FORWARD[twin.arch.name] = (err, bound)
+    assert err <= bound, (err, bound)
+    state = twin.arch.patcher.model.state_dict()
+    with one_thread():
+        for a, b in WAN_SWAPS:
+            table = dict(twin.table)
+            table[a], table[b] = table[b], table[a]
+            model = copy.deepcopy(twin.model)
+            assert not diffusers_twins.fill(model, table, state)
+            swapped, _ = diffusers_twins.forward_check(dataclasses.replace(twin, model=model, table=table))
+            assert swapped > 100 * bound, (a, b, swapped, bound)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])
@@ -572,6 +603,15 @@ def test_write_real_producers_table():
             ", ".join(f"`{m}`" for m in missed),
         )
         lines.append("| " + " | ".join(map(str, cells)) + " |")
+    if FORWARD:
+        lines += [
+            "",
+            "Twins filled through our alias table (no host table), proved by one forward against the ComfyUI model:",
+        ]
+        lines += [
+            f"* {arch}: max|y_comfy − y_twin| / max|y_comfy| = {e:.1e} (bound {b:.1e})"
+            for arch, (e, b) in FORWARD.items()
+        ]
     section = "\n".join(lines) + "\n"
     header = "# Files made by the real producers (tests/host/test_real_producers.py)\n\n"
     old = ARTIFACT.read_text(encoding="utf-8") if ARTIFACT.exists() else header
