@@ -8,6 +8,9 @@ model's own keys, so an adapter named for one spelling matches a checkpoint writ
 * ``lumina.py``: Lumina2/Z-Image blocks → Z-Image's and Lumina2's diffusers names (fused q/k/v: q the first
   ``in_features`` rows, k and v halves of the rest, so grouped K/V heads split right).
 * ``hunyuan_video.py``: HunyuanVideo as ComfyUI stores it → the original release's names (musubi-tuner).
+* ``hunyuan_video_diffusers.py``: HunyuanVideo as ComfyUI stores it → the diffusers names Flux's aliases do not give
+  (the token refiner ``context_embedder.*``, with q/k/v thirds of its fused ``self_attn.qkv``; ``x_embedder.proj``;
+  the q/k norms).
 * ``wan.py``: Wan 2.x as the original release/ComfyUI store it (``blocks.N.self_attn.q``) → diffusers names
   (``blocks.N.attn1.to_q``).
 
@@ -22,6 +25,7 @@ from collections.abc import Collection
 from .base import Alias
 from .flux import flux_aliases
 from .hunyuan_video import hunyuan_video_aliases
+from .hunyuan_video_diffusers import hunyuan_video_diffusers_aliases
 from .lumina import lumina_aliases
 from .mmdit import mmdit_aliases
 from .openclip import openclip_aliases
@@ -40,5 +44,6 @@ def model_aliases(keys: Collection[str]) -> list[Alias]:
         + mmdit_aliases(keys)
         + lumina_aliases(keys)
         + hunyuan_video_aliases(keys)
+        + hunyuan_video_diffusers_aliases(keys)
         + wan_aliases(keys)
     )

@@ -1,13 +1,14 @@
 """diffusers twins of ``arch_models``' tiny ComfyUI models: the same network as diffusers builds it, same weights.
 
 A twin is the diffusers model class a trainer loads (``UNet2DConditionModel`` for SDXL, ``FluxTransformer2DModel``,
-``SD3Transformer2DModel``, ``QwenImageTransformer2DModel``, ``ZImageTransformer2DModel``, ``WanTransformer3DModel``)
-with a config of the same widths, depths and heads as the tiny ComfyUI model. Its weights are copied from the ComfyUI
-model through the host's own conversion table (``comfy.utils.unet_to_diffusers``, ``flux_to_diffusers``,
-``mmdit_to_diffusers``, ``z_image_to_diffusers``; Qwen-Image's ComfyUI names are diffusers' own): ``{diffusers key:
-comfy key | (comfy key, (dim, start, length)) | (comfy key, offset, function)}`` — a row slice of a fused weight (q/k/v
-of ``img_attn.qkv``) or a function of it (``swap_scale_shift`` on the final modulation). ``fill`` copies every diffusers
-tensor and reports any the table does not cover, so a twin whose config drifts from the ComfyUI model fails loudly.
+``SD3Transformer2DModel``, ``QwenImageTransformer2DModel``, ``ZImageTransformer2DModel``, ``WanTransformer3DModel``,
+``HunyuanVideoTransformer3DModel``) with a config of the same widths, depths and heads as the tiny ComfyUI model. Its
+weights are copied from the ComfyUI model through the host's own conversion table (``comfy.utils.unet_to_diffusers``,
+``flux_to_diffusers``, ``mmdit_to_diffusers``, ``z_image_to_diffusers``; Qwen-Image's ComfyUI names are diffusers'
+own): ``{diffusers key: comfy key | (comfy key, (dim, start, length)) | (comfy key, offset, function)}`` — a row
+slice of a fused weight (q/k/v of ``img_attn.qkv``) or a function of it (``swap_scale_shift`` on the final
+modulation). ``fill`` copies every diffusers tensor and reports any the table does not cover, so a twin whose config
+drifts from the ComfyUI model fails loudly.
 
 A producer then adapts the twin (peft, lycoris-lora); ``to_comfy`` maps the producer's merged diffusers weights
 back through the same table onto the ComfyUI keys (several slices of one fused weight land on their rows).
@@ -16,15 +17,19 @@ Text encoders likewise (``build_text_twins``, ``build_qwen3_twin``): the transfo
 (``CLIPTextModel``, ``CLIPTextModelWithProjection``, ``Qwen3ForCausalLM``) with the tiny ComfyUI encoder's config and
 weights (ComfyUI keeps the transformers names under ``<encoder>.transformer.``).
 
-Wan 2.1 (``WanTransformer3DModel``) is the exception: neither host has a diffusers table for it, so its twin is
-filled through the repository's own alias table (``lyco_core.aliases.wan``, handed in as ``model_aliases`` by the
-caller: the pack's copy in a host test), plus the two modulation parameters no alias names (``WAN_PARAMETERS``). That
-table is then proved independently of itself: ``forward_check`` runs the same random video latents, timestep and
-text embeddings through the ComfyUI model and the twin, and ``build_twin`` requires the outputs to agree within
+Wan 2.1 (``WanTransformer3DModel``) and HunyuanVideo (``HunyuanVideoTransformer3DModel``) are the exceptions: neither
+host has a diffusers table for them, so their twins are filled through the repository's own alias tables
+(``lyco_core.aliases.wan``; ``hunyuan_video_diffusers`` plus Flux's names of the blocks HunyuanVideo shares; handed in
+as ``model_aliases`` by the caller: the pack's copy in a host test), q/k/v of a fused weight on their row blocks, plus
+the tensors no alias names (``WAN_PARAMETERS``: the modulation tables; ``HUNYUAN_VIDEO_PARAMETERS``: the q/k norm
+scales an older host keeps as ``.scale``, and the final modulation, whose halves diffusers swaps, copied through that
+swap and never adapted). Each table is then proved independently of itself: ``forward_check`` runs the same random
+inputs through the ComfyUI model and the twin, and ``build_twin`` requires the outputs to agree within
 ``tolerances.forward_agreement`` over the forward's reduction depths (a wrong or swapped name changes the output by
 the size of the weights, far beyond rounding).
 
-Requires ComfyUI importable (the host's tables), diffusers and transformers; the repository's alias table for Wan.
+Requires ComfyUI importable (the host's tables), diffusers and transformers; the repository's alias tables for Wan
+and HunyuanVideo.
 """
 
 from __future__ import annotations
@@ -228,22 +233,63 @@ WAN_PARAMETERS = {
 WAN_SAME = ("patch_embedding.",)  # named alike on both sides
 
 
-def _alias_table(model: torch.nn.Module, comfy_keys: set, model_aliases: Callable) -> dict:
-    """{diffusers key: comfy key} from the repository's aliases of ``comfy_keys`` (``alias.path`` = a diffusers
-    module, ``alias.key`` its ComfyUI weight; a bias follows its weight), ``WAN_PARAMETERS`` and ``WAN_SAME``."""
-    named = {a.path: a.key for a in model_aliases(comfy_keys) if a.part is None and not a.transposed}
+def _rows(weight_rows: int, part: tuple[int, int], blocks: int) -> tuple[int, int, int]:
+    """(dim 0, first row, rows) of blocks ``part[0]``… (``blocks`` of them) of ``part[1]`` equal row blocks."""
+    index, parts = part
+    assert weight_rows % parts == 0, (weight_rows, part)
+    length = weight_rows // parts
+    return (0, index * length, blocks * length)
+
+
+def _alias_table(
+    model: torch.nn.Module, state: dict, model_aliases: Callable, parameters: dict, same: tuple = ()
+) -> dict:
+    """{diffusers key: comfy key | (comfy key, (dim, start, length)) | (comfy key, None, function)} from the
+    repository's aliases of ``state``'s keys (``alias.path`` = a diffusers module, with or without the ``transformer.``
+    component; ``alias.key`` its ComfyUI weight, or with ``alias.part`` equal row blocks of it; a bias follows its
+    weight), then, for keys no alias names, ``parameters`` ({pattern: replacement | (replacement, function)}) and
+    ``same`` (prefixes named alike on both sides)."""
+    named = {}
+    for a in model_aliases(set(state)):
+        assert not a.transposed and not a.square_first, a
+        named[a.path.removeprefix("transformer.")] = (a.key, a.part, a.blocks)
     table = {}
     for dkey in model.state_dict():
         module, _, leaf = dkey.rpartition(".")
         if module in named:
-            table[dkey] = named[module].removesuffix("weight") + leaf
-        elif dkey.startswith(WAN_SAME):
+            key, part, blocks = named[module]
+            comfy = key.removesuffix("weight") + leaf
+            table[dkey] = comfy if part is None else (comfy, _rows(state[key].shape[0], part, blocks))
+        elif dkey.startswith(same):
             table[dkey] = PREFIX + dkey
         else:
-            for pattern, to in WAN_PARAMETERS.items():
+            for pattern, to in parameters.items():
                 if pattern.match(dkey):
-                    table[dkey] = PREFIX + pattern.sub(to, dkey)
+                    to, fn = (to, None) if isinstance(to, str) else to
+                    table[dkey] = (PREFIX + pattern.sub(to, dkey), None, fn)
     return table
+
+
+def _linear_targets(model: torch.nn.Module, table: dict) -> list[Target]:
+    """Every Linear of ``model`` whose weight ``table`` maps to rows of a ComfyUI weight (not through a function)."""
+    targets = []
+    for path, module in model.named_modules():
+        to = table.get(path + ".weight")
+        if isinstance(module, torch.nn.Linear) and to is not None:
+            key, offset, fn = (*((to,) if isinstance(to, str) else to), None, None)[:3]
+            if fn is None:
+                targets.append(Target(path, key, offset))
+    return sorted(targets, key=lambda t: t.path)
+
+
+@torch.no_grad()
+def _seed_norm_scales(state: dict, seed: int) -> None:
+    """arch_models fills norm scales with ones, which would hide a swapped norm name from the forward proof: seeded
+    scales around 1 instead (in the ComfyUI model itself; the twin copies them)."""
+    gen = torch.Generator().manual_seed(seed)
+    for key, tensor in sorted(state.items()):
+        if ".norm" in key and key.endswith((".weight", ".scale")):
+            tensor.copy_(1 + 0.2 * torch.randn(tensor.shape, generator=gen))
 
 
 def _wan(arch: TinyArch, model_aliases: Callable):
@@ -265,25 +311,96 @@ def _wan(arch: TinyArch, model_aliases: Callable):
         eps=cfg["eps"],
     )
     state = arch.patcher.model.state_dict()
-    # arch_models fills norm scales with ones, which would hide a swapped norm name from the forward proof: seeded
-    # scales around 1 instead (in the ComfyUI model itself; the twin copies them)
-    gen = torch.Generator().manual_seed(61)
-    with torch.no_grad():
-        for key, tensor in sorted(state.items()):
-            if ".norm" in key and key.endswith(".weight"):
-                tensor.copy_(1 + 0.2 * torch.randn(tensor.shape, generator=gen))
-    table = _alias_table(model, set(state), model_aliases)
+    _seed_norm_scales(state, 61)
+    table = _alias_table(model, state, model_aliases, WAN_PARAMETERS, WAN_SAME)
     # targets: every Linear of the twin (blocks, condition embedder, proj_out), on the ComfyUI weight its alias names
-    arch.diffusers = sorted(
-        (
-            Target(path, table[path + ".weight"])
-            for path, module in model.named_modules()
-            if isinstance(module, torch.nn.Linear) and path + ".weight" in table
-        ),
-        key=lambda t: t.path,
-    )
+    arch.diffusers = _linear_targets(model, _normalise(table))
     modules = ("WanAttention", "FeedForward", "WanTimeTextImageEmbedding")
     return model, table, "WanPipeline", "transformer", modules
+
+
+# HunyuanVideo's diffusers tensors no alias names: the q/k RMS norm scales where the host keeps them as ``.scale``
+# (older ComfyUI; newer ones store ``.weight``, which hunyuan_video_diffusers aliases), and the final modulation,
+# whose halves diffusers stores as (scale, shift) against ComfyUI's (shift, scale) — a permutation of its rows, which
+# no alias (a row block) expresses, so it is copied through a function and never adapted
+def _swap_halves(tensor: torch.Tensor) -> torch.Tensor:
+    shift, scale = tensor.chunk(2, dim=0)
+    return torch.cat([scale, shift], dim=0)
+
+
+HUNYUAN_VIDEO_PARAMETERS = {
+    re.compile(
+        r"^transformer_blocks\.(\d+)\.attn\.norm_q\.weight$"
+    ): r"double_blocks.\1.img_attn.norm.query_norm.scale",
+    re.compile(r"^transformer_blocks\.(\d+)\.attn\.norm_k\.weight$"): r"double_blocks.\1.img_attn.norm.key_norm.scale",
+    re.compile(r"^transformer_blocks\.(\d+)\.attn\.norm_added_q\.weight$"): (
+        r"double_blocks.\1.txt_attn.norm.query_norm.scale"
+    ),
+    re.compile(
+        r"^transformer_blocks\.(\d+)\.attn\.norm_added_k\.weight$"
+    ): r"double_blocks.\1.txt_attn.norm.key_norm.scale",
+    re.compile(r"^single_transformer_blocks\.(\d+)\.attn\.norm_q\.weight$"): r"single_blocks.\1.norm.query_norm.scale",
+    re.compile(r"^single_transformer_blocks\.(\d+)\.attn\.norm_k\.weight$"): r"single_blocks.\1.norm.key_norm.scale",
+    re.compile(r"^norm_out\.linear\.(weight|bias)$"): (r"final_layer.adaLN_modulation.1.\1", _swap_halves),
+}
+
+
+def _hunyuan_video(arch: TinyArch, model_aliases: Callable):
+    from diffusers import HunyuanVideoTransformer3DModel
+
+    cfg = arch.unet_config
+    p_t, p_h, p_w = cfg["patch_size"]
+    assert p_h == p_w, cfg["patch_size"]  # diffusers has one spatial patch size
+    heads = cfg["num_heads"]
+    model = HunyuanVideoTransformer3DModel(
+        in_channels=cfg["in_channels"],
+        out_channels=cfg["out_channels"],
+        num_attention_heads=heads,
+        attention_head_dim=cfg["hidden_size"] // heads,
+        num_layers=cfg["depth"],
+        num_single_layers=cfg["depth_single_blocks"],
+        num_refiner_layers=2,  # ComfyUI's TokenRefiner always builds two
+        mlp_ratio=cfg["mlp_ratio"],
+        patch_size=p_h,
+        patch_size_t=p_t,
+        qk_norm="rms_norm",
+        guidance_embeds=cfg["guidance_embed"],
+        text_embed_dim=cfg["context_in_dim"],
+        pooled_projection_dim=cfg["vec_in_dim"],
+        rope_theta=float(cfg["theta"]),
+        rope_axes_dim=tuple(cfg["axes_dim"]),
+    )
+    state = arch.patcher.model.state_dict()
+    _seed_norm_scales(state, 67)
+    table = _alias_table(model, state, model_aliases, HUNYUAN_VIDEO_PARAMETERS)
+    # targets: every Linear whose weight is a ComfyUI weight or a row block of one (all but norm_out.linear)
+    arch.diffusers = _linear_targets(model, _normalise(table))
+    # SimpleTuner's preset names module classes: the blocks, the token refiner and the condition embedder hold every
+    # Linear but the final modulation and projection
+    modules = (
+        "HunyuanVideoTransformerBlock",
+        "HunyuanVideoSingleTransformerBlock",
+        "HunyuanVideoTokenRefiner",
+        "HunyuanVideoConditionEmbedding",
+    )
+    return model, table, "HunyuanVideoPipeline", "transformer", modules
+
+
+def _hunyuan_video_depths(cfg: dict, patch_volume: int, tokens: int, text: int) -> tuple[int, ...]:
+    """The reductions one output element of the tiny HunyuanVideo passes through, in order: patch embedding; the
+    time, pooled-text and guidance MLPs; the token refiner (its time and pooled MLPs over the mean of ``text``
+    tokens, the input projection, per block the modulation, LayerNorm, q/k/v, q·k over a head, softmax and a·v over
+    the ``text`` tokens, the projection, LayerNorm and MLP); per double block the modulation, LayerNorm, q/k/v, RMS
+    norm, q·k, softmax and a·v over ``tokens + text``, projection, LayerNorm, MLP; per single block the same with
+    the fused linear1/linear2; the final modulation, LayerNorm and projection."""
+    dim, head, text_dim = cfg["hidden_size"], cfg["hidden_size"] // cfg["num_heads"], cfg["context_in_dim"]
+    mlp = int(dim * cfg["mlp_ratio"])
+    joint = tokens + text
+    embed = (cfg["in_channels"] * patch_volume, 256, dim, cfg["vec_in_dim"], dim, 256, dim)
+    refiner = (text, 256, dim, text_dim, dim, text_dim) + (dim, dim, dim, head, text, text, dim, dim, dim, 4 * dim) * 2
+    double = (dim, dim, dim, head, head, joint, joint, dim, dim, dim, mlp)
+    single = (dim, dim, dim, head, head, joint, joint, dim + mlp)
+    return embed + refiner + double * cfg["depth"] + single * cfg["depth_single_blocks"] + (dim, dim, dim)
 
 
 def _wan_depths(cfg: dict, patch_volume: int, tokens: int, text: int) -> tuple[int, ...]:
@@ -297,7 +414,7 @@ def _wan_depths(cfg: dict, patch_volume: int, tokens: int, text: int) -> tuple[i
 
 
 @torch.no_grad()
-def forward_check(twin: Twin, seed: int = 0) -> tuple[float, float]:
+def _wan_forward(twin: Twin, seed: int) -> tuple[float, float]:
     """(max|y_comfy − y_twin| / max|y_comfy|, bound) for one forward of the ComfyUI model and its twin on the same
     seeded video latents [B, C, F, H, W], timestep and text embeddings [B, L, text_dim] (both take and return the
     video layout: a Conv3d patch embedding in, the same (f, h, w, p_t, p_h, p_w, c) unpatchify out, and the same 3-axis
@@ -320,6 +437,56 @@ def forward_check(twin: Twin, seed: int = 0) -> tuple[float, float]:
     return err, forward_agreement(_wan_depths(cfg, p_t * p_h * p_w, tokens, text))
 
 
+@torch.no_grad()
+def _hunyuan_video_forward(twin: Twin, seed: int) -> tuple[float, float]:
+    """(max|y_comfy − y_twin| / max|y_comfy|, bound) for one forward of the ComfyUI HunyuanVideo and its twin on the
+    same seeded video latents [B, C, F, H, W], timestep, text embeddings [B, L, context_in_dim], pooled text vector
+    [B, vec_in_dim] and guidance. Both patchify with a Conv3d and unpatchify (f, h, w, c, p_t, p_h, p_w) alike, and
+    rotate q/k by the same 3-axis rotary embedding over (f, h, w) on adjacent channel pairs (ComfyUI's theta^(−2i/d)
+    = diffusers' ``get_1d_rotary_pos_embed``). Differences that do not change the output: ComfyUI concatenates
+    (text, image) tokens for the joint attention, diffusers (image, text), which attention (no mask: every text token
+    is valid) does not see; ComfyUI rotates the text tokens by position 0 (cos 1, sin 0: the identity), diffusers
+    leaves them alone; ComfyUI's guidance embedding scales the guidance by 1000 inside the model, diffusers' pipeline
+    before it (``HunyuanVideoPipeline`` passes ``guidance_scale · 1000``), so the twin is given 1000 × the guidance;
+    the text mask is all ones for the twin (it requires one) and None for ComfyUI."""
+    cfg = twin.arch.unet_config
+    gen = torch.Generator().manual_seed(seed)
+    p_t, p_h, p_w = cfg["patch_size"]
+    frames, height, width, text = 2 * p_t, 4 * p_h, 3 * p_w, 5
+    x = torch.randn(1, cfg["in_channels"], frames, height, width, generator=gen)
+    context = torch.randn(1, text, cfg["context_in_dim"], generator=gen)
+    pooled = torch.randn(1, cfg["vec_in_dim"], generator=gen)
+    timestep, guidance = torch.tensor([437.0]), torch.tensor([3.5])
+    comfy_out = twin.arch.patcher.model.diffusion_model(
+        x.clone(), timestep.clone(), context.clone(), y=pooled.clone(), guidance=guidance.clone()
+    )
+    twin_out = twin.model(
+        x.clone(),
+        timestep.clone(),
+        context.clone(),
+        torch.ones(1, text, dtype=torch.long),
+        pooled.clone(),
+        guidance=guidance * 1000.0,
+        return_dict=False,
+    )[0]
+    assert comfy_out.shape == twin_out.shape == (1, cfg["out_channels"], frames, height, width), (
+        comfy_out.shape,
+        twin_out.shape,
+    )
+    err = float((comfy_out.double() - twin_out.double()).abs().max() / comfy_out.double().abs().max())
+    tokens = (frames // p_t) * (height // p_h) * (width // p_w)
+    return err, forward_agreement(_hunyuan_video_depths(cfg, p_t * p_h * p_w, tokens, text))
+
+
+FORWARDS = {"WAN21_T2V": _wan_forward, "HunyuanVideo": _hunyuan_video_forward}  # by arch.config_class
+
+
+def forward_check(twin: Twin, seed: int = 0) -> tuple[float, float]:
+    """(max|y_comfy − y_twin| / max|y_comfy|, bound): one forward of the ComfyUI model and its twin on the same
+    seeded inputs (``_wan_forward``, ``_hunyuan_video_forward``)."""
+    return FORWARDS[twin.arch.config_class](twin, seed)
+
+
 # the ComfyUI model each twin copies (arch_models; Z-Image with the twin's feed-forward width)
 ARCHES = {
     "sdxl": "sdxl",
@@ -328,6 +495,7 @@ ARCHES = {
     "qwen_image": "qwen_image",
     "zimage": "build_zimage_twin",
     "wan": "wan",
+    "hunyuan_video": "hunyuan_video",
 }
 
 
@@ -345,8 +513,19 @@ UNFILLABLE = {
         "not at dim 32; these tensors (outside every adapted module) keep diffusers' own init",
     )
 }
-TWINS = {"sdxl": _sdxl, "flux": _flux, "sd3": _sd3, "qwen_image": _qwen_image, "zimage": _zimage, "wan": _wan}
-NO_HOST_TABLE = ("wan",)  # twins filled through the repository's alias table (``model_aliases``), proved by forward
+TWINS = {
+    "sdxl": _sdxl,
+    "flux": _flux,
+    "sd3": _sd3,
+    "qwen_image": _qwen_image,
+    "zimage": _zimage,
+    "wan": _wan,
+    "hunyuan_video": _hunyuan_video,
+}
+NO_HOST_TABLE = (
+    "wan",
+    "hunyuan_video",
+)  # twins filled through the repository's alias table (``model_aliases``), proved by forward
 # the diffusers class each twin needs (a host-independent skip reason where diffusers lacks it)
 CLASSES = {
     "sdxl": "UNet2DConditionModel",
@@ -355,6 +534,7 @@ CLASSES = {
     "qwen_image": "QwenImageTransformer2DModel",
     "zimage": "ZImageTransformer2DModel",
     "wan": "WanTransformer3DModel",
+    "hunyuan_video": "HunyuanVideoTransformer3DModel",
 }
 
 

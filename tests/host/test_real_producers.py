@@ -1,21 +1,26 @@
 """Adapter files made BY the installable producers themselves (diffusers + peft, lycoris-lora), on diffusers twins of
 the tiny ComfyUI models, loaded onto the ComfyUI models.
 
-For SDXL, Flux.1, SD3.5, Qwen-Image, Z-Image and Wan 2.1 (``arch_models``), ``diffusers_twins`` builds the diffusers
-model class a trainer loads, with the same widths/depths/heads and the ComfyUI model's own weights (through the host's
-conversion table; every diffusers tensor must be filled, Z-Image's timestep MLP excepted, see
-``diffusers_twins.UNFILLABLE``). Neither host has a diffusers table for Wan: its twin (``WanTransformer3DModel``) is
-filled through our own alias table (``lyco_core.aliases.wan``), which is proved independently first: the ComfyUI
-model and the twin must give the same output for the same random video latents, timestep and text embeddings
-(``diffusers_twins.forward_check``, within ``forward_agreement``), and swapping two names must break that agreement
-(``test_wan_twin_forward_proves_the_alias_table``). Then the producer itself makes the file:
+For SDXL, Flux.1, SD3.5, Qwen-Image, Z-Image, Wan 2.1 and HunyuanVideo (``arch_models``), ``diffusers_twins`` builds
+the diffusers model class a trainer loads, with the same widths/depths/heads and the ComfyUI model's own weights
+(through the host's conversion table; every diffusers tensor must be filled, Z-Image's timestep MLP excepted, see
+``diffusers_twins.UNFILLABLE``). Neither host has a diffusers table for Wan or HunyuanVideo: their twins
+(``WanTransformer3DModel``, ``HunyuanVideoTransformer3DModel``) are filled through our own alias tables
+(``lyco_core.aliases.wan``; ``hunyuan_video_diffusers`` with the Flux names of its blocks), which are proved
+independently first: the ComfyUI model and the twin must give the same output for the same random inputs (video
+latents, timestep, text embeddings; HunyuanVideo's pooled text vector and guidance) (``diffusers_twins.forward_check``,
+within ``forward_agreement``), and swapping two names must break that agreement
+(``test_wan_twin_forward_proves_the_alias_table``, ``test_hunyuan_video_twin_forward_proves_the_alias_table``).
+HunyuanVideo's final modulation (diffusers' ``norm_out.linear``, halves swapped) is no alias and not adapted.
+Then the producer itself makes the file:
 
 * ``peft LoRA (diffusers save)``: ``peft.LoraConfig(r=4, lora_alpha=2, init_lora_weights=False)`` added to the
   twin the way diffusers' training scripts do (``model.add_adapter``), seeded random factors, saved by the pipeline
   class's own ``save_lora_weights`` (``StableDiffusionXLPipeline`` ``unet_lora_layers``, ``FluxPipeline`` /
-  ``StableDiffusion3Pipeline`` / ``QwenImagePipeline`` / ``WanPipeline`` ``transformer_lora_layers``) from
-  ``get_peft_model_state_dict``, with ``<component>_lora_adapter_metadata`` = the LoraConfig dict, as
-  ``diffusers.training_utils._collate_lora_metadata`` passes it (the file's only record of alpha: scale 2/4).
+  ``StableDiffusion3Pipeline`` / ``QwenImagePipeline`` / ``WanPipeline`` / ``HunyuanVideoPipeline``
+  ``transformer_lora_layers``) from ``get_peft_model_state_dict``, with ``<component>_lora_adapter_metadata`` = the
+  LoraConfig dict, as ``diffusers.training_utils._collate_lora_metadata`` passes it (the file's only record of
+  alpha: scale 2/4).
   Oracle: PEFT's own merge (``merge()`` of every tuner layer) of the same model. Also DoRA (``use_dora``, the
   scripts' ``--use_dora``) on SDXL and Flux (row norms of q/k/v slices of Flux's fused weights).
 * ``peft LoKr/LoHa (PEFT folder)`` on Flux: ``get_peft_model(twin, LoKrConfig / LoHaConfig)``,
@@ -91,7 +96,7 @@ FORWARD: dict[str, tuple[float, float]] = {}  # twins filled through our alias t
 TIMINGS: dict[str, float] = {}
 
 # (arch, producer, method); producer: "peft" (diffusers save_lora_weights), "peft folder", "lycoris"
-ARCHES = ("sdxl", "flux", "sd3", "qwen_image", "zimage", "wan")
+ARCHES = ("sdxl", "flux", "sd3", "qwen_image", "zimage", "wan", "hunyuan_video")
 LYCORIS_METHODS = ("lokr", "lokr factorised", "loha", "lora")
 CASES = [
     *((arch, "peft", "lora") for arch in ARCHES),
@@ -299,26 +304,54 @@ WAN_SWAPS = (
     ("blocks.0.attn1.norm_q.weight", "blocks.0.attn1.norm_k.weight"),
     ("blocks.0.norm2.bias", "blocks.0.attn2.to_out.0.bias"),
 )
+# HunyuanVideo: k and v thirds of the refiner's fused qkv, the refiner's two LayerNorm scales, the same layer of its
+# two blocks, its time and pooled-text MLPs, the image and text q norms of a double block, two biases of equal size
+HUNYUAN_VIDEO_SWAPS = (
+    ("context_embedder.token_refiner.refiner_blocks.0.attn.to_k.weight",
+     "context_embedder.token_refiner.refiner_blocks.0.attn.to_v.weight"),
+    ("context_embedder.token_refiner.refiner_blocks.0.norm1.weight",
+     "context_embedder.token_refiner.refiner_blocks.0.norm2.weight"),
+    ("context_embedder.token_refiner.refiner_blocks.0.ff.net.0.proj.weight",
+     "context_embedder.token_refiner.refiner_blocks.1.ff.net.0.proj.weight"),
+    ("context_embedder.time_text_embed.timestep_embedder.linear_2.weight",
+     "context_embedder.time_text_embed.text_embedder.linear_2.weight"),
+    ("transformer_blocks.0.attn.norm_q.weight", "transformer_blocks.0.attn.norm_added_q.weight"),
+    ("x_embedder.proj.bias", "context_embedder.proj_in.bias"),
+)  # fmt: skip
 
 
-def test_wan_twin_forward_proves_the_alias_table(comfy):
-    """The Wan twin, filled through our alias table, gives the ComfyUI model's output (``build_twin`` checked it);
-    each swap of two names in the table breaks that agreement by far more than the bound."""
+def _forward_proof(comfy, name: str, swaps: tuple, unswapped: tuple = ()) -> None:
+    """The twin ``name``, filled through our alias table, gives the ComfyUI model's output (``build_twin`` checked
+    it); each swap of two names in the table, and each of ``unswapped`` (diffusers keys copied through a function)
+    copied as it is, breaks that agreement by far more than the bound."""
     import diffusers_twins
 
-    twin = _twin(comfy, "wan")
+    twin = _twin(comfy, name)
     err, bound = twin.forward
     FORWARD[twin.arch.name] = (err, bound)
     assert err <= bound, (err, bound)
     state = twin.arch.patcher.model.state_dict()
+    changes = [{a: twin.table[b], b: twin.table[a]} for a, b in swaps]
+    changes += [{k: (*twin.table[k][:2], None)} for k in unswapped]
     with one_thread():
-        for a, b in WAN_SWAPS:
-            table = dict(twin.table)
-            table[a], table[b] = table[b], table[a]
+        for change in changes:
+            table = {**twin.table, **change}
             model = copy.deepcopy(twin.model)
             assert not diffusers_twins.fill(model, table, state)
-            swapped, _ = diffusers_twins.forward_check(dataclasses.replace(twin, model=model, table=table))
-            assert swapped > 100 * bound, (a, b, swapped, bound)
+            broken, _ = diffusers_twins.forward_check(dataclasses.replace(twin, model=model, table=table))
+            assert broken > 100 * bound, (sorted(change), broken, bound)
+
+
+def test_wan_twin_forward_proves_the_alias_table(comfy):
+    """The Wan twin's forward equals the ComfyUI model's; swapped names break it."""
+    _forward_proof(comfy, "wan", WAN_SWAPS)
+
+
+def test_hunyuan_video_twin_forward_proves_the_alias_table(comfy):
+    """The HunyuanVideo twin's forward equals the ComfyUI model's; swapped names break it, and so does copying the
+    final modulation (diffusers' norm_out.linear) without exchanging its halves: its rows are permuted, which is why
+    no alias names it."""
+    _forward_proof(comfy, "hunyuan_video", HUNYUAN_VIDEO_SWAPS, ("norm_out.linear.weight",))
 
 
 @pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])
