@@ -389,19 +389,20 @@ ZIMAGE_CONFIG = {
 }
 
 
-def build_zimage(seed: int = 8) -> TinyArch | None:
+def _zimage(config: dict, seed: int, blocks: tuple[str, ...]) -> TinyArch | None:
+    """A Z-Image through the host's ``ZImage`` class; targets in ``blocks``, diffusers names from the host's table."""
     utils = importlib.import_module("comfy.utils")
     if not hasattr(utils, "z_image_to_diffusers"):
         return None
-    return _arch(
-        "Z-Image",
-        "ZImage",
-        ZIMAGE_CONFIG,
-        seed,
-        ("layers.",),
-        table=lambda cfg: utils.z_image_to_diffusers(cfg, output_prefix=PREFIX),
-        diffusers_within=("layers.",),
-    )
+
+    def table(cfg):
+        return utils.z_image_to_diffusers(cfg, output_prefix=PREFIX)
+
+    return _arch("Z-Image", "ZImage", config, seed, blocks, table=table, diffusers_within=blocks)
+
+
+def build_zimage(seed: int = 8) -> TinyArch | None:
+    return _zimage(ZIMAGE_CONFIG, seed, ("layers.",))
 
 
 # Z-Image for its diffusers twin (tests/host/diffusers_twins.py): ZIMAGE_CONFIG with the feed-forward width that
@@ -412,18 +413,7 @@ ZIMAGE_TWIN_CONFIG = {**ZIMAGE_CONFIG, "multiple_of": 1, "pad_tokens_multiple": 
 
 
 def build_zimage_twin(seed: int = 11) -> TinyArch | None:
-    utils = importlib.import_module("comfy.utils")
-    if not hasattr(utils, "z_image_to_diffusers"):
-        return None
-    return _arch(
-        "Z-Image",
-        "ZImage",
-        ZIMAGE_TWIN_CONFIG,
-        seed,
-        ("layers.", "noise_refiner.", "context_refiner."),
-        table=lambda cfg: utils.z_image_to_diffusers(cfg, output_prefix=PREFIX),
-        diffusers_within=("layers.", "noise_refiner.", "context_refiner."),
-    )
+    return _zimage(ZIMAGE_TWIN_CONFIG, seed, ("layers.", "noise_refiner.", "context_refiner."))
 
 
 # SDXL's text encoders (CLIP-L + OpenCLIP bigG) through the host's own SDXL.clip_target() and comfy.sd.CLIP, with

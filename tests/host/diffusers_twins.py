@@ -413,6 +413,12 @@ def _wan_depths(cfg: dict, patch_volume: int, tokens: int, text: int) -> tuple[i
     return (patch, cfg["freq_dim"], dim, dim, cfg["text_dim"], dim) + block * cfg["num_layers"] + (dim, dim)
 
 
+def _relative_difference(comfy_out: torch.Tensor, twin_out: torch.Tensor, shape: tuple[int, ...]) -> float:
+    """``max|y_comfy − y_twin| / max|y_comfy|`` of two outputs that must both have ``shape``."""
+    assert comfy_out.shape == twin_out.shape == shape, (comfy_out.shape, twin_out.shape)
+    return float((comfy_out.double() - twin_out.double()).abs().max() / comfy_out.double().abs().max())
+
+
 @torch.no_grad()
 def _wan_forward(twin: Twin, seed: int) -> tuple[float, float]:
     """(max|y_comfy − y_twin| / max|y_comfy|, bound) for one forward of the ComfyUI model and its twin on the same
@@ -428,11 +434,7 @@ def _wan_forward(twin: Twin, seed: int) -> tuple[float, float]:
     timestep = torch.tensor([437.0])
     comfy_out = twin.arch.patcher.model.diffusion_model(x.clone(), timestep.clone(), context.clone())
     twin_out = twin.model(x.clone(), timestep.clone(), context.clone(), return_dict=False)[0]
-    assert comfy_out.shape == twin_out.shape == (1, cfg["out_dim"], frames, height, width), (
-        comfy_out.shape,
-        twin_out.shape,
-    )
-    err = float((comfy_out.double() - twin_out.double()).abs().max() / comfy_out.double().abs().max())
+    err = _relative_difference(comfy_out, twin_out, (1, cfg["out_dim"], frames, height, width))
     tokens = (frames // p_t) * (height // p_h) * (width // p_w)
     return err, forward_agreement(_wan_depths(cfg, p_t * p_h * p_w, tokens, text))
 
@@ -469,11 +471,7 @@ def _hunyuan_video_forward(twin: Twin, seed: int) -> tuple[float, float]:
         guidance=guidance * 1000.0,
         return_dict=False,
     )[0]
-    assert comfy_out.shape == twin_out.shape == (1, cfg["out_channels"], frames, height, width), (
-        comfy_out.shape,
-        twin_out.shape,
-    )
-    err = float((comfy_out.double() - twin_out.double()).abs().max() / comfy_out.double().abs().max())
+    err = _relative_difference(comfy_out, twin_out, (1, cfg["out_channels"], frames, height, width))
     tokens = (frames // p_t) * (height // p_h) * (width // p_w)
     return err, forward_agreement(_hunyuan_video_depths(cfg, p_t * p_h * p_w, tokens, text))
 
