@@ -1,6 +1,7 @@
 """What the architecture tests read off a host after our loader ran (shared by test_architectures.py,
 test_real_producers.py and test_lumina2_gqa.py): a folder in ComfyUI's loras, a file's name in its list, how many
-patch entries a model clone carries, the weights after a full load, and the coverage line of the node's summary."""
+patch entries a model clone carries, the weights after a full load, the coverage line of the node's summary, and
+the per-host sections of their test-artifacts tables."""
 
 from __future__ import annotations
 
@@ -57,3 +58,15 @@ def full_load(patcher, keys, originals: dict) -> tuple[dict, bool]:
         patcher.unpatch_model()
     restored = all(torch.equal(utils.get_attr(patcher.model, k).detach(), originals[k]) for k in keys)
     return got, restored
+
+
+def write_host_section(artifact: Path, title: str, section: str) -> None:
+    """Put ``section`` (starting ``## ComfyUI <version>``) into the markdown ``artifact`` under ``# <title>``, in
+    place of that host version's earlier section; other hosts' sections stay (one file covers every host run)."""
+    header = f"# {title}\n\n"
+    old = artifact.read_text(encoding="utf-8") if artifact.exists() else header
+    version_line = section.split("\n", 1)[0] + "\n"
+    sections = [s for s in re.split(r"(?m)^(?=## ComfyUI )", old.removeprefix(header)) if s.strip()]
+    sections = [s for s in sections if not s.startswith(version_line)] + [section]
+    artifact.parent.mkdir(parents=True, exist_ok=True)
+    artifact.write_text(header + "\n".join(s.rstrip() + "\n" for s in sorted(sections)), encoding="utf-8")

@@ -44,7 +44,7 @@ import arch_models
 import producer_names as pn
 from comfy_bootstrap import REPO_ROOT
 from conftest import one_thread
-from patching import SUMMARY, full_load, listed, loras_folder, placed
+from patching import SUMMARY, full_load, listed, loras_folder, placed, write_host_section
 from tolerances import delta_agreement
 
 STRENGTH = 0.8
@@ -288,12 +288,7 @@ def test_write_architectures_table():
         cells = (arch, producer, method, r["modules"], r["ours"], r["native"], r.get("core", "—"), r["err"], missed)
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     section = "\n".join(lines) + "\n"
-    header = "# Adapter coverage beyond SD1.5 (tests/host/test_architectures.py)\n\n"
-    old = ARTIFACT.read_text(encoding="utf-8") if ARTIFACT.exists() else header
-    sections = [s for s in re.split(r"(?m)^(?=## ComfyUI )", old.removeprefix(header)) if s.strip()]
-    sections = [s for s in sections if not s.startswith(f"## ComfyUI {version}\n")] + [section]
-    ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
-    ARTIFACT.write_text(header + "\n".join(s.rstrip() + "\n" for s in sorted(sections)), encoding="utf-8")
+    write_host_section(ARTIFACT, "Adapter coverage beyond SD1.5 (tests/host/test_architectures.py)", section)
 
 
 def test_bias_delta_on_a_fused_slice_changes_only_its_rows(comfy, loras_dir):

@@ -45,7 +45,7 @@ import arch_models
 import producer_names as pn
 from comfy_bootstrap import REPO_ROOT
 from conftest import one_thread
-from patching import SUMMARY, full_load, listed, loras_folder, placed
+from patching import SUMMARY, full_load, listed, loras_folder, placed, write_host_section
 from tolerances import delta_agreement
 
 STRENGTH = 0.8
@@ -330,9 +330,4 @@ def test_write_lumina2_gqa_table():
         notes.append(f"  core API + host key map, layers.0 q/k/v rows: {r.get('core_host_map')}")
     section = "\n".join([*lines, "", *notes]) + "\n"
     print("\n" + section)
-    header = "# Lumina2 fused qkv with grouped K/V heads (tests/host/test_lumina2_gqa.py)\n\n"
-    old = ARTIFACT.read_text(encoding="utf-8") if ARTIFACT.exists() else header
-    sections = [s for s in re.split(r"(?m)^(?=## ComfyUI )", old.removeprefix(header)) if s.strip()]
-    sections = [s for s in sections if not s.startswith(f"## ComfyUI {version}\n")] + [section]
-    ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
-    ARTIFACT.write_text(header + "\n".join(s.rstrip() + "\n" for s in sorted(sections)), encoding="utf-8")
+    write_host_section(ARTIFACT, "Lumina2 fused qkv with grouped K/V heads (tests/host/test_lumina2_gqa.py)", section)

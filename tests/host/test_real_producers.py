@@ -79,7 +79,7 @@ import torch
 import arch_models
 from comfy_bootstrap import REPO_ROOT
 from conftest import one_thread
-from patching import SUMMARY, full_load, listed, loras_folder, placed
+from patching import SUMMARY, full_load, listed, loras_folder, placed, write_host_section
 from tolerances import delta_agreement
 
 STRENGTH = 1.0
@@ -646,9 +646,4 @@ def test_write_real_producers_table():
             for arch, (e, b) in FORWARD.items()
         ]
     section = "\n".join(lines) + "\n"
-    header = "# Files made by the real producers (tests/host/test_real_producers.py)\n\n"
-    old = ARTIFACT.read_text(encoding="utf-8") if ARTIFACT.exists() else header
-    sections = [s for s in re.split(r"(?m)^(?=## ComfyUI )", old.removeprefix(header)) if s.strip()]
-    sections = [s for s in sections if not s.startswith(f"## ComfyUI {version}\n")] + [section]
-    ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
-    ARTIFACT.write_text(header + "\n".join(s.rstrip() + "\n" for s in sorted(sections)), encoding="utf-8")
+    write_host_section(ARTIFACT, "Files made by the real producers (tests/host/test_real_producers.py)", section)
