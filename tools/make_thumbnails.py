@@ -36,12 +36,12 @@ import time
 from pathlib import Path
 
 import demo_assets  # tools/ is sys.path[0] when run as a script
+from chromium import CHROMIUM, launch
 from stack_graph import stack_graph
 
 REPO_ROOT = demo_assets.REPO_ROOT
 TEMPLATES = REPO_ROOT / "example_workflows"
 README_SHOT = REPO_ROOT / "docs" / "lyco_nodes.png"
-CHROMIUM = Path("/usr/bin/chromium")
 VIEWPORT = {"width": 1600, "height": 1000}  # the README screenshot's page
 # Thumbnails: the dialogs (1.32.9, 1.49.6, 1.58.1) show them in square cards, so the graph is fitted into a square of a
 # large page, where the canvas still draws every widget and text (zoomed far out it draws plain boxes), and that
@@ -253,11 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         from playwright.sync_api import sync_playwright
 
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(
-                executable_path=str(CHROMIUM),
-                headless=True,
-                args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
-            )
+            browser = launch(pw)
             try:
                 if not a.no_thumbnails:
                     page = _open(browser, url, THUMB_VIEWPORT)

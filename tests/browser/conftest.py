@@ -42,10 +42,12 @@ comfy_base = _host.comfy_base
 comfy_server = _host.comfy_server
 pytest_terminal_summary = _host.pytest_terminal_summary
 
-import demo_files  # noqa: E402  (needs HOST_TESTS on sys.path)
+import comfy_bootstrap  # noqa: E402  (needs HOST_TESTS on sys.path)
+import demo_files  # noqa: E402
 import workflow  # noqa: E402
 
-CHROMIUM = Path("/usr/bin/chromium")
+chromium = comfy_bootstrap.load_tool("chromium")
+CHROMIUM = chromium.CHROMIUM
 ARTIFACTS = HOST_TESTS.parents[1] / "test-artifacts" / "browser"
 READY_TIMEOUT_MS = 60_000
 
@@ -82,11 +84,7 @@ def page(request, comfy_server, demo):
     _set_setting(comfy_server.url, VUE_SETTING, renderer == "vue")
     try:
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(
-                executable_path=str(CHROMIUM),
-                headless=True,
-                args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
-            )
+            browser = chromium.launch(pw)
             try:
                 context = browser.new_context(viewport={"width": 1600, "height": 1000}, device_scale_factor=1)
                 tab = context.new_page()
