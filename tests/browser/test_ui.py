@@ -449,6 +449,12 @@ GRAPH = """async (graphData) => {
 
 def test_graph_of_our_nodes_runs_and_shows_summaries(ui, comfy_server, demo, artifacts):
     graph = comfy_bootstrap.load_tool("stack_graph").stack_graph(comfy_server.base.ckpt_name, demo, "lyco_browser")
+    # a run of its own per renderer: ComfyUI serves an unchanged graph from its cache, and a node served from the
+    # cache sends no summary; the disabled LoHa row's strength differs, which changes nothing else
+    stack = next(node for node in graph["nodes"] if node["name"] == "stack")
+    rows = json.loads(stack["values"]["stack"])
+    rows[1]["strength_model"] = {"classic": 1, "vue": 0.9}[ui.lyco_renderer]
+    stack["values"]["stack"] = json.dumps(rows)
     ids = ui.evaluate(GRAPH, graph)
     wait_panel(ui, ids["blocks"], "lyco_info")
     before = set(workflow.http_json(comfy_server.url, "/history") or {})
