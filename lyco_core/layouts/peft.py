@@ -21,10 +21,10 @@ from ..algorithms import ALGORITHMS, AdapterModule
 from ..algorithms.base import ScaleContext
 from ..algorithms.peft_fields import one_of
 from ..errors import AdapterError
+from ..naming import PEFT_PREFIX, spelled
 from .base import Layout, ModulePath, Written, only_plain_layers, refuse
 from .peft_config import checked_config
 
-PEFT_PREFIX = "base_model.model."
 # the peft_type of a config that names none, and of a folder whose modules decide no method (dense differences only)
 _DEFAULT_PEFT_TYPE = "LORA"
 
@@ -102,9 +102,8 @@ class PeftLayout(Layout):
         return config is not None or any(name.startswith(PEFT_PREFIX) for name in module_names)
 
     def module_path(self, module_name):
-        if module_name.startswith(PEFT_PREFIX):
-            return ModulePath(module_name[len(PEFT_PREFIX) :], False)
-        return ModulePath(module_name, False)
+        spelling, path = spelled("peft", module_name)
+        return ModulePath(path, False, (), spelling.component if spelling else "")
 
     def checked(self, module):
         """Refuse a module whose tensors contradict the config's ``peft_type`` (LoRA tensors labelled IA3 would take
