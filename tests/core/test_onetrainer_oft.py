@@ -57,3 +57,12 @@ def test_onetrainer_oft_matches_peft(tmp_path, scaled):
     written = convert_layout(adapter, "peft", model_keys=["blocks.0.proj.weight"])
     rows = next(v for k, v in written.tensors.items() if k.endswith("oft_R.weight"))
     assert torch.equal(rows, used)  # PEFT has no scaled form: the folder holds the rows it rotates with
+
+
+@pytest.mark.parametrize("flag", [torch.tensor([True, False]), torch.tensor(float("nan")), torch.zeros(0)])
+def test_a_malformed_scaled_oft_flag_is_an_adapter_error(tmp_path, flag):
+    stored = torch.zeros(IN // BLOCK, BLOCK * (BLOCK - 1) // 2)
+    path = tmp_path / "bad_flag.safetensors"
+    save_file({f"{NAME}.oft_R.weight": stored, f"{NAME}.oft_R.scaled_oft": flag}, str(path))
+    with pytest.raises(lyco_core.AdapterError, match="scaled_oft"):
+        lyco_core.load_adapter(path)
